@@ -1,0 +1,248 @@
+//! Connectors: one module per ERP, each speaking only that ERP's wire protocol.
+//!
+//! A connector turns "give me the next page after this cursor" into requests to
+//! its ERP and maps the answer into the canonical [`model`](crate::model). It
+//! knows auth, paging, incremental cursors, deletions, and how its ERP marks
+//! inactive / intercompany / archived customers.
+//!
+//! A connector must **not** write to the store, classify customers, decide what
+//! to retry, or sleep on its own: every upstream request goes through
+//! [`Budget::call`], which applies the shared rate limit, concurrency cap,
+//! retry policy and `Retry-After` handling.
+
+pub mod budget;
+pub mod demo;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Customer, Entity, Quarantined, Record};
+
+pub use budget::{Budget, Lane};
+
+/// A connector's position in one upstream stream. Opaque to everything but the
+/// connector that made it; the store persists it next to the data it covers.
+/// The empty cursor means "from the beginning".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Cursor(pub String);
+
+impl Cursor {
+    pub fn start() -> Self {
+        Cursor(String::new())
+    }
+    pub fn is_start(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// One page of an upstream stream.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// External ids deleted upstream (of the entity this page is about).
+    pub deleted: Vec<String>,
+    /// Records that could not be mapped; kept with their reason.
+    pub quarantined: Vec<Quarantined>,
+    /// Where to continue. Stored only once this page is durable.
+    pub next: Cursor,
+    /// More pages are ready now; when false the stream is caught up and the
+    /// next poll continues from `next`.
+    pub has_more: bool,
+}
+
+impl<T> Page<T> {
+    pub fn empty(next: Cursor) -> Self {
+        Page {
+            items: Vec::new(),
+            deleted: Vec::new(),
+            quarantined: Vec::new(),
+            next,
+            has_more: false,
+        }
+    }
+}
+
+/// A native exclusion a connector knows: a name used in config and in reasons
+/// (`native:<name>`) and the test on a mapped customer.
+#[derive(Clone, Copy)]
+pub struct NativeExclusion {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub applies: fn(&Customer) -> bool,
+}
+
+impl std::fmt::Debug for NativeExclusion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+pub const NATIVE_INACTIVE: NativeExclusion = NativeExclusion {
+    name: "inactive",
+    description: "customer is marked inactive in the ERP",
+    applies: |c| c.inactive,
+};
+
+pub const NATIVE_INTERCOMPANY: NativeExclusion = NativeExclusion {
+    name: "intercompany",
+    description: "customer represents a subsidiary of the same group",
+    applies: |c| c.intercompany,
+};
+
+/// What every ERP connector implements. Methods take `&self` and may be called
+/// concurrently (polling and resync run side by side).
+#[async_trait]
+pub trait Connector: Send + Sync + 'static {
+    /// The `kind` in config, e.g. `demo` or `netsuite`.
+    fn kind(&self) -> &'static str;
+
+    /// Every native exclusion this connector can apply.
+    fn native_exclusions(&self) -> &'static [NativeExclusion];
+
+    /// Next page of customers changed since `cursor`.
+    async fn fetch_customers(&self, cursor: &Cursor) -> Result<Page<Customer>, ConnectorError>;
+
+    /// Next page of invoices (`Entity::Invoices`) or payments and credit notes
+    /// (`Entity::Transactions`) changed since `cursor`.
+    async fn fetch_records(
+        &self,
+        entity: Entity,
+        cursor: &Cursor,
+    ) -> Result<Page<Record>, ConnectorError>;
+
+    /// Full history of invoices or transactions of a set of customers (at most
+    /// [`resync_batch_size`](Connector::resync_batch_size) of them), paged.
+    /// Used by the resync engine; requests go through the `Lane::Resync` lane.
+    async fn fetch_records_for_customers(
+        &self,
+        entity: Entity,
+        customer_ids: &[String],
+        cursor: &Cursor,
+    ) -> Result<Page<Record>, ConnectorError>;
+
+    /// How many customers one `fetch_records_for_customers` call may name,
+    /// bounded by the ERP's query length limits.
+    fn resync_batch_size(&self) -> usize {
+        100
+    }
+
+    /// Records per full page, used to estimate request counts for ETAs.
+    fn page_size(&self) -> usize {
+        1000
+    }
+}
+
+/// Why an upstream call failed. [`is_retryable`](ConnectorError::is_retryable)
+/// decides whether [`Budget::call`] tries again.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnectorError {
+    /// The ERP said "too many requests" (or its equivalent).
+    #[error("rate limited by the ERP{}", retry_after_text(*.retry_after))]
+    RateLimited { retry_after: Option<Duration> },
+    /// 5xx from the ERP.
+    #[error("ERP server error (HTTP {status}): {message}")]
+    Server { status: u16, message: String },
+    /// Connection refused, reset, timed out.
+    #[error("network error: {0}")]
+    Transport(String),
+    /// The body could not be read as the ERP's format (e.g. truncated).
+    #[error("unreadable response: {0}")]
+    Protocol(String),
+    /// Credentials were refused. Not retried: retrying cannot fix a wrong secret.
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// Any other 4xx: the request itself is wrong.
+    #[error("request rejected by the ERP (HTTP {status}): {message}")]
+    Rejected { status: u16, message: String },
+    /// Local misconfiguration detected at request time.
+    #[error("{0}")]
+    Config(String),
+}
+
+fn retry_after_text(d: Option<Duration>) -> String {
+    match d {
+        Some(d) => format!(" (retry after {} s)", d.as_secs_f64()),
+        None => String::new(),
+    }
+}
+
+impl ConnectorError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ConnectorError::RateLimited { .. }
+                | ConnectorError::Server { .. }
+                | ConnectorError::Transport(_)
+                | ConnectorError::Protocol(_)
+        )
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ConnectorError::RateLimited { retry_after } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Maps a reqwest failure to the matching variant.
+    pub fn from_reqwest(e: reqwest::Error) -> Self {
+        if e.is_decode() || e.is_body() {
+            ConnectorError::Protocol(e.to_string())
+        } else {
+            ConnectorError::Transport(e.without_url().to_string())
+        }
+    }
+}
+
+/// Parses an HTTP `Retry-After` header value (seconds form; the HTTP-date form
+/// is accepted too).
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    if let Ok(secs) = v.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Some(Duration::from_secs_f64(secs));
+        }
+    }
+    chrono::DateTime::parse_from_rfc2822(v).ok().map(|t| {
+        let delta = t.with_timezone(&chrono::Utc) - chrono::Utc::now();
+        delta.to_std().unwrap_or(Duration::ZERO)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_parses_seconds_and_dates() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn only_transient_errors_are_retryable() {
+        assert!(ConnectorError::RateLimited { retry_after: None }.is_retryable());
+        assert!(ConnectorError::Server {
+            status: 503,
+            message: String::new()
+        }
+        .is_retryable());
+        assert!(!ConnectorError::Auth("x".into()).is_retryable());
+        assert!(!ConnectorError::Rejected {
+            status: 400,
+            message: String::new()
+        }
+        .is_retryable());
+    }
+}

@@ -1,0 +1,18 @@
+//! erpsync: keeps a local copy of ERP customers, invoices and transactions,
+//! and keeps out everything that belongs to excluded customers.
+//!
+//! Layout (see ARCHITECTURE.md for the invariants):
+//! - [`config`]: TOML → validated [`config::Config`]; pure, no I/O but reading files.
+//! - [`model`]: canonical customer / invoice / transaction types.
+//! - [`rules`]: the condition language shared by smart rules and reminder scenarios.
+//! - [`classify`]: manual decision > smart rules > native exclusions.
+//! - [`store`]: the only module that knows sled.
+//! - [`connectors`]: one module per ERP, plus the shared request [`connectors::Budget`].
+//! - [`sync`]: the per-connector scheduler, ingest and the resync worker.
+//! - [`http`]: health, status, metrics and the admin API.
+//! - [`daemon`]: wires everything together and runs until shutdown.
+//! - [`cli`]: the `erpsync` command line.
+
+pub mod connectors;
+pub mod model;
+pub mod secrets;

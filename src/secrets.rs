@@ -1,0 +1,91 @@
+//! Secrets (tokens, keys): read from files or systemd credentials, never logged.
+//!
+//! [`Secret`] prints as `[redacted]` in `Debug` and has no `Display`, so a
+//! secret cannot end up in a log line or an error message by accident.
+
+use std::path::{Path, PathBuf};
+
+/// A secret string. Read it with [`Secret::expose`] at the single place that
+/// needs the value (signing a request, comparing a token).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Where a secret comes from: a file, or a systemd credential (`LoadCredential=`)
+/// looked up in `$CREDENTIALS_DIRECTORY`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    File(PathBuf),
+    Credential(String),
+}
+
+impl SecretSource {
+    /// The path the secret is read from right now.
+    pub fn path(&self) -> Result<PathBuf, String> {
+        match self {
+            SecretSource::File(p) => Ok(p.clone()),
+            SecretSource::Credential(name) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+                Some(dir) => Ok(Path::new(&dir).join(name)),
+                None => Err(format!(
+                    "systemd credential `{name}` requested but CREDENTIALS_DIRECTORY is not set \
+                     (add LoadCredential={name}:... to the unit)"
+                )),
+            },
+        }
+    }
+
+    /// Reads the secret; surrounding whitespace (a trailing newline) is trimmed.
+    /// The error names the file but never its content.
+    pub fn load(&self) -> Result<Secret, String> {
+        let path = self.path()?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+        let value = text.trim();
+        if value.is_empty() {
+            return Err(format!("secret file {} is empty", path.display()));
+        }
+        Ok(Secret(value.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "[redacted]");
+        assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn loads_and_trims_file_and_reports_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tok");
+        std::fs::write(&p, "abc\n").unwrap();
+        assert_eq!(SecretSource::File(p.clone()).load().unwrap().expose(), "abc");
+        std::fs::write(&p, "  \n").unwrap();
+        assert!(SecretSource::File(p.clone())
+            .load()
+            .unwrap_err()
+            .contains("is empty"));
+        let missing = dir.path().join("nope");
+        let err = SecretSource::File(missing).load().unwrap_err();
+        assert!(err.contains("cannot read secret file"), "{err}");
+    }
+}
