@@ -16,3 +16,4 @@
 pub mod connectors;
 pub mod model;
 pub mod secrets;
+pub mod store;
