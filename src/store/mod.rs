@@ -24,7 +24,7 @@ use crate::model::{
     Classification, CustomerKey, Entity, ExclusionSource, ManualDecision, Record, Timestamp,
 };
 use keys::ns;
-pub use tx::Tx;
+pub use tx::{Tx, Upsert};
 
 pub const SCHEMA_VERSION: u32 = 1;
 

@@ -107,6 +107,12 @@ impl<'a> Tx<'a> {
         );
     }
 
+    /// Removes a customer record (deleted upstream). Its manual decision, if
+    /// any, stays so it applies again should the customer come back.
+    pub fn delete_customer(&mut self, key: &CustomerKey) {
+        self.del(customer_key(&key.connector, &key.external_id));
+    }
+
     pub fn manual_decision(&self, key: &CustomerKey) -> Result<Option<ManualDecision>> {
         self.get_json(&manual_key(&key.connector, &key.external_id))
     }

@@ -1,0 +1,72 @@
+//! The config file as serde reads it: every table refuses unknown keys, and
+//! values whose place matters for error messages keep their span.
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub daemon: Option<RawDaemon>,
+    pub http: Option<RawHttp>,
+    pub exclusions: Option<RawExclusions>,
+    #[serde(default)]
+    pub connectors: Vec<RawConnector>,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+    pub reminders: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    pub state_dir: Option<Spanned<String>>,
+    pub log_level: Option<String>,
+    pub shutdown_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub listen: Option<Spanned<String>>,
+    pub admin_token_file: Option<Spanned<String>>,
+    pub admin_token_credential: Option<Spanned<String>>,
+    pub max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExclusions {
+    pub max_new_exclusion_ratio: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConnector {
+    pub id: Spanned<String>,
+    pub kind: Spanned<String>,
+    pub poll_interval: Option<Spanned<String>>,
+    pub rate_limit: Option<RawRateLimit>,
+    pub resync_share: Option<f64>,
+    pub native_exclusions: Option<Spanned<Vec<String>>>,
+    pub demo: Option<Spanned<toml::Value>>,
+    pub netsuite: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub requests_per_second: Option<f64>,
+    pub burst: Option<u32>,
+    pub max_concurrency: Option<u32>,
+    pub max_attempts: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub id: Spanned<String>,
+    pub description: Option<String>,
+    pub case_sensitive: Option<bool>,
+    pub when: Spanned<toml::Value>,
+}
