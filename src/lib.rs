@@ -15,4 +15,5 @@
 
 pub mod connectors;
 pub mod model;
+pub mod rules;
 pub mod secrets;
