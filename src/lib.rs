@@ -15,5 +15,6 @@
 
 pub mod connectors;
 pub mod model;
+pub mod rules;
 pub mod secrets;
 pub mod store;
