@@ -12,6 +12,7 @@
 
 pub mod budget;
 pub mod demo;
+pub mod netsuite;
 
 use std::time::Duration;
 
@@ -21,6 +22,35 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Customer, Entity, Quarantined, Record};
 
 pub use budget::{Budget, Lane};
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{ConnectorConfig, ConnectorOptions};
+
+/// Every connector kind this build knows, as written in config.
+pub const KINDS: &[&str] = &["demo", "netsuite"];
+
+/// The native exclusions a connector kind knows, or `None` for an unknown kind.
+pub fn native_exclusions_for(kind: &str) -> Option<&'static [NativeExclusion]> {
+    match kind {
+        "demo" | "netsuite" => Some(&[NATIVE_INACTIVE, NATIVE_INTERCOMPANY]),
+        _ => None,
+    }
+}
+
+/// Builds the connector described by `cfg`; `base_dir` resolves relative
+/// paths (credential files) in its options.
+pub fn build(
+    cfg: &ConnectorConfig,
+    base_dir: &Path,
+    budget: Arc<Budget>,
+) -> Result<Arc<dyn Connector>, String> {
+    Ok(match &cfg.options {
+        ConnectorOptions::Demo(o) => Arc::new(demo::build(o, budget)),
+        ConnectorOptions::Netsuite(o) => Arc::new(netsuite::NetsuiteConnector::new(o, base_dir, budget)?),
+    })
+}
 
 /// A connector's position in one upstream stream. Opaque to everything but the
 /// connector that made it; the store persists it next to the data it covers.

@@ -4,3 +4,12 @@
 //! lands with the resync engine.
 
 pub mod queue;
+
+use std::sync::Arc;
+
+use tokio_util::task::TaskTracker;
+
+use crate::app::App;
+
+/// Starts one resync worker per connector.
+pub fn spawn_workers(_app: &Arc<App>, _tracker: &TaskTracker) {}

@@ -150,6 +150,7 @@ pub fn customers(tx: &mut Tx<'_>, ctx: &Ingest<'_>, page: &Page<Customer>) -> Re
     }
     tx.add_counter(ctx.connector, "synced_customers", stats.written)?;
     tx.add_counter(ctx.connector, "deleted_customers", stats.deleted)?;
+    tx.add_counter(ctx.connector, "quarantined", stats.quarantined)?;
     Ok(stats)
 }
 
@@ -203,5 +204,6 @@ pub fn records(tx: &mut Tx<'_>, ctx: &Ingest<'_>, entity: Entity, page: &Page<Re
     }
     tx.add_counter(ctx.connector, &format!("synced_{entity}"), stats.written)?;
     tx.add_counter(ctx.connector, &format!("deleted_{entity}"), stats.deleted)?;
+    tx.add_counter(ctx.connector, "quarantined", stats.quarantined)?;
     Ok(stats)
 }

@@ -1,0 +1,192 @@
+//! HTTP client commands: talk to the running daemon on its HTTP port, with
+//! the address and admin token from the same config file.
+
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context as _};
+use serde_json::Value;
+
+use super::Command;
+use crate::config;
+
+/// A client of the daemon's HTTP port.
+pub struct ApiClient {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    pub fn from_config(path: &std::path::Path) -> anyhow::Result<ApiClient> {
+        let cfg = config::load(path).map_err(|e| anyhow!("{e}"))?;
+        let mut addr = cfg.http.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let token = match &cfg.http.admin_token {
+            Some(src) => Some(src.load().map_err(|e| anyhow!("admin token: {e}"))?.expose().to_string()),
+            None => None,
+        };
+        Ok(ApiClient {
+            base: format!("http://{addr}"),
+            token,
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(120))
+                .build()?,
+        })
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        r
+    }
+
+    async fn send(&self, r: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let resp = r
+            .send()
+            .await
+            .with_context(|| format!("cannot reach erpsync at {} (is the daemon running?)", self.base))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            let msg = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or(text);
+            bail!("{status}: {msg}");
+        }
+        Ok(resp)
+    }
+
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+        Ok(self.send(self.req(reqwest::Method::GET, path)).await?.json().await?)
+    }
+
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        Ok(self.send(self.req(reqwest::Method::GET, path)).await?.text().await?)
+    }
+
+    pub async fn send_json(&self, method: reqwest::Method, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let resp = self.send(self.req(method, path).json(body)).await?;
+        let text = resp.text().await?;
+        if text.is_empty() {
+            return Ok(Value::Null);
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+}
+
+/// Runs a client command on a small single-threaded runtime.
+pub fn run(cmd: Command) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("erpsync: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cmd)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("erpsync: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Status { config, out } => {
+            let c = ApiClient::from_config(&config.config)?;
+            let v = c.get_json("/status").await?;
+            if out.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_status(&v);
+            }
+            Ok(())
+        }
+        Command::Run(_) | Command::CheckConfig(_) => unreachable!("handled in cli::main"),
+    }
+}
+
+/// Prints rows as an aligned text table.
+pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s += c;
+            } else {
+                s += &format!("{c:<w$}  ", w = widths[i]);
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+/// A JSON value as table text (strings without quotes, null as "-").
+pub fn cell(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => "-".into(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn print_status(v: &Value) {
+    println!(
+        "erpsync {} — up {} s, ready: {}",
+        cell(v.get("version")),
+        cell(v.get("uptime_seconds")),
+        cell(v.get("ready"))
+    );
+    let c = &v["customers"];
+    println!(
+        "customers: {} total, {} included, {} excluded ({})",
+        cell(c.get("total")),
+        cell(c.get("included")),
+        cell(c.get("excluded")),
+        c["excluded_by_reason"]
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default()
+    );
+    let rows: Vec<Vec<String>> = v["connectors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    vec![
+                        cell(c.get("id")),
+                        cell(c.get("kind")),
+                        cell(c.get("state")),
+                        cell(c.get("last_sync_end")),
+                        cell(c["counters"].get("synced_invoices")),
+                        cell(c["counters"].get("dropped_invoices")),
+                        cell(c.get("last_error").and_then(|e| e.get("message"))),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    print_table(
+        &["CONNECTOR", "KIND", "STATE", "LAST SYNC", "INVOICES", "DROPPED", "LAST ERROR"],
+        &rows,
+    );
+}

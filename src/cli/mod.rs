@@ -1,0 +1,113 @@
+//! The `erpsync` command line.
+//!
+//! `run` and `check-config` work on the config file directly; every other
+//! command is a client of the running daemon's HTTP port ([`client`]), using
+//! the listen address and admin token from the same config file.
+
+pub mod client;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, EX_CONFIG};
+
+pub const DEFAULT_CONFIG: &str = "/etc/erpsync/erpsync.toml";
+
+#[derive(Debug, Parser)]
+#[command(name = "erpsync", version, about = "Sync ERP customers, invoices and transactions; keep excluded customers out")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArg {
+    /// Path to the config file.
+    #[arg(long, short = 'c', default_value = DEFAULT_CONFIG, env = "ERPSYNC_CONFIG")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct OutputArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Run(ConfigArg),
+    /// Validate the config file and print a summary.
+    CheckConfig(ConfigArg),
+    /// Show the running daemon's status.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+}
+
+/// Parses arguments, runs the command and maps errors to exit codes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(a) => run_daemon(&a.config),
+        Command::CheckConfig(a) => match config::load(&a.config) {
+            Ok(c) => {
+                print!("{}", c.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(EX_CONFIG as u8)
+            }
+        },
+        other => client::run(other),
+    }
+}
+
+fn init_logging(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    // Under systemd, journald adds its own timestamps.
+    let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(!under_systemd && std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if under_systemd {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run_daemon(path: &std::path::Path) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(EX_CONFIG as u8);
+        }
+    };
+    init_logging(&cfg.daemon.log_level);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("erpsync: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(crate::daemon::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("erpsync: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Wires the daemon together and runs it until a signal stops it.
+//!
+//! Start-up: config (already validated) → logging → store (locked, schema
+//! checked) → connectors with their budgets → HTTP listener → pollers and
+//! resync workers → `READY=1`. Shutdown (SIGTERM/SIGINT): `STOPPING=1`, cancel
+//! every task, wait for them up to `daemon.shutdown_timeout`, flush the store,
+//! exit 0. SIGHUP reloads the rules from the config file.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::task::TaskTracker;
+
+use crate::app::{App, ConnectorHandle};
+use crate::config::Config;
+use crate::connectors;
+use crate::store::Store;
+
+/// Runs the daemon; returns when it has shut down cleanly.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let app = build(config)?;
+    let listener = tokio::net::TcpListener::bind(app.config().http.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", app.config().http.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, "HTTP port open");
+    run_with(app, listener, shutdown_signal()).await
+}
+
+/// Opens the store and builds every connector.
+pub fn build(config: Config) -> anyhow::Result<Arc<App>> {
+    std::fs::create_dir_all(&config.daemon.state_dir).with_context(|| {
+        format!(
+            "cannot create state_dir {}",
+            config.daemon.state_dir.display()
+        )
+    })?;
+    let store = Arc::new(Store::open(&config.daemon.state_dir)?);
+    let base = config
+        .file
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let mut handles = Vec::new();
+    for c in &config.connectors {
+        let budget = connectors::Budget::new(c.limits);
+        let conn = connectors::build(c, &base, Arc::clone(&budget))
+            .map_err(|e| anyhow::anyhow!("connector `{}`: {e}", c.id))?;
+        handles.push(Arc::new(ConnectorHandle::new(c.clone(), conn, budget)));
+    }
+    let admin_token = match &config.http.admin_token {
+        Some(src) => Some(src.load().map_err(|e| anyhow::anyhow!("admin token: {e}"))?),
+        None => {
+            tracing::warn!("no admin token configured: the admin API answers 403");
+            None
+        }
+    };
+    Ok(App::new(config, store, handles, admin_token))
+}
+
+/// Runs an already built daemon on `listener` until `shutdown` resolves.
+/// Tests pass their own shutdown future.
+pub async fn run_with(
+    app: Arc<App>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let tracker = TaskTracker::new();
+    let token = app.shutdown.clone();
+    tracker.spawn(crate::http::serve(listener, Arc::clone(&app), {
+        let t = token.clone();
+        async move { t.cancelled().await }
+    }));
+    for h in &app.connectors {
+        tracker.spawn(crate::sync::run_poller(Arc::clone(&app), Arc::clone(h)));
+    }
+    crate::resync::spawn_workers(&app, &tracker);
+    tracker.spawn(hangup_reloads(Arc::clone(&app)));
+    tracker.spawn(watchdog(token.clone()));
+    app.set_ready(true);
+    notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!(connectors = app.connectors.len(), "erpsync ready");
+
+    tokio::select! {
+        _ = shutdown => {}
+        _ = token.cancelled() => {}
+    }
+    tracing::info!("shutting down");
+    notify(&[sd_notify::NotifyState::Stopping]);
+    app.set_ready(false);
+    token.cancel();
+    tracker.close();
+    let timeout = app.config().daemon.shutdown_timeout;
+    if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
+        tracing::warn!(timeout_s = timeout.as_secs_f64(), "tasks did not stop in time; exiting anyway");
+    }
+    app.store.flush()?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        if let Err(e) = sd_notify::notify(false, states) {
+            tracing::warn!(error = %e, "cannot notify systemd");
+        }
+    }
+}
+
+/// Sends `WATCHDOG=1` at half the interval systemd asks for.
+async fn watchdog(token: tokio_util::sync::CancellationToken) {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let period = Duration::from_micros(usec / 2);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => notify(&[sd_notify::NotifyState::Watchdog]),
+            _ = token.cancelled() => return,
+        }
+    }
+}
+
+/// SIGHUP → reload rules from the config file.
+async fn hangup_reloads(app: Arc<App>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading rules");
+                    notify(&[sd_notify::NotifyState::Reloading]);
+                    let outcome = crate::reload::reload_from_file(&app).await;
+                    match &outcome {
+                        Ok(m) => tracing::info!(result = %m, "reload done"),
+                        Err(e) => tracing::error!(error = %e, "reload refused"),
+                    }
+                    notify(&[sd_notify::NotifyState::Ready]);
+                }
+                _ = app.shutdown.cancelled() => return,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    app.shutdown.cancelled().await;
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,206 @@
+//! `/healthz`, `/readyz`, `/status` and `/metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use serde_json::json;
+
+use super::error::ApiError;
+use crate::app::{App, ConnectorStatus, ReloadStatus};
+use crate::connectors::budget::BudgetStats;
+use crate::resync::queue::{self, JobState};
+use crate::store::ClassificationCounts;
+
+pub async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+pub async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.is_ready() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready"})),
+        )
+            .into_response()
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub started_at: crate::model::Timestamp,
+    pub uptime_seconds: u64,
+    pub ready: bool,
+    pub customers: ClassificationCounts,
+    pub connectors: Vec<ConnectorReport>,
+    pub resync: ResyncSummary,
+    pub rules: usize,
+    pub last_reload: Option<ReloadStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConnectorReport {
+    pub id: String,
+    pub kind: String,
+    #[serde(flatten)]
+    pub worker: ConnectorStatus,
+    /// Persistent counters (since the store was created): synced_*, dropped_*,
+    /// deleted_*, quarantined.
+    pub counters: BTreeMap<String, u64>,
+    pub parked_records: u64,
+    pub customers: ClassificationCounts,
+    pub requests: BudgetStats,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ResyncSummary {
+    pub jobs_queued: u64,
+    pub jobs_running: u64,
+    pub jobs_failed: u64,
+    pub jobs_done: u64,
+    pub customers_pending: u64,
+}
+
+/// Builds the status report (also used by `/metrics`).
+pub fn build_status(app: &App) -> Result<Status, crate::store::StoreError> {
+    let mut total = ClassificationCounts::default();
+    let mut connectors = Vec::new();
+    for h in &app.connectors {
+        let counts = app.store.classification_counts(Some(&h.id))?;
+        total.total += counts.total;
+        total.included += counts.included;
+        total.excluded += counts.excluded;
+        total.manual_overrides += counts.manual_overrides;
+        for (k, v) in &counts.excluded_by_source {
+            *total.excluded_by_source.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &counts.excluded_by_reason {
+            *total.excluded_by_reason.entry(k.clone()).or_default() += v;
+        }
+        connectors.push(ConnectorReport {
+            id: h.id.clone(),
+            kind: h.config.kind.clone(),
+            worker: h.status(),
+            counters: app.store.counters(&h.id)?,
+            parked_records: app.store.parked_count(&h.id)?,
+            customers: counts,
+            requests: h.budget.stats(),
+        });
+    }
+    let mut resync = ResyncSummary::default();
+    for j in queue::jobs(&app.store)? {
+        match j.state {
+            JobState::Queued => resync.jobs_queued += 1,
+            JobState::Running => resync.jobs_running += 1,
+            JobState::Failed => resync.jobs_failed += 1,
+            JobState::Done => resync.jobs_done += 1,
+        }
+        if matches!(j.state, JobState::Queued | JobState::Running | JobState::Failed) {
+            resync.customers_pending += j.total.saturating_sub(j.done);
+        }
+    }
+    Ok(Status {
+        version: env!("CARGO_PKG_VERSION"),
+        started_at: app.started_at,
+        uptime_seconds: app.started.elapsed().as_secs(),
+        ready: app.is_ready(),
+        customers: total,
+        connectors,
+        resync,
+        rules: app.rules().rules().len(),
+        last_reload: app.last_reload.lock().expect("poisoned").clone(),
+    })
+}
+
+pub async fn status(State(app): State<Arc<App>>) -> Result<Json<Status>, ApiError> {
+    Ok(Json(build_status(&app)?))
+}
+
+/// Prometheus text exposition. Names follow
+/// `erpsync_<name>_<unit>[_total]`.
+pub async fn metrics(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    let s = build_status(&app)?;
+    let mut text = String::new();
+    let fam = |text: &mut String, name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(text, "{name}{labels} {v}");
+        }
+    };
+    fam(&mut text, "erpsync_uptime_seconds", "gauge", "Seconds since the daemon started.", vec![(String::new(), s.uptime_seconds as f64)]);
+    let lbl = |c: &str, extra: &[(&str, &str)]| {
+        let mut s = format!("{{connector=\"{c}\"");
+        for (k, v) in extra {
+            let _ = write!(s, ",{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
+        }
+        s.push('}');
+        s
+    };
+    let mut customers = Vec::new();
+    let mut excluded = Vec::new();
+    let mut synced = Vec::new();
+    let mut dropped = Vec::new();
+    let mut deleted = Vec::new();
+    let mut quarantined = Vec::new();
+    let mut requests = Vec::new();
+    let mut retries = Vec::new();
+    let mut throttled = Vec::new();
+    let mut errors = Vec::new();
+    let mut last_success = Vec::new();
+    let mut parked = Vec::new();
+    let mut overrides = Vec::new();
+    for c in &s.connectors {
+        customers.push((lbl(&c.id, &[("state", "included")]), c.customers.included as f64));
+        customers.push((lbl(&c.id, &[("state", "excluded")]), c.customers.excluded as f64));
+        for (reason, v) in &c.customers.excluded_by_reason {
+            excluded.push((lbl(&c.id, &[("reason", reason)]), *v as f64));
+        }
+        overrides.push((lbl(&c.id, &[]), c.customers.manual_overrides as f64));
+        for e in ["customers", "invoices", "transactions"] {
+            let get = |k: String| c.counters.get(&k).copied().unwrap_or(0) as f64;
+            synced.push((lbl(&c.id, &[("entity", e)]), get(format!("synced_{e}"))));
+            deleted.push((lbl(&c.id, &[("entity", e)]), get(format!("deleted_{e}"))));
+            if e != "customers" {
+                dropped.push((lbl(&c.id, &[("entity", e)]), get(format!("dropped_{e}"))));
+            }
+        }
+        quarantined.push((lbl(&c.id, &[]), c.counters.get("quarantined").copied().unwrap_or(0) as f64));
+        requests.push((lbl(&c.id, &[("lane", "poll")]), c.requests.poll_requests as f64));
+        requests.push((lbl(&c.id, &[("lane", "resync")]), c.requests.resync_requests as f64));
+        retries.push((lbl(&c.id, &[]), c.requests.retries as f64));
+        throttled.push((lbl(&c.id, &[]), c.requests.rate_limited as f64));
+        errors.push((lbl(&c.id, &[]), c.worker.consecutive_errors as f64));
+        parked.push((lbl(&c.id, &[]), c.parked_records as f64));
+        if let Some(t) = c.worker.last_success {
+            last_success.push((lbl(&c.id, &[]), t.timestamp() as f64));
+        }
+    }
+    fam(&mut text, "erpsync_customers", "gauge", "Stored customers by state.", customers);
+    fam(&mut text, "erpsync_customers_excluded", "gauge", "Excluded customers by reason.", excluded);
+    fam(&mut text, "erpsync_customers_manual_overrides", "gauge", "Customers re-included by hand although a rule or native flag matches.", overrides);
+    fam(&mut text, "erpsync_records_synced_total", "counter", "Records written by sync.", synced);
+    fam(&mut text, "erpsync_records_dropped_total", "counter", "Records of excluded customers dropped at ingest.", dropped);
+    fam(&mut text, "erpsync_records_deleted_total", "counter", "Records deleted because upstream deleted them.", deleted);
+    fam(&mut text, "erpsync_records_quarantined_total", "counter", "Malformed upstream records quarantined.", quarantined);
+    fam(&mut text, "erpsync_records_parked", "gauge", "Records waiting for their customer to arrive.", parked);
+    fam(&mut text, "erpsync_upstream_requests_total", "counter", "Requests sent to the ERP, by lane.", requests);
+    fam(&mut text, "erpsync_upstream_retries_total", "counter", "Upstream requests retried.", retries);
+    fam(&mut text, "erpsync_upstream_rate_limited_total", "counter", "Upstream answers asking to slow down.", throttled);
+    fam(&mut text, "erpsync_sync_consecutive_errors", "gauge", "Failed sync passes in a row.", errors);
+    fam(&mut text, "erpsync_sync_last_success_timestamp_seconds", "gauge", "Unix time of the last successful pass.", last_success);
+    fam(&mut text, "erpsync_resync_customers_pending", "gauge", "Customers waiting for a resync.", vec![(String::new(), s.resync.customers_pending as f64)]);
+    fam(&mut text, "erpsync_resync_jobs_failed", "gauge", "Resync jobs that failed.", vec![(String::new(), s.resync.jobs_failed as f64)]);
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response())
+}
