@@ -1,1 +1,353 @@
-//! Built-in demo ERP (being written).
+//! The built-in `demo` connector: a seeded synthetic ERP ([`DemoErp`]) read
+//! through the same [`Connector`] contract as a real one, so a new user can run
+//! the daemon with no credentials and tests can compare the store against the
+//! ERP's exact data.
+//!
+//! It behaves like a real ERP: paged reads, upstream last-modified times,
+//! incremental reads by cursor, tombstones for deletions, native inactive and
+//! intercompany flags, and a trickle of new and changed records on every poll
+//! pass. Every fetch is exactly one simulated request through the shared
+//! [`Budget`]. Like every connector it never writes to the store, classifies
+//! or retries on its own.
+//!
+//! # Cursors
+//! Incremental streams (`fetch_customers`, `fetch_records`) are keyset-paged by
+//! `(last_modified, external_id)`: a page holds the entries strictly after the
+//! cursor's position in that order, at most `page_size`, and `next` is the
+//! position of the last entry returned (the cursor unchanged when there was
+//! none). Deletions sit in the same ordered stream at their deletion time and
+//! come back in `Page::deleted`. A record changed after being read gets a later
+//! last-modified time, so it is read again. The cursor is a small JSON object,
+//! `{"at":"<RFC 3339>","id":"<external id>"}`.
+//!
+//! Customer-set reads (`fetch_records_for_customers`) return the full history
+//! of the named customers keyset-paged by external id; their cursor is
+//! `{"after":"<external id>"}`.
+//!
+//! # Trickle
+//! A poll pass starts with a `fetch_customers` call made while no customer
+//! pass is open: the first call of this connector, or any call after a
+//! customers page with `has_more == false` (a failed call leaves the pass
+//! open, so retrying it does not trickle twice). That call first applies
+//! [`DemoErp::trickle`]`(options.trickle)`; `trickle = 0` freezes the data.
+
+mod generator;
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Budget, Connector, ConnectorError, Cursor, Lane, NativeExclusion, Page, NATIVE_INACTIVE,
+    NATIVE_INTERCOMPANY,
+};
+use crate::model::{Customer, Entity, Record, Timestamp};
+
+pub use generator::DemoErp;
+use generator::{Changes, StreamKey};
+
+/// Largest page the demo ERP serves, like a real API's cap.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// The `[connectors.<name>]` options of a `kind = "demo"` connector.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoOptions {
+    /// Seeds the generator: the same seed gives the same ids, amounts and flags.
+    pub seed: u64,
+    pub customers: usize,
+    pub invoices: usize,
+    pub transactions: usize,
+    /// Share of customers marked inactive upstream.
+    pub inactive_ratio: f64,
+    /// Share of customers that are other entities of the same group.
+    pub intercompany_ratio: f64,
+    /// Records per page.
+    pub page_size: usize,
+    /// Records changed or added at the start of each poll pass; 0 disables.
+    pub trickle: usize,
+    /// Simulated latency of every request, in milliseconds.
+    pub latency_ms: u64,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            seed: 42,
+            customers: 2000,
+            invoices: 40_000,
+            transactions: 30_000,
+            inactive_ratio: 0.03,
+            intercompany_ratio: 0.01,
+            page_size: 500,
+            trickle: 20,
+            latency_ms: 0,
+        }
+    }
+}
+
+impl DemoOptions {
+    /// Every problem with these options, in words for the person editing the
+    /// config; empty when they are usable.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !(1..=MAX_PAGE_SIZE).contains(&self.page_size) {
+            problems.push(format!(
+                "page_size must be between 1 and {MAX_PAGE_SIZE} (got {})",
+                self.page_size
+            ));
+        }
+        for (key, value) in [
+            ("inactive_ratio", self.inactive_ratio),
+            ("intercompany_ratio", self.intercompany_ratio),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                problems.push(format!("{key} must be between 0 and 1 (got {value})"));
+            }
+        }
+        if self.customers == 0 {
+            for (key, value) in [
+                ("invoices", self.invoices),
+                ("transactions", self.transactions),
+            ] {
+                if value > 0 {
+                    problems.push(format!(
+                        "{key} need customers to belong to: set customers above 0 or {key} to 0 (got {key} = {value})"
+                    ));
+                }
+            }
+        }
+        for (key, value, max) in [
+            ("customers", self.customers, 1_000_000),
+            ("invoices", self.invoices, 10_000_000),
+            ("transactions", self.transactions, 10_000_000),
+        ] {
+            if value > max {
+                problems.push(format!("{key} must be at most {max} (got {value})"));
+            }
+        }
+        if self.latency_ms > 60_000 {
+            problems.push(format!(
+                "latency_ms must be at most 60000 (got {})",
+                self.latency_ms
+            ));
+        }
+        problems
+    }
+}
+
+/// Builds a connector over a freshly generated ERP.
+pub fn build(options: &DemoOptions, budget: Arc<Budget>) -> DemoConnector {
+    DemoConnector::new(
+        DemoErp::new(options),
+        budget,
+        options.page_size,
+        Duration::from_millis(options.latency_ms),
+    )
+}
+
+/// Reads a [`DemoErp`] the way a connector reads a real ERP's API.
+pub struct DemoConnector {
+    erp: Arc<DemoErp>,
+    budget: Arc<Budget>,
+    page_size: usize,
+    latency: Duration,
+    /// A customers pass is under way: the last customers page had more after
+    /// it. While false, the next `fetch_customers` starts a pass (and trickles).
+    pass_open: AtomicBool,
+}
+
+impl DemoConnector {
+    pub fn new(
+        erp: Arc<DemoErp>,
+        budget: Arc<Budget>,
+        page_size: usize,
+        latency: Duration,
+    ) -> Self {
+        DemoConnector {
+            erp,
+            budget,
+            page_size: page_size.clamp(1, MAX_PAGE_SIZE),
+            latency,
+            pass_open: AtomicBool::new(false),
+        }
+    }
+
+    pub fn erp(&self) -> &Arc<DemoErp> {
+        &self.erp
+    }
+
+    /// One simulated request: waits `latency`, then answers from the ERP.
+    async fn request<T>(
+        &self,
+        lane: Lane,
+        answer: impl Fn() -> T + Sync,
+    ) -> Result<T, ConnectorError> {
+        self.budget
+            .call(lane, || async {
+                if !self.latency.is_zero() {
+                    tokio::time::sleep(self.latency).await;
+                }
+                Ok(answer())
+            })
+            .await
+    }
+}
+
+/// Position in an incremental stream.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamCursor {
+    at: Timestamp,
+    id: String,
+}
+
+/// Position in a customer-set read.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResyncCursor {
+    after: String,
+}
+
+fn bad_cursor(cursor: &Cursor, e: serde_json::Error) -> ConnectorError {
+    ConnectorError::Rejected {
+        status: 400,
+        message: format!("invalid demo cursor `{}`: {e}", cursor.0),
+    }
+}
+
+fn encode<T: Serialize>(position: &T) -> Cursor {
+    Cursor(serde_json::to_string(position).expect("cursor structs serialise"))
+}
+
+fn stream_position(cursor: &Cursor) -> Result<Option<StreamKey>, ConnectorError> {
+    if cursor.is_start() {
+        return Ok(None);
+    }
+    let c: StreamCursor = serde_json::from_str(&cursor.0).map_err(|e| bad_cursor(cursor, e))?;
+    Ok(Some((c.at, c.id)))
+}
+
+fn stream_page<T>(changes: Changes<T>, cursor: &Cursor) -> Page<T> {
+    let next = match changes.last {
+        Some((at, id)) => encode(&StreamCursor { at, id }),
+        None => cursor.clone(),
+    };
+    Page {
+        items: changes.items,
+        deleted: changes.deleted,
+        quarantined: Vec::new(),
+        next,
+        has_more: changes.has_more,
+    }
+}
+
+fn record_entity(entity: Entity) -> Result<Entity, ConnectorError> {
+    match entity {
+        Entity::Invoices | Entity::Transactions => Ok(entity),
+        Entity::Customers => Err(ConnectorError::Config(
+            "customers are read with fetch_customers, not as records".into(),
+        )),
+    }
+}
+
+#[async_trait]
+impl Connector for DemoConnector {
+    fn kind(&self) -> &'static str {
+        "demo"
+    }
+
+    fn native_exclusions(&self) -> &'static [NativeExclusion] {
+        &[NATIVE_INACTIVE, NATIVE_INTERCOMPANY]
+    }
+
+    async fn fetch_customers(&self, cursor: &Cursor) -> Result<Page<Customer>, ConnectorError> {
+        let after = stream_position(cursor)?;
+        // Opening the pass before the request means a failed first request
+        // does not trickle again when the caller retries it.
+        if !self.pass_open.swap(true, Ordering::SeqCst) {
+            self.erp.trickle(self.erp.options().trickle);
+        }
+        let changes = self
+            .request(Lane::Poll, || {
+                self.erp.customer_changes(after.as_ref(), self.page_size)
+            })
+            .await?;
+        self.pass_open.store(changes.has_more, Ordering::SeqCst);
+        Ok(stream_page(changes, cursor))
+    }
+
+    async fn fetch_records(
+        &self,
+        entity: Entity,
+        cursor: &Cursor,
+    ) -> Result<Page<Record>, ConnectorError> {
+        let entity = record_entity(entity)?;
+        let after = stream_position(cursor)?;
+        let changes = self
+            .request(Lane::Poll, || {
+                self.erp
+                    .record_changes(entity, after.as_ref(), self.page_size)
+            })
+            .await?;
+        Ok(stream_page(changes, cursor))
+    }
+
+    async fn fetch_records_for_customers(
+        &self,
+        entity: Entity,
+        customer_ids: &[String],
+        cursor: &Cursor,
+    ) -> Result<Page<Record>, ConnectorError> {
+        let entity = record_entity(entity)?;
+        if customer_ids.len() > self.resync_batch_size() {
+            return Err(ConnectorError::Rejected {
+                status: 400,
+                message: format!(
+                    "a customer-set query may name at most {} customers (got {})",
+                    self.resync_batch_size(),
+                    customer_ids.len()
+                ),
+            });
+        }
+        let after = if cursor.is_start() {
+            None
+        } else {
+            let c: ResyncCursor =
+                serde_json::from_str(&cursor.0).map_err(|e| bad_cursor(cursor, e))?;
+            Some(c.after)
+        };
+        let (items, has_more) = self
+            .request(Lane::Resync, || {
+                self.erp
+                    .records_of(entity, customer_ids, after.as_deref(), self.page_size)
+            })
+            .await?;
+        let next = match items.last() {
+            Some(last) => encode(&ResyncCursor {
+                after: last.external_id().to_owned(),
+            }),
+            None => cursor.clone(),
+        };
+        Ok(Page {
+            items,
+            deleted: Vec::new(),
+            quarantined: Vec::new(),
+            next,
+            has_more,
+        })
+    }
+
+    fn resync_batch_size(&self) -> usize {
+        100
+    }
+
+    fn page_size(&self) -> usize {
+        self.page_size
+    }
+}
