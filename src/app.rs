@@ -112,7 +112,11 @@ pub struct ConnectorHandle {
 }
 
 impl ConnectorHandle {
-    pub fn new(config: ConnectorConfig, connector: Arc<dyn Connector>, budget: Arc<Budget>) -> Self {
+    pub fn new(
+        config: ConnectorConfig,
+        connector: Arc<dyn Connector>,
+        budget: Arc<Budget>,
+    ) -> Self {
         let native = connector
             .native_exclusions()
             .iter()

@@ -12,7 +12,11 @@ use crate::rules::RuleSet;
 
 /// What the automatic sources (rules, then native) say, ignoring any manual
 /// decision.
-pub fn automatic(customer: &Customer, rules: &RuleSet, native: &[NativeExclusion]) -> Classification {
+pub fn automatic(
+    customer: &Customer,
+    rules: &RuleSet,
+    native: &[NativeExclusion],
+) -> Classification {
     if let Some(rule) = rules.first_match(customer) {
         return Classification {
             excluded: true,
@@ -138,22 +142,55 @@ mod tests {
         let check = |c: &Customer, m: Option<ManualAction>, excluded: bool, reason: &str| {
             let d = m.map(manual);
             let got = classify(c, d.as_ref(), &rules(), &native);
-            assert_eq!((got.excluded, got.reason.as_str()), (excluded, reason), "{c:?} {m:?}");
+            assert_eq!(
+                (got.excluded, got.reason.as_str()),
+                (excluded, reason),
+                "{c:?} {m:?}"
+            );
         };
         check(&customer("Acme", false), None, false, "included");
         check(&customer("Acme", true), None, true, "native:inactive");
         check(&customer("Test Co", true), None, true, "rule:tests");
-        check(&customer("Test Co", true), Some(ManualAction::Include), false, "manual:overrides rule:tests");
-        check(&customer("Acme", true), Some(ManualAction::Include), false, "manual:overrides native:inactive");
-        check(&customer("Acme", false), Some(ManualAction::Include), false, "manual");
-        check(&customer("Acme", false), Some(ManualAction::Exclude), true, "manual");
+        check(
+            &customer("Test Co", true),
+            Some(ManualAction::Include),
+            false,
+            "manual:overrides rule:tests",
+        );
+        check(
+            &customer("Acme", true),
+            Some(ManualAction::Include),
+            false,
+            "manual:overrides native:inactive",
+        );
+        check(
+            &customer("Acme", false),
+            Some(ManualAction::Include),
+            false,
+            "manual",
+        );
+        check(
+            &customer("Acme", false),
+            Some(ManualAction::Exclude),
+            true,
+            "manual",
+        );
     }
 
     #[test]
     fn disabled_native_exclusions_do_not_apply() {
-        let got = classify(&customer("Acme", true), None, &RuleSet::default(), &[NATIVE_INTERCOMPANY]);
+        let got = classify(
+            &customer("Acme", true),
+            None,
+            &RuleSet::default(),
+            &[NATIVE_INTERCOMPANY],
+        );
         assert!(!got.excluded);
-        let flags = native_flags(&customer("Acme", true), &[NATIVE_INACTIVE, NATIVE_INTERCOMPANY], &[NATIVE_INTERCOMPANY]);
+        let flags = native_flags(
+            &customer("Acme", true),
+            &[NATIVE_INACTIVE, NATIVE_INTERCOMPANY],
+            &[NATIVE_INTERCOMPANY],
+        );
         assert_eq!(flags[0].name, "inactive");
         assert!(flags[0].applies && !flags[0].enabled);
     }

@@ -49,7 +49,10 @@ pub fn build(config: Config) -> anyhow::Result<Arc<App>> {
         handles.push(Arc::new(ConnectorHandle::new(c.clone(), conn, budget)));
     }
     let admin_token = match &config.http.admin_token {
-        Some(src) => Some(src.load().map_err(|e| anyhow::anyhow!("admin token: {e}"))?),
+        Some(src) => Some(
+            src.load()
+                .map_err(|e| anyhow::anyhow!("admin token: {e}"))?,
+        ),
         None => {
             tracing::warn!("no admin token configured: the admin API answers 403");
             None
@@ -92,7 +95,10 @@ pub async fn run_with(
     tracker.close();
     let timeout = app.config().daemon.shutdown_timeout;
     if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
-        tracing::warn!(timeout_s = timeout.as_secs_f64(), "tasks did not stop in time; exiting anyway");
+        tracing::warn!(
+            timeout_s = timeout.as_secs_f64(),
+            "tasks did not stop in time; exiting anyway"
+        );
     }
     app.store.flush()?;
     tracing::info!("stopped cleanly");

@@ -13,19 +13,19 @@
 //! - [`daemon`]: wires everything together and runs until shutdown.
 //! - [`cli`]: the `erpsync` command line.
 
-pub mod connectors;
-pub mod model;
-pub mod rules;
-pub mod secrets;
-pub mod store;
 pub mod app;
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod connectors;
 pub mod daemon;
 pub mod exclusion;
 pub mod http;
+pub mod model;
 pub mod reload;
 pub mod reminders;
 pub mod resync;
+pub mod rules;
+pub mod secrets;
+pub mod store;
 pub mod sync;

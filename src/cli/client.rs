@@ -24,7 +24,12 @@ impl ApiClient {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
         let token = match &cfg.http.admin_token {
-            Some(src) => Some(src.load().map_err(|e| anyhow!("admin token: {e}"))?.expose().to_string()),
+            Some(src) => Some(
+                src.load()
+                    .map_err(|e| anyhow!("admin token: {e}"))?
+                    .expose()
+                    .to_string(),
+            ),
             None => None,
         };
         Ok(ApiClient {
@@ -45,10 +50,12 @@ impl ApiClient {
     }
 
     async fn send(&self, r: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let resp = r
-            .send()
-            .await
-            .with_context(|| format!("cannot reach erpsync at {} (is the daemon running?)", self.base))?;
+        let resp = r.send().await.with_context(|| {
+            format!(
+                "cannot reach erpsync at {} (is the daemon running?)",
+                self.base
+            )
+        })?;
         if !resp.status().is_success() {
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
@@ -62,14 +69,27 @@ impl ApiClient {
     }
 
     pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
-        Ok(self.send(self.req(reqwest::Method::GET, path)).await?.json().await?)
+        Ok(self
+            .send(self.req(reqwest::Method::GET, path))
+            .await?
+            .json()
+            .await?)
     }
 
     pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
-        Ok(self.send(self.req(reqwest::Method::GET, path)).await?.text().await?)
+        Ok(self
+            .send(self.req(reqwest::Method::GET, path))
+            .await?
+            .text()
+            .await?)
     }
 
-    pub async fn send_json(&self, method: reqwest::Method, path: &str, body: &Value) -> anyhow::Result<Value> {
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<Value> {
         let resp = self.send(self.req(method, path).json(body)).await?;
         let text = resp.text().await?;
         if text.is_empty() {
@@ -81,7 +101,10 @@ impl ApiClient {
 
 /// Runs a client command on a small single-threaded runtime.
 pub fn run(cmd: Command) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("erpsync: {e}");
@@ -164,7 +187,11 @@ fn print_status(v: &Value) {
         cell(c.get("excluded")),
         c["excluded_by_reason"]
             .as_object()
-            .map(|m| m.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "))
+            .map(|m| m
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", "))
             .unwrap_or_default()
     );
     let rows: Vec<Vec<String>> = v["connectors"]
@@ -186,7 +213,15 @@ fn print_status(v: &Value) {
         })
         .unwrap_or_default();
     print_table(
-        &["CONNECTOR", "KIND", "STATE", "LAST SYNC", "INVOICES", "DROPPED", "LAST ERROR"],
+        &[
+            "CONNECTOR",
+            "KIND",
+            "STATE",
+            "LAST SYNC",
+            "INVOICES",
+            "DROPPED",
+            "LAST ERROR",
+        ],
         &rows,
     );
 }

@@ -16,7 +16,11 @@ use crate::config::{self, EX_CONFIG};
 pub const DEFAULT_CONFIG: &str = "/etc/erpsync/erpsync.toml";
 
 #[derive(Debug, Parser)]
-#[command(name = "erpsync", version, about = "Sync ERP customers, invoices and transactions; keep excluded customers out")]
+#[command(
+    name = "erpsync",
+    version,
+    about = "Sync ERP customers, invoices and transactions; keep excluded customers out"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -95,7 +99,10 @@ fn run_daemon(path: &std::path::Path) -> ExitCode {
         }
     };
     init_logging(&cfg.daemon.log_level);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("erpsync: cannot start the runtime: {e}");

@@ -141,7 +141,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         file: path.to_path_buf(),
         problems,
     };
-    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| err(vec![toml_problem(text, &e)]))?;
+    let raw: raw::RawConfig =
+        toml::from_str(text).map_err(|e| err(vec![toml_problem(text, &e)]))?;
     let base = path
         .parent()
         .map(Path::to_path_buf)
@@ -153,7 +154,10 @@ fn toml_problem(text: &str, e: &toml::de::Error) -> Problem {
     let line = e.span().map(|s| line_of(text, s.start));
     let key = line
         .and_then(|l| text.lines().nth(l - 1))
-        .and_then(|l| l.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_string()))
+        .and_then(|l| {
+            l.split_once('=')
+                .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        })
         .filter(|k| !k.is_empty() && !k.starts_with('[') && !k.contains(' '))
         .unwrap_or_default();
     Problem {
@@ -164,7 +168,11 @@ fn toml_problem(text: &str, e: &toml::de::Error) -> Problem {
 }
 
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
 }
 
 /// Parses `500ms`, `30s`, `5m`, `2h`, `1d`.
@@ -254,7 +262,11 @@ fn compile(
     };
     let log_level = d.log_level.unwrap_or_else(|| "info".to_string());
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
-        push(None, "daemon.log_level", format!("`{log_level}` is not a log filter: {e}"));
+        push(
+            None,
+            "daemon.log_level",
+            format!("`{log_level}` is not a log filter: {e}"),
+        );
     }
 
     // [http]
@@ -264,7 +276,10 @@ fn compile(
             push(
                 at(s.span()),
                 "http.listen",
-                format!("`{}` is not an address:port like 127.0.0.1:8089", s.get_ref()),
+                format!(
+                    "`{}` is not an address:port like 127.0.0.1:8089",
+                    s.get_ref()
+                ),
             );
             DEFAULT_LISTEN.parse().expect("default parses")
         }),
@@ -310,7 +325,12 @@ fn compile(
     let mut connectors = Vec::new();
     let mut seen = std::collections::HashMap::new();
     if raw.connectors.is_empty() {
-        push(None, "connectors", "no [[connectors]] configured; add at least one (kind = \"demo\" needs no credentials)".into());
+        push(
+            None,
+            "connectors",
+            "no [[connectors]] configured; add at least one (kind = \"demo\" needs no credentials)"
+                .into(),
+        );
     }
     for (i, c) in raw.connectors.into_iter().enumerate() {
         let id = c.id.get_ref().clone();
@@ -335,14 +355,21 @@ fn compile(
             push(
                 at(c.kind.span()),
                 &k("kind"),
-                format!("unknown connector kind `{kind}`; known kinds: {}", crate::connectors::KINDS.join(", ")),
+                format!(
+                    "unknown connector kind `{kind}`; known kinds: {}",
+                    crate::connectors::KINDS.join(", ")
+                ),
             );
         }
         let poll_interval = match &c.poll_interval {
             Some(s) => match parse_duration(s.get_ref()) {
                 Ok(d) if d >= Duration::from_secs(1) => d,
                 Ok(_) => {
-                    push(at(s.span()), &k("poll_interval"), "must be at least 1s".into());
+                    push(
+                        at(s.span()),
+                        &k("poll_interval"),
+                        "must be at least 1s".into(),
+                    );
                     Duration::from_secs(60)
                 }
                 Err(e) => {
@@ -356,20 +383,34 @@ fn compile(
         let mut limits = Limits::default();
         if let Some(r) = rl.requests_per_second {
             if !(r > 0.0 && r.is_finite()) {
-                push(line, &k("rate_limit.requests_per_second"), format!("must be > 0, got {r}"));
+                push(
+                    line,
+                    &k("rate_limit.requests_per_second"),
+                    format!("must be > 0, got {r}"),
+                );
             }
             limits.requests_per_second = r;
         }
-        limits.burst = rl.burst.unwrap_or(limits.requests_per_second.ceil().max(1.0) as u32);
+        limits.burst = rl
+            .burst
+            .unwrap_or(limits.requests_per_second.ceil().max(1.0) as u32);
         if let Some(m) = rl.max_concurrency {
             if m == 0 {
-                push(line, &k("rate_limit.max_concurrency"), "must be at least 1".into());
+                push(
+                    line,
+                    &k("rate_limit.max_concurrency"),
+                    "must be at least 1".into(),
+                );
             }
             limits.max_concurrency = m;
         }
         if let Some(s) = c.resync_share {
             if !(s > 0.0 && s <= 1.0) {
-                push(line, &k("resync_share"), format!("must be within (0, 1], got {s}"));
+                push(
+                    line,
+                    &k("resync_share"),
+                    format!("must be within (0, 1], got {s}"),
+                );
             }
             limits.resync_share = s;
         }
@@ -398,10 +439,15 @@ fn compile(
         let options = match kind.as_str() {
             "demo" => {
                 let opts: DemoOptions = match &c.demo {
-                    Some(v) => v.get_ref().clone().try_into().unwrap_or_else(|e: toml::de::Error| {
-                        push(at(v.span()), &k("demo"), e.message().trim().to_string());
-                        DemoOptions::default()
-                    }),
+                    Some(v) => {
+                        v.get_ref()
+                            .clone()
+                            .try_into()
+                            .unwrap_or_else(|e: toml::de::Error| {
+                                push(at(v.span()), &k("demo"), e.message().trim().to_string());
+                                DemoOptions::default()
+                            })
+                    }
                     None => DemoOptions::default(),
                 };
                 for p in opts.validate() {
@@ -429,9 +475,16 @@ fn compile(
             },
             _ => None,
         };
-        for (present, name) in [(c.demo.is_some(), "demo"), (c.netsuite.is_some(), "netsuite")] {
+        for (present, name) in [
+            (c.demo.is_some(), "demo"),
+            (c.netsuite.is_some(), "netsuite"),
+        ] {
             if present && name != kind {
-                push(line, &k(name), format!("a [connectors.{name}] table does not apply to kind `{kind}`"));
+                push(
+                    line,
+                    &k(name),
+                    format!("a [connectors.{name}] table does not apply to kind `{kind}`"),
+                );
             }
         }
         if let Some(options) = options {

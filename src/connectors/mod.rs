@@ -48,7 +48,9 @@ pub fn build(
 ) -> Result<Arc<dyn Connector>, String> {
     Ok(match &cfg.options {
         ConnectorOptions::Demo(o) => Arc::new(demo::build(o, budget)),
-        ConnectorOptions::Netsuite(o) => Arc::new(netsuite::NetsuiteConnector::new(o, base_dir, budget)?),
+        ConnectorOptions::Netsuite(o) => {
+            Arc::new(netsuite::NetsuiteConnector::new(o, base_dir, budget)?)
+        }
     })
 }
 

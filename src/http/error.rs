@@ -30,7 +30,10 @@ impl ApiError {
     }
     pub fn internal(m: impl std::fmt::Display) -> Self {
         tracing::error!(error = %m, "internal error answering an API request");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {m}"))
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal error: {m}"),
+        )
     }
 }
 

@@ -5,6 +5,7 @@
 //! reminders); they never talk to an ERP. Every error is a JSON body
 //! `{"error": "..."}` with a 4xx/5xx status (see [`error::ApiError`]).
 
+pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod status;
@@ -39,7 +40,9 @@ pub fn router(app: Arc<App>) -> Router {
 
 /// The admin API. Each feature module adds its routes here.
 fn api_routes() -> Router<Arc<App>> {
-    Router::new().route("/status", get(status::status))
+    Router::new()
+        .route("/status", get(status::status))
+        .merge(admin::routes())
 }
 
 /// Serves until `shutdown` resolves.

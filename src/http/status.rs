@@ -103,7 +103,10 @@ pub fn build_status(app: &App) -> Result<Status, crate::store::StoreError> {
             JobState::Failed => resync.jobs_failed += 1,
             JobState::Done => resync.jobs_done += 1,
         }
-        if matches!(j.state, JobState::Queued | JobState::Running | JobState::Failed) {
+        if matches!(
+            j.state,
+            JobState::Queued | JobState::Running | JobState::Failed
+        ) {
             resync.customers_pending += j.total.saturating_sub(j.done);
         }
     }
@@ -129,17 +132,28 @@ pub async fn status(State(app): State<Arc<App>>) -> Result<Json<Status>, ApiErro
 pub async fn metrics(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     let s = build_status(&app)?;
     let mut text = String::new();
-    let fam = |text: &mut String, name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
-        let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(text, "{name}{labels} {v}");
-        }
-    };
-    fam(&mut text, "erpsync_uptime_seconds", "gauge", "Seconds since the daemon started.", vec![(String::new(), s.uptime_seconds as f64)]);
+    let fam =
+        |text: &mut String, name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+            let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in samples {
+                let _ = writeln!(text, "{name}{labels} {v}");
+            }
+        };
+    fam(
+        &mut text,
+        "erpsync_uptime_seconds",
+        "gauge",
+        "Seconds since the daemon started.",
+        vec![(String::new(), s.uptime_seconds as f64)],
+    );
     let lbl = |c: &str, extra: &[(&str, &str)]| {
         let mut s = format!("{{connector=\"{c}\"");
         for (k, v) in extra {
-            let _ = write!(s, ",{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
+            let _ = write!(
+                s,
+                ",{k}=\"{}\"",
+                v.replace('\\', "\\\\").replace('"', "\\\"")
+            );
         }
         s.push('}');
         s
@@ -158,8 +172,14 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<Response, ApiError> 
     let mut parked = Vec::new();
     let mut overrides = Vec::new();
     for c in &s.connectors {
-        customers.push((lbl(&c.id, &[("state", "included")]), c.customers.included as f64));
-        customers.push((lbl(&c.id, &[("state", "excluded")]), c.customers.excluded as f64));
+        customers.push((
+            lbl(&c.id, &[("state", "included")]),
+            c.customers.included as f64,
+        ));
+        customers.push((
+            lbl(&c.id, &[("state", "excluded")]),
+            c.customers.excluded as f64,
+        ));
         for (reason, v) in &c.customers.excluded_by_reason {
             excluded.push((lbl(&c.id, &[("reason", reason)]), *v as f64));
         }
@@ -172,9 +192,18 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<Response, ApiError> 
                 dropped.push((lbl(&c.id, &[("entity", e)]), get(format!("dropped_{e}"))));
             }
         }
-        quarantined.push((lbl(&c.id, &[]), c.counters.get("quarantined").copied().unwrap_or(0) as f64));
-        requests.push((lbl(&c.id, &[("lane", "poll")]), c.requests.poll_requests as f64));
-        requests.push((lbl(&c.id, &[("lane", "resync")]), c.requests.resync_requests as f64));
+        quarantined.push((
+            lbl(&c.id, &[]),
+            c.counters.get("quarantined").copied().unwrap_or(0) as f64,
+        ));
+        requests.push((
+            lbl(&c.id, &[("lane", "poll")]),
+            c.requests.poll_requests as f64,
+        ));
+        requests.push((
+            lbl(&c.id, &[("lane", "resync")]),
+            c.requests.resync_requests as f64,
+        ));
         retries.push((lbl(&c.id, &[]), c.requests.retries as f64));
         throttled.push((lbl(&c.id, &[]), c.requests.rate_limited as f64));
         errors.push((lbl(&c.id, &[]), c.worker.consecutive_errors as f64));
@@ -183,24 +212,110 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<Response, ApiError> 
             last_success.push((lbl(&c.id, &[]), t.timestamp() as f64));
         }
     }
-    fam(&mut text, "erpsync_customers", "gauge", "Stored customers by state.", customers);
-    fam(&mut text, "erpsync_customers_excluded", "gauge", "Excluded customers by reason.", excluded);
-    fam(&mut text, "erpsync_customers_manual_overrides", "gauge", "Customers re-included by hand although a rule or native flag matches.", overrides);
-    fam(&mut text, "erpsync_records_synced_total", "counter", "Records written by sync.", synced);
-    fam(&mut text, "erpsync_records_dropped_total", "counter", "Records of excluded customers dropped at ingest.", dropped);
-    fam(&mut text, "erpsync_records_deleted_total", "counter", "Records deleted because upstream deleted them.", deleted);
-    fam(&mut text, "erpsync_records_quarantined_total", "counter", "Malformed upstream records quarantined.", quarantined);
-    fam(&mut text, "erpsync_records_parked", "gauge", "Records waiting for their customer to arrive.", parked);
-    fam(&mut text, "erpsync_upstream_requests_total", "counter", "Requests sent to the ERP, by lane.", requests);
-    fam(&mut text, "erpsync_upstream_retries_total", "counter", "Upstream requests retried.", retries);
-    fam(&mut text, "erpsync_upstream_rate_limited_total", "counter", "Upstream answers asking to slow down.", throttled);
-    fam(&mut text, "erpsync_sync_consecutive_errors", "gauge", "Failed sync passes in a row.", errors);
-    fam(&mut text, "erpsync_sync_last_success_timestamp_seconds", "gauge", "Unix time of the last successful pass.", last_success);
-    fam(&mut text, "erpsync_resync_customers_pending", "gauge", "Customers waiting for a resync.", vec![(String::new(), s.resync.customers_pending as f64)]);
-    fam(&mut text, "erpsync_resync_jobs_failed", "gauge", "Resync jobs that failed.", vec![(String::new(), s.resync.jobs_failed as f64)]);
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        text,
-    )
-        .into_response())
+    fam(
+        &mut text,
+        "erpsync_customers",
+        "gauge",
+        "Stored customers by state.",
+        customers,
+    );
+    fam(
+        &mut text,
+        "erpsync_customers_excluded",
+        "gauge",
+        "Excluded customers by reason.",
+        excluded,
+    );
+    fam(
+        &mut text,
+        "erpsync_customers_manual_overrides",
+        "gauge",
+        "Customers re-included by hand although a rule or native flag matches.",
+        overrides,
+    );
+    fam(
+        &mut text,
+        "erpsync_records_synced_total",
+        "counter",
+        "Records written by sync.",
+        synced,
+    );
+    fam(
+        &mut text,
+        "erpsync_records_dropped_total",
+        "counter",
+        "Records of excluded customers dropped at ingest.",
+        dropped,
+    );
+    fam(
+        &mut text,
+        "erpsync_records_deleted_total",
+        "counter",
+        "Records deleted because upstream deleted them.",
+        deleted,
+    );
+    fam(
+        &mut text,
+        "erpsync_records_quarantined_total",
+        "counter",
+        "Malformed upstream records quarantined.",
+        quarantined,
+    );
+    fam(
+        &mut text,
+        "erpsync_records_parked",
+        "gauge",
+        "Records waiting for their customer to arrive.",
+        parked,
+    );
+    fam(
+        &mut text,
+        "erpsync_upstream_requests_total",
+        "counter",
+        "Requests sent to the ERP, by lane.",
+        requests,
+    );
+    fam(
+        &mut text,
+        "erpsync_upstream_retries_total",
+        "counter",
+        "Upstream requests retried.",
+        retries,
+    );
+    fam(
+        &mut text,
+        "erpsync_upstream_rate_limited_total",
+        "counter",
+        "Upstream answers asking to slow down.",
+        throttled,
+    );
+    fam(
+        &mut text,
+        "erpsync_sync_consecutive_errors",
+        "gauge",
+        "Failed sync passes in a row.",
+        errors,
+    );
+    fam(
+        &mut text,
+        "erpsync_sync_last_success_timestamp_seconds",
+        "gauge",
+        "Unix time of the last successful pass.",
+        last_success,
+    );
+    fam(
+        &mut text,
+        "erpsync_resync_customers_pending",
+        "gauge",
+        "Customers waiting for a resync.",
+        vec![(String::new(), s.resync.customers_pending as f64)],
+    );
+    fam(
+        &mut text,
+        "erpsync_resync_jobs_failed",
+        "gauge",
+        "Resync jobs that failed.",
+        vec![(String::new(), s.resync.jobs_failed as f64)],
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

@@ -64,7 +64,10 @@ pub fn enqueue(
 ) -> Result<Option<u64>> {
     let mut fresh = Vec::new();
     for c in customers {
-        let queued: Option<u64> = tx.get_value(ns::RESYNC_BY_CUSTOMER, &[connector.as_bytes(), c.as_bytes()])?;
+        let queued: Option<u64> = tx.get_value(
+            ns::RESYNC_BY_CUSTOMER,
+            &[connector.as_bytes(), c.as_bytes()],
+        )?;
         if queued.is_none() && !fresh.contains(c) {
             fresh.push(c.clone());
         }
@@ -74,8 +77,16 @@ pub fn enqueue(
     }
     let id = tx.next_id()?;
     for c in &fresh {
-        tx.put_value(ns::RESYNC_BY_CUSTOMER, &[connector.as_bytes(), c.as_bytes()], &id);
-        tx.put_value(ns::RESYNC_MEMBER, &[&job_key(id), c.as_bytes()], &MemberState::Pending);
+        tx.put_value(
+            ns::RESYNC_BY_CUSTOMER,
+            &[connector.as_bytes(), c.as_bytes()],
+            &id,
+        );
+        tx.put_value(
+            ns::RESYNC_MEMBER,
+            &[&job_key(id), c.as_bytes()],
+            &MemberState::Pending,
+        );
     }
     tx.put_value(
         ns::RESYNC_JOB,
@@ -101,11 +112,19 @@ pub fn enqueue(
 /// Removes a customer from its pending job (it was excluded again).
 /// Returns whether it was queued.
 pub fn remove_customer(tx: &mut Tx<'_>, connector: &str, customer: &str) -> Result<bool> {
-    let Some(id): Option<u64> = tx.get_value(ns::RESYNC_BY_CUSTOMER, &[connector.as_bytes(), customer.as_bytes()])? else {
+    let Some(id): Option<u64> = tx.get_value(
+        ns::RESYNC_BY_CUSTOMER,
+        &[connector.as_bytes(), customer.as_bytes()],
+    )?
+    else {
         return Ok(false);
     };
-    tx.delete_value(ns::RESYNC_BY_CUSTOMER, &[connector.as_bytes(), customer.as_bytes()]);
-    let member: Option<MemberState> = tx.get_value(ns::RESYNC_MEMBER, &[&job_key(id), customer.as_bytes()])?;
+    tx.delete_value(
+        ns::RESYNC_BY_CUSTOMER,
+        &[connector.as_bytes(), customer.as_bytes()],
+    );
+    let member: Option<MemberState> =
+        tx.get_value(ns::RESYNC_MEMBER, &[&job_key(id), customer.as_bytes()])?;
     tx.delete_value(ns::RESYNC_MEMBER, &[&job_key(id), customer.as_bytes()]);
     if let Some(mut job) = tx.get_value::<Job>(ns::RESYNC_JOB, &[&job_key(id)])? {
         job.total = job.total.saturating_sub(1);
@@ -123,7 +142,10 @@ pub fn remove_customer(tx: &mut Tx<'_>, connector: &str, customer: &str) -> Resu
 /// Whether a customer waits in a resync job.
 pub fn is_queued(store: &Store, connector: &str, customer: &str) -> Result<bool> {
     Ok(store
-        .get_value::<u64>(ns::RESYNC_BY_CUSTOMER, &[connector.as_bytes(), customer.as_bytes()])?
+        .get_value::<u64>(
+            ns::RESYNC_BY_CUSTOMER,
+            &[connector.as_bytes(), customer.as_bytes()],
+        )?
         .is_some())
 }
 

@@ -55,7 +55,12 @@ impl PageStats {
     }
 }
 
-fn quarantine(tx: &mut Tx<'_>, ctx: &Ingest<'_>, q: Quarantined, stats: &mut PageStats) -> Result<()> {
+fn quarantine(
+    tx: &mut Tx<'_>,
+    ctx: &Ingest<'_>,
+    q: Quarantined,
+    stats: &mut PageStats,
+) -> Result<()> {
     tracing::warn!(connector = ctx.connector, entity = %q.entity, id = ?q.external_id, reason = %q.reason, "quarantined upstream record");
     tx.quarantine(ctx.connector, ctx.now, q)?;
     stats.quarantined += 1;
@@ -66,7 +71,10 @@ fn bad_id(entity: Entity, id: &str, what: &str) -> Quarantined {
     Quarantined {
         entity,
         external_id: Some(id.replace('\0', "\\0")),
-        reason: format!("{what} `{}` is empty or contains a NUL byte", id.replace('\0', "\\0")),
+        reason: format!(
+            "{what} `{}` is empty or contains a NUL byte",
+            id.replace('\0', "\\0")
+        ),
         raw: String::new(),
     }
 }
@@ -81,7 +89,12 @@ pub fn customers(tx: &mut Tx<'_>, ctx: &Ingest<'_>, page: &Page<Customer>) -> Re
     let mut reincluded = Vec::new();
     for c in &page.items {
         if !valid_id(&c.external_id) {
-            quarantine(tx, ctx, bad_id(Entity::Customers, &c.external_id, "customer id"), &mut stats)?;
+            quarantine(
+                tx,
+                ctx,
+                bad_id(Entity::Customers, &c.external_id, "customer id"),
+                &mut stats,
+            )?;
             continue;
         }
         let key = CustomerKey::new(ctx.connector, &c.external_id);
@@ -108,7 +121,16 @@ pub fn customers(tx: &mut Tx<'_>, ctx: &Ingest<'_>, page: &Page<Customer>) -> Re
                 first_seen: ctx.now,
             },
         };
-        let t = exclusion::apply(tx, &mut sc, was.as_ref(), class, "sync", "upstream record changed", ctx.now, false)?;
+        let t = exclusion::apply(
+            tx,
+            &mut sc,
+            was.as_ref(),
+            class,
+            "sync",
+            "upstream record changed",
+            ctx.now,
+            false,
+        )?;
         stats.written += 1;
         if t.newly_excluded && was.is_some() {
             stats.newly_excluded += 1;
@@ -143,7 +165,13 @@ pub fn customers(tx: &mut Tx<'_>, ctx: &Ingest<'_>, page: &Page<Customer>) -> Re
         }
     }
     if !reincluded.is_empty() {
-        queue::enqueue(tx, ctx.connector, &reincluded, "included again upstream", ctx.now)?;
+        queue::enqueue(
+            tx,
+            ctx.connector,
+            &reincluded,
+            "included again upstream",
+            ctx.now,
+        )?;
     }
     for q in &page.quarantined {
         quarantine(tx, ctx, q.clone(), &mut stats)?;
@@ -161,18 +189,33 @@ fn count_dropped(tx: &mut Tx<'_>, conn: &str, e: Entity) -> Result<()> {
 /// Applies a page of invoices or transactions (from polling or a resync):
 /// stored when the customer is included, dropped and counted when excluded,
 /// parked when the customer has not arrived yet.
-pub fn records(tx: &mut Tx<'_>, ctx: &Ingest<'_>, entity: Entity, page: &Page<Record>) -> Result<PageStats> {
+pub fn records(
+    tx: &mut Tx<'_>,
+    ctx: &Ingest<'_>,
+    entity: Entity,
+    page: &Page<Record>,
+) -> Result<PageStats> {
     let mut stats = PageStats {
         received: page.items.len() as u64,
         ..Default::default()
     };
     for r in &page.items {
         if !valid_id(r.external_id()) {
-            quarantine(tx, ctx, bad_id(r.entity(), r.external_id(), "record id"), &mut stats)?;
+            quarantine(
+                tx,
+                ctx,
+                bad_id(r.entity(), r.external_id(), "record id"),
+                &mut stats,
+            )?;
             continue;
         }
         if !valid_id(r.customer_id()) {
-            quarantine(tx, ctx, bad_id(r.entity(), r.customer_id(), "customer reference"), &mut stats)?;
+            quarantine(
+                tx,
+                ctx,
+                bad_id(r.entity(), r.customer_id(), "customer reference"),
+                &mut stats,
+            )?;
             continue;
         }
         let key = CustomerKey::new(ctx.connector, r.customer_id());

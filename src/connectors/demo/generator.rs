@@ -724,7 +724,15 @@ struct TxDraft {
 
 fn generate(opts: &DemoOptions) -> State {
     let mut rng = StdRng::seed_from_u64(opts.seed);
-    let now_ms = Utc::now().timestamp_millis();
+    // Anchor the generated history at the start of the current UTC day, so a
+    // restart on the same day regenerates identical records (same
+    // last-modified times) and a resumed sync has nothing to read again.
+    let now_ms = Utc::now()
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight exists")
+        .and_utc()
+        .timestamp_millis();
     let today = ts_millis(now_ms).date_naive();
     let mut stamps = Stamps {
         now_ms,

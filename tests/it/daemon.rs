@@ -1,0 +1,361 @@
+//! The foundation: the real binary syncs the demo ERP end to end, resumes
+//! from its cursors, survives SIGKILL mid-sync, stops cleanly on SIGTERM and
+//! refuses bad config with precise messages.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use erpsync::connectors::demo::{DemoErp, DemoOptions};
+use erpsync::model::{CustomerKey, Record};
+use erpsync::store::Store;
+use rust_decimal::Decimal;
+
+use crate::support::{small_demo, Setup};
+
+/// (id, customer, amount) of every record, the parts that do not depend on
+/// when the ERP was generated.
+fn fingerprint(r: &Record) -> (String, String, Decimal) {
+    match r {
+        Record::Invoice(i) => (i.external_id.clone(), i.customer_id.clone(), i.amount_due),
+        Record::Transaction(t) => (t.external_id.clone(), t.customer_id.clone(), t.amount),
+    }
+}
+
+/// Asserts the store holds exactly the ERP's data: every customer, and every
+/// invoice and transaction of included customers, once; nothing of excluded ones.
+pub fn assert_store_equals_erp(state_dir: &Path, opts: &DemoOptions) {
+    let erp = DemoErp::new(opts);
+    let store = Store::open(state_dir).unwrap();
+    let customers: BTreeMap<String, bool> = store
+        .customers(Some("demo"), None)
+        .map(|c| {
+            let c = c.unwrap();
+            (c.customer.external_id.clone(), c.classification.excluded)
+        })
+        .collect();
+    assert_eq!(customers.len(), erp.customers().len(), "customer count");
+    let mut expected = Vec::new();
+    let mut dropped = 0u64;
+    for r in erp
+        .invoices()
+        .into_iter()
+        .map(Record::Invoice)
+        .chain(erp.transactions().into_iter().map(Record::Transaction))
+    {
+        match customers.get(r.customer_id()) {
+            Some(false) => expected.push(fingerprint(&r)),
+            Some(true) => dropped += 1,
+            None => panic!("ERP record {} has an unknown customer", r.external_id()),
+        }
+    }
+    let mut stored: Vec<_> = store
+        .records(Some("demo"))
+        .map(|r| fingerprint(&r.unwrap().1))
+        .collect();
+    expected.sort();
+    stored.sort();
+    assert_eq!(
+        stored.len(),
+        expected.len(),
+        "record count (no record missing, none twice)"
+    );
+    assert_eq!(stored, expected);
+    for (id, excluded) in &customers {
+        if *excluded {
+            let recs = store.records_of(&CustomerKey::new("demo", id)).unwrap();
+            assert!(
+                recs.is_empty(),
+                "excluded customer {id} has {} records",
+                recs.len()
+            );
+        }
+    }
+    assert!(
+        dropped > 0,
+        "the demo should have records of excluded customers"
+    );
+}
+
+#[test]
+fn demo_sync_end_to_end_then_clean_shutdown() {
+    let opts = small_demo();
+    let setup = Setup::demo(&opts, "1h", "");
+    let d = setup.start();
+    let s = d.wait_passes(1);
+    let cust = &s["customers"];
+    assert_eq!(cust["total"], 300);
+    assert!(
+        cust["excluded_by_reason"]["native:inactive"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{s:#}"
+    );
+    assert!(
+        cust["excluded_by_reason"]["native:intercompany"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{s:#}"
+    );
+    let c = &s["connectors"][0];
+    assert_eq!(c["state"], "idle");
+    assert!(c["counters"]["dropped_invoices"].as_u64().unwrap() > 0);
+    assert!(c["last_sync_duration_ms"].is_u64());
+    assert_eq!(c["last_error"], serde_json::Value::Null);
+    // metrics speak Prometheus text
+    let (st, m) = d.client.without_token().call("GET", "/metrics", None);
+    assert_eq!(st, 200);
+    let m = m.as_str().unwrap().to_string();
+    assert!(
+        m.contains("erpsync_customers{connector=\"demo\",state=\"excluded\"}"),
+        "{m}"
+    );
+    assert!(m.contains("erpsync_records_dropped_total{connector=\"demo\",entity=\"invoices\"}"));
+
+    let (status, took) = d.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+    assert_store_equals_erp(&setup.dir.path().join("state"), &opts);
+}
+
+#[test]
+fn restart_resumes_from_stored_cursors() {
+    let opts = small_demo();
+    let setup = Setup::demo(&opts, "1h", "");
+    let d = setup.start();
+    let first = d.wait_passes(1);
+    let received = first["connectors"][0]["session"]["invoices"]["received"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(received, 3000);
+    assert!(d.terminate().0.success());
+
+    let d = setup.start();
+    let second = d.wait_passes(1);
+    let c = &second["connectors"][0];
+    // Nothing changed upstream: the second start reads nothing again, with
+    // one request per entity.
+    for e in ["customers", "invoices", "transactions"] {
+        assert_eq!(
+            c["session"][e]["received"], 0,
+            "{e} re-read after restart: {c:#}"
+        );
+    }
+    assert_eq!(c["requests"]["poll_requests"], 3);
+    assert!(d.terminate().0.success());
+}
+
+#[test]
+fn sigkill_mid_first_sync_then_restart_converges_exactly() {
+    let opts = DemoOptions {
+        page_size: 50,
+        latency_ms: 15,
+        ..small_demo()
+    };
+    let setup = Setup::demo(&opts, "1h", "");
+    let d = setup.start();
+    // The first pass needs ~110 pages at 15 ms: kill it in the middle.
+    std::thread::sleep(Duration::from_millis(700));
+    let s = d.client.get("/status");
+    assert_eq!(
+        s["connectors"][0]["passes"], 0,
+        "first pass must still be running"
+    );
+    d.kill9();
+
+    let d = setup.start();
+    d.wait_passes(1);
+    assert!(d.terminate().0.success());
+    assert_store_equals_erp(&setup.dir.path().join("state"), &opts);
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_dir_is_refused() {
+    let opts = small_demo();
+    let setup = Setup::demo(&opts, "1h", "");
+    let d = setup.start();
+    // Same config but another port: must fail on the store lock.
+    let text = std::fs::read_to_string(setup.config_path())
+        .unwrap()
+        .replace(
+            &format!("127.0.0.1:{}", setup.port),
+            &format!("127.0.0.1:{}", crate::support::free_port()),
+        );
+    let other = setup.dir.path().join("other.toml");
+    std::fs::write(&other, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_erpsync"))
+        .args(["run", "--config"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("locked by another running erpsync"), "{err}");
+    assert!(d.terminate().0.success());
+}
+
+fn check_config(dir: &Path, text: &str) -> (i32, String, String) {
+    let p = dir.join("erpsync.toml");
+    std::fs::write(&p, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_erpsync"))
+        .args(["check-config", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const GOOD: &str = r#"[daemon]
+state_dir = "state"
+
+[http]
+listen = "127.0.0.1:8089"
+
+[[connectors]]
+id = "demo"
+kind = "demo"
+poll_interval = "30s"
+"#;
+
+#[test]
+fn check_config_accepts_a_good_file_and_summarises_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = check_config(dir.path(), GOOD);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("connectors: 1"), "{out}");
+    assert!(out.contains("demo (kind demo, poll every 30s"), "{out}");
+    assert!(out.contains("listen: 127.0.0.1:8089"), "{out}");
+    assert!(
+        !dir.path().join("state").exists(),
+        "check-config must not touch state"
+    );
+}
+
+/// Each bad config: exit 78, the message names file:line and the key, and
+/// no state directory is created.
+#[test]
+fn bad_configs_are_refused_with_file_line_and_key() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "unknown key",
+            "[daemon]\nstate_dir = \"state\"\nstat_dir = \"x\"\n",
+            &["erpsync.toml:3", "key `stat_dir`", "unknown field `stat_dir`"],
+        ),
+        (
+            "wrong type",
+            "[[connectors]]\nid = \"demo\"\nkind = \"demo\"\nresync_share = \"half\"\n",
+            &["erpsync.toml:4", "key `resync_share`", "invalid type"],
+        ),
+        (
+            "duplicate connector ids",
+            "[daemon]\nstate_dir = \"state\"\n[[connectors]]\nid = \"a\"\nkind = \"demo\"\n[[connectors]]\nid = \"a\"\nkind = \"demo\"\n",
+            &["erpsync.toml:7", "key `connectors[1].id`", "duplicate connector id `a` (first defined on line 4)"],
+        ),
+        (
+            "missing credential file",
+            "[daemon]\nstate_dir = \"state\"\n[http]\nadmin_token_file = \"nope/token\"\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\n",
+            &["erpsync.toml:4", "key `http.admin_token_file`", "nope/token does not exist"],
+        ),
+        (
+            "unknown connector kind",
+            "[daemon]\nstate_dir = \"state\"\n[[connectors]]\nid = \"d\"\nkind = \"sap\"\n",
+            &["erpsync.toml:5", "key `connectors[0].kind`", "unknown connector kind `sap`"],
+        ),
+        (
+            "bad duration",
+            "[daemon]\nstate_dir = \"state\"\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\npoll_interval = \"soon\"\n",
+            &["erpsync.toml:6", "key `connectors[0].poll_interval`", "not a duration"],
+        ),
+        (
+            "unknown native exclusion",
+            "[daemon]\nstate_dir = \"state\"\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\nnative_exclusions = [\"archived\"]\n",
+            &["erpsync.toml:6", "`archived` is not a native exclusion of kind `demo`"],
+        ),
+        (
+            "bad rule operator",
+            "[daemon]\nstate_dir = \"state\"\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\n[[rules]]\nid = \"r1\"\ndescription = \"x\"\nwhen = { field = \"name\", op = \"resembles\", value = \"x\" }\n",
+            &["erpsync.toml:9", "rules[0].when.op", "rule `r1`", "unknown operator `resembles`"],
+        ),
+        (
+            "bad regex",
+            "[daemon]\nstate_dir = \"state\"\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\n[[rules]]\nid = \"r2\"\nwhen = { field = \"email\", op = \"matches\", value = \"[\" }\n",
+            &["erpsync.toml:8", "rule `r2`", "invalid regex"],
+        ),
+        (
+            "duplicate rule id",
+            "[daemon]\nstate_dir = \"state\"\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\n[[rules]]\nid = \"r\"\nwhen = { field = \"name\", op = \"is\", value = \"a\" }\n[[rules]]\nid = \"r\"\nwhen = { field = \"name\", op = \"is\", value = \"b\" }\n",
+            &["duplicate rule id `r`"],
+        ),
+        (
+            "demo option out of range",
+            "[daemon]\nstate_dir = \"state\"\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\n[connectors.demo]\npage_size = 0\n",
+            &["erpsync.toml:6", "connectors[0].demo", "page_size must be between 1 and 1000"],
+        ),
+        (
+            "not TOML",
+            "[daemon\nstate_dir = 1\n",
+            &["erpsync.toml:1"],
+        ),
+    ];
+    for (name, text, needles) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let (code, _out, err) = check_config(dir.path(), text);
+        assert_eq!(code, 78, "{name}: exit code; stderr: {err}");
+        for n in *needles {
+            assert!(err.contains(n), "{name}: `{n}` not in:\n{err}");
+        }
+        assert!(!dir.path().join("state").exists(), "{name}: state touched");
+    }
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[daemon]\nstate_dir = \"state\"\n[[connectors]]\nid = \"Bad Id\"\nkind = \"sap\"\npoll_interval = \"0s\"\n";
+    let (code, _, err) = check_config(dir.path(), text);
+    assert_eq!(code, 78);
+    assert!(err.contains("3 problems"), "{err}");
+}
+
+#[test]
+fn run_with_a_bad_config_exits_78_without_touching_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("erpsync.toml");
+    std::fs::write(&p, "[daemon]\nstate_dir = \"state\"\nbogus = 1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_erpsync"))
+        .args(["run", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("key `bogus`"));
+    assert!(!dir.path().join("state").exists());
+}
+
+#[test]
+fn unwritable_state_dir_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the state directory should be.
+    std::fs::write(dir.path().join("state"), "not a dir").unwrap();
+    let p = dir.path().join("erpsync.toml");
+    std::fs::write(
+        &p,
+        GOOD.replace("8089", &crate::support::free_port().to_string()),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_erpsync"))
+        .args(["run", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot create state_dir"), "{err}");
+}

@@ -1,0 +1,423 @@
+//! Test helpers: run the real `erpsync` binary on a temporary config, or the
+//! real server in-process with a shared demo ERP the test can change.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use erpsync::app::{App, ConnectorHandle};
+use erpsync::connectors::demo::{DemoConnector, DemoErp, DemoOptions};
+use erpsync::connectors::Budget;
+use serde_json::Value;
+
+pub const TOKEN: &str = "test-admin-token";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A small demo ERP that syncs in well under a second.
+pub fn small_demo() -> DemoOptions {
+    DemoOptions {
+        customers: 300,
+        invoices: 3000,
+        transactions: 2000,
+        page_size: 200,
+        trickle: 0,
+        ..DemoOptions::default()
+    }
+}
+
+pub fn demo_toml(o: &DemoOptions) -> String {
+    format!(
+        "[connectors.demo]\nseed = {}\ncustomers = {}\ninvoices = {}\ntransactions = {}\npage_size = {}\ntrickle = {}\nlatency_ms = {}\n",
+        o.seed, o.customers, o.invoices, o.transactions, o.page_size, o.trickle, o.latency_ms
+    )
+}
+
+/// A temporary directory with a config file for the demo connector.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Setup {
+    /// `extra` is appended to the config (rules, reminders, ...).
+    pub fn demo(opts: &DemoOptions, poll_interval: &str, extra: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+        let cfg = format!(
+            r#"[daemon]
+state_dir = "state"
+log_level = "info,erpsync=debug"
+shutdown_timeout = "8s"
+
+[http]
+listen = "127.0.0.1:{port}"
+admin_token_file = "token"
+
+[[connectors]]
+id = "demo"
+kind = "demo"
+poll_interval = "{poll_interval}"
+rate_limit = {{ requests_per_second = 1000, burst = 1000, max_concurrency = 4 }}
+{demo}
+{extra}
+"#,
+            demo = demo_toml(opts)
+        );
+        std::fs::write(dir.path().join("erpsync.toml"), cfg).unwrap();
+        Setup { dir, port }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("erpsync.toml")
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn start(&self) -> Daemon {
+        Daemon::spawn(&self.config_path(), self.base())
+    }
+}
+
+/// The real binary, running.
+pub struct Daemon {
+    pub child: Child,
+    pub base: String,
+    pub client: Api,
+    log: PathBuf,
+}
+
+impl Daemon {
+    pub fn spawn(config: &Path, base: String) -> Daemon {
+        let log = config.with_file_name(format!(
+            "daemon-{}.log",
+            Instant::now().elapsed().as_nanos() ^ rand_u32()
+        ));
+        let child = Command::new(env!("CARGO_BIN_EXE_erpsync"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let d = Daemon {
+            child,
+            client: Api::new(&base),
+            base,
+            log,
+        };
+        d.wait_ready();
+        d
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(r) = ureq_get(&format!("{}/readyz", self.base)) {
+                if r.0 == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("daemon not ready within 60 s; log:\n{}", self.log());
+    }
+
+    /// Waits until the connector finished at least `n` passes in this process.
+    pub fn wait_passes(&self, n: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let s = self.client.get("/status");
+            let c = &s["connectors"][0];
+            if c["passes"].as_u64().unwrap_or(0) >= n {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no pass {n} within 120 s: {s:#}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then waits for the exit; returns the status and how long it took.
+    pub fn terminate(mut self) -> (ExitStatus, Duration) {
+        let t = Instant::now();
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return (st, t.elapsed());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("daemon did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_u32() -> u128 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    (std::process::id() as u128) << 32 | N.fetch_add(1, Ordering::SeqCst) as u128
+}
+
+/// Minimal blocking HTTP for tests, on a private runtime.
+fn ureq_get(url: &str) -> Result<(u16, String), reqwest::Error> {
+    Api::rt().block_on(async {
+        let r = reqwest::Client::new()
+            .get(url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?;
+        let st = r.status().as_u16();
+        Ok((st, r.text().await?))
+    })
+}
+
+/// A blocking JSON client of the admin API, with the test token.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub token: Option<String>,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Api {
+        Api {
+            base: base.to_string(),
+            token: Some(TOKEN.to_string()),
+        }
+    }
+
+    pub fn without_token(&self) -> Api {
+        Api {
+            token: None,
+            ..self.clone()
+        }
+    }
+
+    pub fn with_token(&self, t: &str) -> Api {
+        Api {
+            token: Some(t.to_string()),
+            ..self.clone()
+        }
+    }
+
+    fn rt() -> &'static tokio::runtime::Runtime {
+        static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+        RT.get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap()
+        })
+    }
+
+    /// Any request; returns (status, body as JSON or as a string value).
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let token = self.token.clone();
+        let body = body.cloned();
+        Self::rt().block_on(async move {
+            let mut r = reqwest::Client::new()
+                .request(method, url)
+                .timeout(Duration::from_secs(60));
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            if let Some(b) = body {
+                r = r.json(&b);
+            }
+            let resp = r.send().await.expect("request failed");
+            let st = resp.status().as_u16();
+            let text = resp.text().await.unwrap();
+            let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            (st, v)
+        })
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let (st, v) = self.call("GET", path, None);
+        assert_eq!(st, 200, "GET {path}: {v}");
+        v
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Value {
+        let (st, v) = self.call("POST", path, Some(body));
+        assert!((200..300).contains(&st), "POST {path}: {st} {v}");
+        v
+    }
+}
+
+/// The real server in-process, with a demo ERP the test holds and can change.
+pub struct InProcess {
+    pub app: Arc<App>,
+    pub erp: Arc<DemoErp>,
+    pub api: Api,
+    pub dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl InProcess {
+    /// Starts the daemon with `extra` config appended (rules, reminders...).
+    pub async fn start(opts: &DemoOptions, poll_interval: &str, extra: &str) -> InProcess {
+        let erp = DemoErp::new(opts);
+        Self::start_with(
+            erp,
+            opts,
+            poll_interval,
+            extra,
+            tempfile::tempdir().unwrap(),
+        )
+        .await
+    }
+
+    /// Starts (or restarts, with the same `dir`) against an existing ERP.
+    pub async fn start_with(
+        erp: Arc<DemoErp>,
+        opts: &DemoOptions,
+        poll_interval: &str,
+        extra: &str,
+        dir: tempfile::TempDir,
+    ) -> InProcess {
+        std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+        let cfg_text = format!(
+            r#"[daemon]
+state_dir = "state"
+[http]
+listen = "127.0.0.1:0"
+admin_token_file = "token"
+[[connectors]]
+id = "demo"
+kind = "demo"
+poll_interval = "{poll_interval}"
+rate_limit = {{ requests_per_second = 5000, burst = 5000, max_concurrency = 4 }}
+{demo}
+{extra}
+"#,
+            demo = demo_toml(opts)
+        );
+        let path = dir.path().join("erpsync.toml");
+        std::fs::write(&path, &cfg_text).unwrap();
+        let config = erpsync::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(&config.daemon.state_dir).unwrap();
+        let store = Arc::new(erpsync::store::Store::open(&config.daemon.state_dir).unwrap());
+        let cc = config.connectors[0].clone();
+        let budget = Budget::new(cc.limits);
+        let conn = DemoConnector::new(
+            Arc::clone(&erp),
+            Arc::clone(&budget),
+            opts.page_size,
+            Duration::from_millis(opts.latency_ms),
+        );
+        let handle = Arc::new(ConnectorHandle::new(cc, Arc::new(conn), budget));
+        let token = config.http.admin_token.as_ref().map(|s| s.load().unwrap());
+        let app = App::new(config, store, vec![handle], token);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let app2 = Arc::clone(&app);
+        let task = tokio::spawn(async move {
+            erpsync::daemon::run_with(app2, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        InProcess {
+            app,
+            erp,
+            api: Api::new(&base),
+            dir,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Waits until the poller has finished `n` passes.
+    pub async fn wait_passes(&self, n: u64) {
+        let h = &self.app.connectors[0];
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while h.status().passes < n {
+            assert!(
+                Instant::now() < deadline,
+                "no pass {n} within 120 s: {:?}",
+                h.status()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Triggers a pass now and waits for it to finish.
+    pub async fn sync_now(&self) {
+        let n = self.app.connectors[0].status().passes;
+        self.app.connectors[0].poll_now.notify_one();
+        self.wait_passes(n + 1).await;
+    }
+
+    /// Stops the server and returns the state directory for a restart.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+        let InProcess { app, dir, .. } = self;
+        drop(app);
+        dir
+    }
+
+    /// The blocking API client must not run on the test's runtime thread.
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let api = self.api.clone();
+        let method = method.to_string();
+        let path = path.to_string();
+        tokio::task::spawn_blocking(move || api.call(&method, &path, body.as_ref()))
+            .await
+            .unwrap()
+    }
+}
