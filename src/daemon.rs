@@ -115,16 +115,25 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
 
 /// Sends `WATCHDOG=1` at half the interval systemd asks for.
 async fn watchdog(token: tokio_util::sync::CancellationToken) {
-    let mut usec = 0;
-    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+    let Some(usec) = watchdog_usec() else {
         return;
-    }
+    };
     let period = Duration::from_micros(usec / 2);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(period) => notify(&[sd_notify::NotifyState::Watchdog]),
             _ = token.cancelled() => return,
         }
+    }
+}
+
+/// The watchdog interval systemd asks for: `WATCHDOG_USEC`, when
+/// `WATCHDOG_PID` is unset or names this process.
+fn watchdog_usec() -> Option<u64> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    match std::env::var("WATCHDOG_PID") {
+        Ok(pid) if pid.parse::<u32>().ok() != Some(std::process::id()) => None,
+        _ => (usec > 0).then_some(usec),
     }
 }
 

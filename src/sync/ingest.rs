@@ -121,6 +121,9 @@ pub fn customers(tx: &mut Tx<'_>, ctx: &Ingest<'_>, page: &Page<Customer>) -> Re
                 first_seen: ctx.now,
             },
         };
+        // Take parked records first: if the customer arrives excluded they
+        // count as dropped, not as purged.
+        let parked = tx.take_parked(&key)?;
         let t = exclusion::apply(
             tx,
             &mut sc,
@@ -140,7 +143,6 @@ pub fn customers(tx: &mut Tx<'_>, ctx: &Ingest<'_>, page: &Page<Customer>) -> Re
             stats.newly_included += 1;
             reincluded.push(c.external_id.clone());
         }
-        let parked = tx.take_parked(&key)?;
         if sc.classification.excluded {
             for r in &parked {
                 count_dropped(tx, ctx.connector, r.entity())?;
@@ -249,4 +251,188 @@ pub fn records(
     tx.add_counter(ctx.connector, &format!("deleted_{entity}"), stats.deleted)?;
     tx.add_counter(ctx.connector, "quarantined", stats.quarantined)?;
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connectors::{Cursor, NATIVE_INACTIVE};
+    use crate::model::{Invoice, InvoiceStatus};
+    use crate::store::Store;
+    use chrono::{NaiveDate, TimeZone, Utc};
+    use rust_decimal::Decimal;
+
+    fn ts(s: i64) -> Timestamp {
+        Utc.timestamp_opt(1_750_000_000 + s, 0).unwrap()
+    }
+
+    fn cust(id: &str, inactive: bool, at: i64) -> Customer {
+        Customer {
+            external_id: id.into(),
+            name: format!("Customer {id}"),
+            email: None,
+            subsidiary: None,
+            currency: Some("EUR".into()),
+            balance: Decimal::ZERO,
+            inactive,
+            intercompany: false,
+            last_modified: ts(at),
+            custom: Default::default(),
+        }
+    }
+
+    fn inv(id: &str, c: &str, at: i64) -> Record {
+        Record::Invoice(Invoice {
+            external_id: id.into(),
+            number: id.into(),
+            customer_id: c.into(),
+            issue_date: NaiveDate::from_ymd_opt(2026, 3, 1).unwrap(),
+            due_date: NaiveDate::from_ymd_opt(2026, 4, 1).unwrap(),
+            currency: "EUR".into(),
+            total: Decimal::new(1234, 2),
+            amount_due: Decimal::new(1234, 2),
+            status: InvoiceStatus::Open,
+            on_hold: false,
+            last_modified: ts(at),
+        })
+    }
+
+    fn page<T>(items: Vec<T>, deleted: Vec<&str>) -> Page<T> {
+        Page {
+            items,
+            deleted: deleted.into_iter().map(String::from).collect(),
+            quarantined: Vec::new(),
+            next: Cursor::start(),
+            has_more: false,
+        }
+    }
+
+    async fn apply_customers(store: &Store, items: Vec<Customer>) -> PageStats {
+        let rules = RuleSet::default();
+        store
+            .write(|tx| {
+                let ctx = Ingest {
+                    connector: "d",
+                    rules: &rules,
+                    native: &[NATIVE_INACTIVE],
+                    now: ts(1000),
+                };
+                customers(tx, &ctx, &page(items, vec![]))
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn apply_records(store: &Store, items: Vec<Record>, deleted: Vec<&str>) -> PageStats {
+        let rules = RuleSet::default();
+        store
+            .write(|tx| {
+                let ctx = Ingest {
+                    connector: "d",
+                    rules: &rules,
+                    native: &[NATIVE_INACTIVE],
+                    now: ts(1000),
+                };
+                records(tx, &ctx, Entity::Invoices, &page(items, deleted))
+            })
+            .await
+            .unwrap()
+    }
+
+    fn key(id: &str) -> CustomerKey {
+        CustomerKey::new("d", id)
+    }
+
+    #[tokio::test]
+    async fn records_wait_for_their_customer_and_are_released_when_it_arrives() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let s = apply_records(&store, vec![inv("I1", "A", 1), inv("I2", "B", 1)], vec![]).await;
+        assert_eq!(s.parked, 2);
+        assert_eq!(store.parked_count("d").unwrap(), 2);
+        assert!(store.records_of(&key("A")).unwrap().is_empty());
+
+        // A arrives included: its record is released. B arrives excluded:
+        // its record is dropped and counted.
+        let s = apply_customers(&store, vec![cust("A", false, 1), cust("B", true, 1)]).await;
+        assert_eq!((s.unparked, s.dropped), (1, 1));
+        assert_eq!(
+            store.records_of(&key("A")).unwrap(),
+            vec![inv("I1", "A", 1)]
+        );
+        assert!(store.records_of(&key("B")).unwrap().is_empty());
+        assert_eq!(store.parked_count("d").unwrap(), 0);
+        assert_eq!(store.counter("d", "dropped_invoices").unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn records_of_excluded_customers_are_dropped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        apply_customers(&store, vec![cust("A", false, 1), cust("X", true, 1)]).await;
+        let s = apply_records(
+            &store,
+            vec![inv("I1", "A", 1), inv("I2", "X", 1), inv("I3", "X", 1)],
+            vec![],
+        )
+        .await;
+        assert_eq!((s.written, s.dropped), (1, 2));
+        assert_eq!(store.counter("d", "dropped_invoices").unwrap(), 2);
+        assert_eq!(store.counter("d", "synced_invoices").unwrap(), 1);
+        assert!(store.records_of(&key("X")).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn turning_inactive_upstream_purges_and_turning_active_queues_resync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        apply_customers(&store, vec![cust("A", false, 1)]).await;
+        apply_records(&store, vec![inv("I1", "A", 1), inv("I2", "A", 1)], vec![]).await;
+        let s = apply_customers(&store, vec![cust("A", true, 2)]).await;
+        assert_eq!((s.newly_excluded, s.purged), (1, 2));
+        assert!(store.records_of(&key("A")).unwrap().is_empty());
+        let sc = store.customer(&key("A")).unwrap().unwrap();
+        assert_eq!(sc.classification.reason, "native:inactive");
+
+        let s = apply_customers(&store, vec![cust("A", false, 3)]).await;
+        assert_eq!(s.newly_included, 1);
+        assert!(crate::resync::queue::is_queued(&store, "d", "A").unwrap());
+        let audit = store.audit(Some(&key("A")), 10).unwrap();
+        assert_eq!(audit.len(), 2, "{audit:?}");
+        assert_eq!(audit[0].to.as_ref().unwrap().reason, "included");
+        assert_eq!(audit[1].to.as_ref().unwrap().reason, "native:inactive");
+    }
+
+    #[tokio::test]
+    async fn an_older_customer_version_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        apply_customers(&store, vec![cust("A", true, 5)]).await;
+        let s = apply_customers(&store, vec![cust("A", false, 4)]).await;
+        assert_eq!(s.stale, 1);
+        assert!(
+            store
+                .customer(&key("A"))
+                .unwrap()
+                .unwrap()
+                .classification
+                .excluded
+        );
+    }
+
+    #[tokio::test]
+    async fn deletions_remove_records_and_bad_ids_are_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        apply_customers(&store, vec![cust("A", false, 1)]).await;
+        apply_records(&store, vec![inv("I1", "A", 1)], vec![]).await;
+        let s = apply_records(&store, vec![inv("bad\0id", "A", 1)], vec!["I1", "unknown"]).await;
+        assert_eq!((s.deleted, s.quarantined), (1, 1));
+        assert!(store.records_of(&key("A")).unwrap().is_empty());
+        let q = store.quarantine("d", 10).unwrap();
+        assert!(q[0].record.reason.contains("NUL byte"), "{q:?}");
+        // A copy older than the deletion arriving later stays out.
+        let s = apply_records(&store, vec![inv("I1", "A", 2)], vec![]).await;
+        assert_eq!(s.stale, 1);
+    }
 }

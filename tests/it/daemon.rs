@@ -359,3 +359,125 @@ fn unwritable_state_dir_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot create state_dir"), "{err}");
 }
+
+#[test]
+fn notifies_systemd_ready_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let opts = small_demo();
+    let setup = Setup::demo(&opts, "1h", "");
+    let sock_path = setup.dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let d = crate::support::Daemon::spawn_with_env(
+        &setup.config_path(),
+        setup.base(),
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+    );
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while !(seen.iter().any(|m: &String| m.contains("READY=1"))
+        && seen.iter().any(|m| m.contains("WATCHDOG=1")))
+    {
+        let n = sock
+            .recv(&mut buf)
+            .expect("no notification from the daemon");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let (st, _) = d.terminate();
+    assert!(st.success());
+    let mut stopping = false;
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    while let Ok(n) = sock.recv(&mut buf) {
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "no STOPPING=1 after SIGTERM; saw {seen:?}");
+}
+
+#[test]
+fn the_admin_token_never_reaches_the_logs() {
+    let opts = small_demo();
+    let setup = Setup::demo(&opts, "1h", "");
+    let d = setup.start();
+    d.wait_passes(1);
+    // A wrong token and a right one: neither may be logged.
+    let (st, body) = d
+        .client
+        .with_token("wrong-token-xyz")
+        .call("GET", "/api/v1/status", None);
+    assert_eq!(st, 401);
+    assert_eq!(body["error"], "wrong bearer token");
+    let (st, _) = d.client.call("GET", "/api/v1/status", None);
+    assert_eq!(st, 200);
+    let (st, body) = d.client.without_token().call("GET", "/api/v1/status", None);
+    assert_eq!(st, 401);
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("missing bearer token"));
+    let log = d.log();
+    assert!(!log.contains(crate::support::TOKEN), "token in log:\n{log}");
+    assert!(!log.contains("wrong-token-xyz"));
+    assert!(d.terminate().0.success());
+}
+
+#[test]
+fn the_systemd_unit_is_hardened_and_uses_notify() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/erpsync.service"
+    ))
+    .unwrap();
+    for line in [
+        "Type=notify",
+        "ExecStart=/usr/local/bin/erpsync run --config /etc/erpsync/erpsync.toml",
+        "StateDirectory=erpsync",
+        "ConfigurationDirectory=erpsync",
+        "LoadCredential=admin-token:",
+        "Restart=on-failure",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "WatchdogSec=",
+    ] {
+        assert!(
+            unit.lines().any(|l| l.starts_with(line)),
+            "missing `{line}`"
+        );
+    }
+    // The example config reads the token from that credential.
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/erpsync.example.toml"
+    ))
+    .unwrap();
+    assert!(example.contains("admin_token_credential = \"admin-token\""));
+}
+
+#[test]
+fn the_admin_api_is_forbidden_without_a_configured_token() {
+    let opts = small_demo();
+    let setup = Setup::demo(&opts, "1h", "");
+    let text = std::fs::read_to_string(setup.config_path())
+        .unwrap()
+        .replace("admin_token_file = \"token\"\n", "");
+    setup.write_config(&text);
+    let d = setup.start();
+    let (st, body) = d.client.call("GET", "/api/v1/status", None);
+    assert_eq!(st, 403);
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("no admin token is configured"));
+    // health endpoints stay open
+    assert_eq!(
+        d.client.without_token().call("GET", "/healthz", None).0,
+        200
+    );
+    assert!(d.terminate().0.success());
+}

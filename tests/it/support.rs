@@ -105,6 +105,10 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn spawn(config: &Path, base: String) -> Daemon {
+        Self::spawn_with_env(config, base, &[])
+    }
+
+    pub fn spawn_with_env(config: &Path, base: String, env: &[(&str, &str)]) -> Daemon {
         let log = config.with_file_name(format!(
             "daemon-{}.log",
             Instant::now().elapsed().as_nanos() ^ rand_u32()
@@ -113,6 +117,7 @@ impl Daemon {
             .args(["run", "--config"])
             .arg(config)
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
