@@ -12,6 +12,7 @@
 
 pub mod budget;
 pub mod demo;
+pub mod netsuite;
 
 use std::time::Duration;
 
