@@ -248,7 +248,7 @@ mod tests {
     const PHOTOS: &str = "http://photos.example.net/photos?file=vacation.jpg&size=original";
 
     /// RFC 5849 §1.2 (no oauth_version) with the given method/hash.
-    fn rfc_params<'a>(method: &'a str) -> Vec<(&'a str, &'a str)> {
+    fn rfc_params(method: &str) -> Vec<(&str, &str)> {
         vec![
             ("oauth_consumer_key", "dpf43f3p2l4k3l03"),
             ("oauth_token", "nnch734d00sl2jdk"),
