@@ -19,15 +19,25 @@
 //! record id. The pass then ends with `since = pass_start`, the local UTC
 //! clock when its first page was requested. Records changed while a pass runs
 //! are read again by the next one; the store keeps the newer version.
+//! Clock skew between this host and NetSuite must stay below the overlap.
+//!
+//! # Errors
+//!
+//! 429 (and 400 with a concurrency error code) is
+//! [`ConnectorError::RateLimited`] with `Retry-After` when sent. A 401 is
+//! [`ConnectorError::Auth`] unless a request succeeded within the last ten
+//! minutes: NetSuite answers `INVALID_LOGIN` when an account is over its
+//! concurrency limit, so then it is `RateLimited` too. 403 is `Auth`, other
+//! 4xx `Rejected`, 5xx `Server`, an unreadable 2xx body `Protocol`. Messages
+//! carry NetSuite's `o:errorCode: detail` texts, never request headers.
 
 pub mod auth;
 pub mod options;
 pub mod suiteql;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -107,10 +117,16 @@ pub struct NetsuiteConnector {
     overlap: chrono::TimeDelta,
     page_size: u32,
     resync_batch_size: usize,
-    /// Set by the first successful request: after that, a 401 INVALID_LOGIN
-    /// is NetSuite's way of saying "over the concurrency limit".
-    had_success: AtomicBool,
+    /// When a request last succeeded. Shortly after a success, a 401
+    /// INVALID_LOGIN is NetSuite's way of saying "over the concurrency
+    /// limit"; before any success, or long after the last one, it means the
+    /// credentials are wrong (or were revoked).
+    last_success: Mutex<Option<Instant>>,
 }
+
+/// How long after the last successful request a 401 is still read as
+/// concurrency pushback rather than as a credentials problem.
+const INVALID_LOGIN_GRACE: Duration = Duration::from_secs(600);
 
 impl std::fmt::Debug for NetsuiteConnector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -179,7 +195,7 @@ impl NetsuiteConnector {
                 .map_err(|_| "overlap: too long".to_string())?,
             page_size,
             resync_batch_size: options.resync_batch_size,
-            had_success: AtomicBool::new(false),
+            last_success: Mutex::new(None),
         })
     }
 
@@ -214,14 +230,19 @@ impl NetsuiteConnector {
                     let parsed: SuiteqlResponse = serde_json::from_slice(&bytes).map_err(|e| {
                         ConnectorError::Protocol(format!("SuiteQL response is not readable: {e}"))
                     })?;
-                    self.had_success.store(true, Ordering::Relaxed);
+                    *self.last_success.lock().expect("poisoned") = Some(Instant::now());
                     return Ok(parsed);
                 }
+                let recent_success = self
+                    .last_success
+                    .lock()
+                    .expect("poisoned")
+                    .is_some_and(|t| t.elapsed() < INVALID_LOGIN_GRACE);
                 Err(classify_failure(
                     status,
                     retry_after,
                     &bytes,
-                    self.had_success.load(Ordering::Relaxed),
+                    recent_success,
                 ))
             })
             .await
@@ -319,18 +340,19 @@ fn record_key(r: &Record) -> (u64, Timestamp) {
     (r.external_id().parse().unwrap_or(0), r.last_modified())
 }
 
-/// Maps a non-2xx answer to the error the budget acts on.
+/// Maps a non-2xx answer to the error the budget acts on. `recent_success`:
+/// a request of this connector succeeded within [`INVALID_LOGIN_GRACE`].
 fn classify_failure(
     status: u16,
     retry_after: Option<Duration>,
     body: &[u8],
-    had_success: bool,
+    recent_success: bool,
 ) -> ConnectorError {
     let (codes, text) = suiteql::error_text(body);
     let has_code = |c: &[&str]| codes.iter().any(|x| c.contains(&x.as_str()));
     match status {
         429 => ConnectorError::RateLimited { retry_after },
-        401 if had_success => {
+        401 if recent_success => {
             // NetSuite answers INVALID_LOGIN when the account is over its
             // concurrency limit, right after successful calls: back off.
             tracing::warn!(detail = %text, "NetSuite 401 after successful calls; treating as concurrency limit");

@@ -108,7 +108,8 @@ pub fn transaction_types(entity: Entity) -> &'static [&'static str] {
 }
 
 /// `DeletedRecord.type` values (record type ids, compared in lower case) of
-/// an entity.
+/// an entity. Public sources do not show these values for SuiteQL; they are
+/// the record type ids NetSuite uses elsewhere (`getDeleted`, SuiteScript).
 pub fn deleted_types(entity: Entity) -> &'static [&'static str] {
     match entity {
         Entity::Customers => &["customer"],
