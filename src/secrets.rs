@@ -78,10 +78,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("tok");
         std::fs::write(&p, "abc\n").unwrap();
-        assert_eq!(
-            SecretSource::File(p.clone()).load().unwrap().expose(),
-            "abc"
-        );
+        assert_eq!(SecretSource::File(p.clone()).load().unwrap().expose(), "abc");
         std::fs::write(&p, "  \n").unwrap();
         assert!(SecretSource::File(p.clone())
             .load()

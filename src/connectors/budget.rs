@@ -86,11 +86,7 @@ pub struct Budget {
 }
 
 fn quota(rps: f64, burst: u32) -> Quota {
-    let rps = if rps.is_finite() && rps > 0.0 {
-        rps
-    } else {
-        1.0
-    };
+    let rps = if rps.is_finite() && rps > 0.0 { rps } else { 1.0 };
     let period = Duration::from_secs_f64(1.0 / rps).max(Duration::from_nanos(1));
     let burst = NonZeroU32::new(burst.max(1)).expect("max(1) is non-zero");
     Quota::with_period(period)
