@@ -3,4 +3,6 @@
 //! or mock upstreams. Shared helpers live in `support`.
 
 mod daemon;
+mod netsuite;
+mod netsuite_mock;
 mod support;
