@@ -28,6 +28,9 @@ pub use tx::{Tx, Upsert};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// sled page cache size.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("state directory {path} is locked by another running erpsync (sled lock held)")]
@@ -119,6 +122,9 @@ impl Store {
         let db = sled::Config::new()
             .path(&path)
             .mode(sled::Mode::HighThroughput)
+            // sled's page cache defaults to 1 GiB and fills as data grows;
+            // a fixed, modest cache keeps the daemon's memory flat.
+            .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|e| {
                 let text = e.to_string();

@@ -481,3 +481,22 @@ fn the_admin_api_is_forbidden_without_a_configured_token() {
     );
     assert!(d.terminate().0.success());
 }
+
+#[test]
+fn the_shipped_configs_are_valid() {
+    for name in ["erpsync.example.toml", "demo.toml"] {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("config")
+            .join(name);
+        let out = Command::new(env!("CARGO_BIN_EXE_erpsync"))
+            .args(["check-config", "--config"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -4,5 +4,6 @@
 
 mod daemon;
 mod netsuite;
+mod netsuite_daemon;
 mod netsuite_mock;
 mod support;
