@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::app::{App, ConnectorHandle, LastError, WorkerState};
-use crate::connectors::{ConnectorError, Cursor};
+use crate::connectors::{ConnectorError, Cursor, Page};
 use crate::model::Entity;
-use crate::store::StoreError;
+use crate::store::{StoreError, Tx};
 use ingest::{Ingest, PageStats};
 
 #[derive(Debug, thiserror::Error)]
@@ -108,21 +108,7 @@ pub async fn sync_pass(app: &App, h: &ConnectorHandle) -> Result<PageStats, Sync
                         .fetch_customers(&cursor)
                         .await
                         .map_err(|source| SyncError::Connector { entity, source })?;
-                    let stats = app
-                        .store
-                        .write(|tx| {
-                            let rules = app.rules();
-                            let ctx = Ingest {
-                                connector: &h.id,
-                                rules: &rules,
-                                native: &h.native,
-                                now: chrono::Utc::now(),
-                            };
-                            let s = ingest::customers(tx, &ctx, &page)?;
-                            tx.set_cursor(&h.id, entity, &page.next.0);
-                            Ok(s)
-                        })
-                        .await?;
+                    let stats = commit_page(app, h, entity, &page, ingest::customers).await?;
                     (stats, page.next, page.has_more)
                 }
                 Entity::Invoices | Entity::Transactions => {
@@ -131,21 +117,10 @@ pub async fn sync_pass(app: &App, h: &ConnectorHandle) -> Result<PageStats, Sync
                         .fetch_records(entity, &cursor)
                         .await
                         .map_err(|source| SyncError::Connector { entity, source })?;
-                    let stats = app
-                        .store
-                        .write(|tx| {
-                            let rules = app.rules();
-                            let ctx = Ingest {
-                                connector: &h.id,
-                                rules: &rules,
-                                native: &h.native,
-                                now: chrono::Utc::now(),
-                            };
-                            let s = ingest::records(tx, &ctx, entity, &page)?;
-                            tx.set_cursor(&h.id, entity, &page.next.0);
-                            Ok(s)
-                        })
-                        .await?;
+                    let stats = commit_page(app, h, entity, &page, |tx, ctx, p| {
+                        ingest::records(tx, ctx, entity, p)
+                    })
+                    .await?;
                     (stats, page.next, page.has_more)
                 }
             };
@@ -161,4 +136,30 @@ pub async fn sync_pass(app: &App, h: &ConnectorHandle) -> Result<PageStats, Sync
         }
     }
     Ok(total)
+}
+
+/// Applies one page with `apply` and stores the cursor that follows it, in
+/// one atomic, flushed write. Rules are read inside the write (under the
+/// store's writer lock) so a concurrent reload never races the page.
+async fn commit_page<T>(
+    app: &App,
+    h: &ConnectorHandle,
+    entity: Entity,
+    page: &Page<T>,
+    apply: impl FnOnce(&mut Tx<'_>, &Ingest<'_>, &Page<T>) -> Result<PageStats, StoreError>,
+) -> Result<PageStats, StoreError> {
+    app.store
+        .write(|tx| {
+            let rules = app.rules();
+            let ctx = Ingest {
+                connector: &h.id,
+                rules: &rules,
+                native: &h.native,
+                now: chrono::Utc::now(),
+            };
+            let stats = apply(tx, &ctx, page)?;
+            tx.set_cursor(&h.id, entity, &page.next.0);
+            Ok(stats)
+        })
+        .await
 }

@@ -500,3 +500,42 @@ fn the_shipped_configs_are_valid() {
         );
     }
 }
+
+#[test]
+fn cli_status_reads_the_running_daemon() {
+    let opts = small_demo();
+    let setup = Setup::demo(&opts, "1h", "");
+    let d = setup.start();
+    d.wait_passes(1);
+    let run = |json: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_erpsync"));
+        cmd.args(["status", "--config"]).arg(setup.config_path());
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(false);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("customers: 300 total"), "{text}");
+    assert!(text.contains("CONNECTOR"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("demo") && l.contains("idle")),
+        "{text}"
+    );
+    let out = run(true);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["customers"]["total"], 300);
+    assert!(d.terminate().0.success());
+
+    // With the daemon gone the CLI says so and fails.
+    let out = run(false);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is the daemon running?"));
+}
