@@ -147,9 +147,7 @@ pub fn assess(cfg: &RemindersConfig, facts: &Facts<'_>) -> Assessment {
             held_invoices: held,
         };
     }
-    let scenario = cfg
-        .scenario_for(facts.customer)
-        .map(|r| r.id.clone());
+    let scenario = cfg.scenario_for(facts.customer).map(|r| r.id.clone());
     let mut reasons = Vec::new();
     if facts.stopped {
         reasons.push(Reason::Stopped);
@@ -269,7 +267,12 @@ impl Filter {
     pub fn validate(&self, cfg: &RemindersConfig) -> Result<(), ReminderError> {
         if let Some(s) = &self.scenario {
             if cfg.scenarios.get(s).is_none() {
-                let known: Vec<&str> = cfg.scenarios.rules().iter().map(|r| r.id.as_str()).collect();
+                let known: Vec<&str> = cfg
+                    .scenarios
+                    .rules()
+                    .iter()
+                    .map(|r| r.id.as_str())
+                    .collect();
                 return Err(ReminderError::Invalid(if known.is_empty() {
                     format!("unknown scenario `{s}`: no [[reminders.scenarios]] are configured")
                 } else {
@@ -486,7 +489,7 @@ pub fn explain_in(
                 .iter()
                 .map(|r| match r {
                     Reason::Stopped => match &g.stop {
-                        Some(f) => format!("stopped by {} at {}: {}", f.actor, f.at, f.reason),
+                        Some(f) => format!("stopped by {} at {}: {}", f.actor, super::when(f.at), f.reason),
                         None => "stopped".into(),
                     },
                     Reason::NoScenario => "no reminder scenario matches it".into(),

@@ -137,7 +137,7 @@ pub async fn stop(
                     changed: false,
                     message: format!(
                         "{key} was already stopped by {} at {}: {}; nothing changed",
-                        f.actor, f.at, f.reason
+                        f.actor, super::when(f.at), f.reason
                     ),
                 }));
             }
@@ -244,7 +244,7 @@ pub async fn hold(
                     changed: false,
                     message: format!(
                         "{invoice_ref} was already on hold by {} at {}: {}; nothing changed",
-                        f.actor, f.at, f.reason
+                        f.actor, super::when(f.at), f.reason
                     ),
                 }));
             }

@@ -60,3 +60,8 @@ pub fn explain(
 pub fn today() -> NaiveDate {
     chrono::Utc::now().date_naive()
 }
+
+/// An instant as people read it in messages: RFC 3339, whole seconds, `Z`.
+pub(crate) fn when(t: crate::model::Timestamp) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}

@@ -317,9 +317,13 @@ fn paid_draft_voided_and_zero_invoices_are_not_due() {
     let c = cfg(STD);
     let cust = customer("C1", "mid", "0");
     let mut invs = Vec::new();
-    for (i, st) in [InvoiceStatus::Paid, InvoiceStatus::Draft, InvoiceStatus::Voided]
-        .into_iter()
-        .enumerate()
+    for (i, st) in [
+        InvoiceStatus::Paid,
+        InvoiceStatus::Draft,
+        InvoiceStatus::Voided,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let mut inv = invoice(&format!("I{i}"), "C1", "USD", "100", "2026-01-01");
         inv.status = st;
@@ -342,18 +346,48 @@ fn every_reason_is_given_when_it_applies() {
         assert_eq!(row.reasons, want, "{row:?}");
         assert_eq!(row.selected, want.is_empty());
     };
-    check(customer("C", "mid", "1"), usd("100"), true, &[Reason::Stopped]);
-    check(customer("C", "smb", "1"), usd("100"), false, &[Reason::NoScenario]);
-    check(customer("C", "mid", "1"), usd("49.99"), false, &[Reason::BelowMinimum]);
+    check(
+        customer("C", "mid", "1"),
+        usd("100"),
+        true,
+        &[Reason::Stopped],
+    );
+    check(
+        customer("C", "smb", "1"),
+        usd("100"),
+        false,
+        &[Reason::NoScenario],
+    );
+    check(
+        customer("C", "mid", "1"),
+        usd("49.99"),
+        false,
+        &[Reason::BelowMinimum],
+    );
     check(customer("C", "mid", "1"), usd("50"), false, &[]);
     check(customer("C", "mid", "1"), usd("1000"), false, &[]);
-    check(customer("C", "mid", "1"), usd("1000.01"), false, &[Reason::AboveMaximum]);
-    check(customer("C", "mid", "-5"), usd("100"), false, &[Reason::Creditor]);
+    check(
+        customer("C", "mid", "1"),
+        usd("1000.01"),
+        false,
+        &[Reason::AboveMaximum],
+    );
+    check(
+        customer("C", "mid", "-5"),
+        usd("100"),
+        false,
+        &[Reason::Creditor],
+    );
     check(
         customer("C", "smb", "-5"),
         usd("1"),
         true,
-        &[Reason::Stopped, Reason::NoScenario, Reason::BelowMinimum, Reason::Creditor],
+        &[
+            Reason::Stopped,
+            Reason::NoScenario,
+            Reason::BelowMinimum,
+            Reason::Creditor,
+        ],
     );
 }
 
@@ -387,22 +421,43 @@ fn a_creditor_with_nothing_due_is_listed_unchecked_or_hidden() {
 fn thresholds_apply_per_currency() {
     let c = cfg(STD); // min USD 50, EUR 40, none for GBP; max 1000 for all
     let cust = customer("C", "mid", "1");
-    let inv = |id: &str, cur: &str, amount: &str| (invoice(id, "C", cur, amount, "2026-01-01"), false);
+    let inv =
+        |id: &str, cur: &str, amount: &str| (invoice(id, "C", cur, amount, "2026-01-01"), false);
     // Below in both currencies → below.
-    let row = listed(run(&c, &cust, &[inv("1", "USD", "10"), inv("2", "EUR", "39.99")], false));
+    let row = listed(run(
+        &c,
+        &cust,
+        &[inv("1", "USD", "10"), inv("2", "EUR", "39.99")],
+        false,
+    ));
     assert_eq!(row.reasons, [Reason::BelowMinimum]);
     assert_eq!(row.total_due.len(), 2);
     // One currency reaches its minimum → worth a reminder.
-    let row = listed(run(&c, &cust, &[inv("1", "USD", "10"), inv("2", "EUR", "40")], false));
+    let row = listed(run(
+        &c,
+        &cust,
+        &[inv("1", "USD", "10"), inv("2", "EUR", "40")],
+        false,
+    ));
     assert!(row.selected, "{row:?}");
     // A currency without a minimum always reaches it.
     let row = listed(run(&c, &cust, &[inv("1", "GBP", "0.01")], false));
     assert!(row.selected, "{row:?}");
     // Any currency above its maximum → above.
-    let row = listed(run(&c, &cust, &[inv("1", "USD", "100"), inv("2", "GBP", "1000.01")], false));
+    let row = listed(run(
+        &c,
+        &cust,
+        &[inv("1", "USD", "100"), inv("2", "GBP", "1000.01")],
+        false,
+    ));
     assert_eq!(row.reasons, [Reason::AboveMaximum]);
     // Totals add up per currency before comparing.
-    let row = listed(run(&c, &cust, &[inv("1", "USD", "600"), inv("2", "USD", "400.01")], false));
+    let row = listed(run(
+        &c,
+        &cust,
+        &[inv("1", "USD", "600"), inv("2", "USD", "400.01")],
+        false,
+    ));
     assert_eq!(row.total_due["USD"], d("1000.01"));
     assert_eq!(row.reasons, [Reason::AboveMaximum]);
 }
@@ -518,14 +573,34 @@ async fn scan_lists_included_customers_with_money_due_or_credit() {
     assert_eq!(all[2].reasons, [Reason::Creditor]);
     assert!(all[3].selected);
 
-    let sel = rows(&store, &c, &Filter { selected: Some(false), ..Filter::default() });
+    let sel = rows(
+        &store,
+        &c,
+        &Filter {
+            selected: Some(false),
+            ..Filter::default()
+        },
+    );
     assert_eq!(sel.len(), 2);
-    let key = rows(&store, &c, &Filter { scenario: Some("key".into()), ..Filter::default() });
+    let key = rows(
+        &store,
+        &c,
+        &Filter {
+            scenario: Some("key".into()),
+            ..Filter::default()
+        },
+    );
     assert_eq!(key.len(), 3, "C2 has no scenario");
-    let err = Filter { scenario: Some("nope".into()), ..Filter::default() }
-        .validate(&c)
-        .unwrap_err();
-    assert_eq!(err.to_string(), "unknown scenario `nope`; configured scenarios: key, ent");
+    let err = Filter {
+        scenario: Some("nope".into()),
+        ..Filter::default()
+    }
+    .validate(&c)
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "unknown scenario `nope`; configured scenarios: key, ent"
+    );
 }
 
 #[tokio::test]
@@ -537,7 +612,16 @@ async fn scan_pages_resume_after_the_cursor_without_gaps_or_repeats() {
     let mut pages = 0;
     loop {
         // One row per page, or at most two customers looked at.
-        let s = scan(&store, &c, &Filter::default(), date(AS_OF), after.as_ref(), 1, 2).unwrap();
+        let s = scan(
+            &store,
+            &c,
+            &Filter::default(),
+            date(AS_OF),
+            after.as_ref(),
+            1,
+            2,
+        )
+        .unwrap();
         pages += 1;
         assert!(s.items.len() <= 1 && s.scanned <= 2);
         seen.extend(s.items.into_iter().map(|r| r.customer));
@@ -555,21 +639,33 @@ async fn stop_and_unstop_are_audited_and_change_the_selection() {
     let (_dir, store) = sample_store().await;
     let c = cfg(STD);
     let k1 = CustomerKey::new("demo", "C1");
-    let out = flags::stop(&store, &k1, &req("asked us to stop")).await.unwrap();
+    let out = flags::stop(&store, &k1, &req("asked us to stop"))
+        .await
+        .unwrap();
     assert!(out.changed && out.active);
     let row = &rows(&store, &c, &Filter::default())[0];
     assert_eq!(row.reasons, [Reason::Stopped]);
     // Setting it again changes nothing and writes no audit entry.
     let again = flags::stop(&store, &k1, &req("again")).await.unwrap();
     assert!(!again.changed && again.active, "{again:?}");
-    assert!(again.message.contains("already stopped by alice"), "{}", again.message);
+    assert!(
+        again.message.contains("already stopped by alice"),
+        "{}",
+        again.message
+    );
     let audit = store.audit(Some(&k1), 10).unwrap();
     assert_eq!(audit.len(), 1);
     assert_eq!(
-        (audit[0].action.as_str(), audit[0].actor.as_str(), audit[0].reason.as_str()),
+        (
+            audit[0].action.as_str(),
+            audit[0].actor.as_str(),
+            audit[0].reason.as_str()
+        ),
         ("stop", "alice", "asked us to stop")
     );
-    let out = flags::unstop(&store, &k1, &req("paid a deposit")).await.unwrap();
+    let out = flags::unstop(&store, &k1, &req("paid a deposit"))
+        .await
+        .unwrap();
     assert!(out.changed && !out.active);
     assert!(rows(&store, &c, &Filter::default())[0].selected);
     let audit = store.audit(Some(&k1), 10).unwrap();
@@ -601,7 +697,10 @@ async fn refused_flag_changes_say_why_and_write_nothing() {
             flags::stop(
                 &store,
                 &CustomerKey::new("demo", "C1"),
-                &Request { actor: "", ..req("x") },
+                &Request {
+                    actor: "",
+                    ..req("x")
+                },
             )
             .await,
             "`actor` must not be empty",
@@ -644,7 +743,9 @@ async fn refused_flag_changes_say_why_and_write_nothing() {
 async fn holds_change_totals_survive_record_updates_and_release() {
     let (_dir, store) = sample_store().await;
     let c = cfg(STD);
-    let out = flags::hold(&store, "demo", "I2", &req("disputed")).await.unwrap();
+    let out = flags::hold(&store, "demo", "I2", &req("disputed"))
+        .await
+        .unwrap();
     assert_eq!(out.customer, "demo:C1");
     assert_eq!(out.invoice.as_deref(), Some("demo:I2"));
     let row = &rows(&store, &c, &Filter::default())[0];
@@ -665,16 +766,25 @@ async fn holds_change_totals_survive_record_updates_and_release() {
     let (holds, more) = flags::holds(&store, 10).unwrap();
     assert!(!more);
     assert_eq!(holds.len(), 1);
-    assert_eq!((holds[0].invoice.as_str(), holds[0].customer.as_str()), ("demo:I2", "demo:C1"));
+    assert_eq!(
+        (holds[0].invoice.as_str(), holds[0].customer.as_str()),
+        ("demo:I2", "demo:C1")
+    );
 
-    let audit = store.audit(Some(&CustomerKey::new("demo", "C1")), 10).unwrap();
+    let audit = store
+        .audit(Some(&CustomerKey::new("demo", "C1")), 10)
+        .unwrap();
     assert_eq!(audit[0].action, "hold");
     assert_eq!(audit[0].reason, "invoice I2: disputed");
 
-    flags::release(&store, "demo", "I2", &req("resolved")).await.unwrap();
+    flags::release(&store, "demo", "I2", &req("resolved"))
+        .await
+        .unwrap();
     let row = &rows(&store, &c, &Filter::default())[0];
     assert_eq!(row.total_due["USD"], d("250"));
-    let noop = flags::release(&store, "demo", "I2", &req("again")).await.unwrap();
+    let noop = flags::release(&store, "demo", "I2", &req("again"))
+        .await
+        .unwrap();
     assert!(!noop.changed);
     assert!(noop.message.contains("was not on hold here"));
 }
@@ -696,25 +806,51 @@ async fn explain_says_where_a_customer_stands_and_why() {
     let e = ex("C2");
     assert_eq!(e.standing, Standing::Unchecked);
     assert!(e.listed && !e.selected);
-    assert_eq!(e.summary, "listed but not selected: no reminder scenario matches it");
+    assert_eq!(
+        e.summary,
+        "listed but not selected: no reminder scenario matches it"
+    );
     let e = ex("C3");
     assert_eq!(e.standing, Standing::Excluded);
     assert!(!e.listed && e.candidate.is_none());
-    assert!(e.summary.contains("excluded (native:inactive)"), "{}", e.summary);
+    assert!(
+        e.summary.contains("excluded (native:inactive)"),
+        "{}",
+        e.summary
+    );
     let e = ex("C4");
     assert_eq!(e.standing, Standing::NothingDue);
-    assert!(e.summary.contains("nothing is overdue as of 2026-03-01"), "{}", e.summary);
+    assert!(
+        e.summary.contains("nothing is overdue as of 2026-03-01"),
+        "{}",
+        e.summary
+    );
     let e = ex("C5");
-    assert!(e.summary.contains("creditor (balance -20)"), "{}", e.summary);
+    assert!(
+        e.summary.contains("creditor (balance -20)"),
+        "{}",
+        e.summary
+    );
 
-    flags::hold(&store, "demo", "I6", &req("in dispute")).await.unwrap();
+    flags::hold(&store, "demo", "I6", &req("in dispute"))
+        .await
+        .unwrap();
     let e = ex("C6");
     assert_eq!(e.standing, Standing::NothingDue);
-    assert!(e.summary.contains("1 overdue invoice(s) are on hold"), "{}", e.summary);
+    assert!(
+        e.summary.contains("1 overdue invoice(s) are on hold"),
+        "{}",
+        e.summary
+    );
     assert_eq!(e.held_invoices.len(), 1);
-    assert_eq!(e.held_invoices[0].hold.as_ref().unwrap().reason, "in dispute");
+    assert_eq!(
+        e.held_invoices[0].hold.as_ref().unwrap().reason,
+        "in dispute"
+    );
 
-    flags::stop(&store, &CustomerKey::new("demo", "C1"), &req("lawyer")).await.unwrap();
+    flags::stop(&store, &CustomerKey::new("demo", "C1"), &req("lawyer"))
+        .await
+        .unwrap();
     let e = ex("C1");
     assert!(e.summary.contains("stopped by alice at"), "{}", e.summary);
     assert!(e.summary.ends_with(": lawyer"), "{}", e.summary);

@@ -174,7 +174,10 @@ fn list_params(
         None => None,
         Some(c) => {
             let k = parse_customer(c, "cursor")?;
-            if q.connector.as_ref().is_some_and(|conn| *conn != k.connector) {
+            if q.connector
+                .as_ref()
+                .is_some_and(|conn| *conn != k.connector)
+            {
                 return Err(ApiError::bad_request(format!(
                     "cursor: `{c}` belongs to another connector than the one asked for"
                 )));
