@@ -599,6 +599,12 @@ impl Config {
         for r in self.rules.rules() {
             s += &format!("    {}: {}\n", r.id, r.description);
         }
+        let rem = &self.reminders;
+        s += &format!(
+            "  reminder scenarios: {} (creditors {})\n",
+            rem.scenarios.rules().len(),
+            rem.creditors.as_str()
+        );
         s
     }
 
