@@ -132,6 +132,11 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        c @ (Command::Stop(_)
+        | Command::Unstop(_)
+        | Command::Hold(_)
+        | Command::Release(_)
+        | Command::Reminders(_)) => super::reminders::dispatch(c).await,
         Command::Run(_) | Command::CheckConfig(_) => unreachable!("handled in cli::main"),
     }
 }

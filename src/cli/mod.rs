@@ -5,6 +5,7 @@
 //! the listen address and admin token from the same config file.
 
 pub mod client;
+pub mod reminders;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,17 @@ pub enum Command {
         #[command(flatten)]
         out: OutputArgs,
     },
+    /// Set a STOP flag: the customer stays synced but is never selected for reminders.
+    Stop(reminders::StopArgs),
+    /// Clear a STOP flag.
+    Unstop(reminders::StopArgs),
+    /// Put an invoice on hold: it no longer counts toward the total due and is never reminded.
+    Hold(reminders::HoldArgs),
+    /// Release an invoice hold set with `hold`.
+    Release(reminders::HoldArgs),
+    /// Reminder candidates: who may be reminded, and why the others may not.
+    #[command(subcommand)]
+    Reminders(reminders::RemindersCommand),
 }
 
 /// Parses arguments, runs the command and maps errors to exit codes.

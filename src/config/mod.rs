@@ -532,17 +532,12 @@ fn compile(
         }
     };
 
-    // [reminders]
+    // [reminders]: read again with spans by its own module.
     let reminders = match raw.reminders {
-        Some(v) => match RemindersConfig::from_toml(v.get_ref()) {
-            Ok(r) => r,
-            Err(errs) => {
-                for e in errs {
-                    push(at(v.span()), "reminders", e);
-                }
-                RemindersConfig::default()
-            }
-        },
+        Some(_) => crate::reminders::config::compile(text).unwrap_or_else(|ps| {
+            problems.extend(ps);
+            RemindersConfig::default()
+        }),
         None => RemindersConfig::default(),
     };
 
@@ -604,6 +599,12 @@ impl Config {
         for r in self.rules.rules() {
             s += &format!("    {}: {}\n", r.id, r.description);
         }
+        let rem = &self.reminders;
+        s += &format!(
+            "  reminder scenarios: {} (creditors {})\n",
+            rem.scenarios.rules().len(),
+            rem.creditors.as_str()
+        );
         s
     }
 

@@ -6,4 +6,5 @@ mod daemon;
 mod netsuite;
 mod netsuite_daemon;
 mod netsuite_mock;
+mod reminders;
 mod support;
