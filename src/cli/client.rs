@@ -132,6 +132,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Exclusions(c) => super::exclusions::run(c).await,
         Command::Run(_) | Command::CheckConfig(_) => unreachable!("handled in cli::main"),
     }
 }

@@ -5,6 +5,7 @@
 //! the listen address and admin token from the same config file.
 
 pub mod client;
+pub mod exclusions;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,8 @@ pub enum Command {
         #[command(flatten)]
         out: OutputArgs,
     },
+    #[command(flatten)]
+    Exclusions(exclusions::Command),
 }
 
 /// Parses arguments, runs the command and maps errors to exit codes.
