@@ -34,11 +34,11 @@ use std::sync::Arc;
 
 use crate::app::App;
 use crate::connectors::NativeExclusion;
-use crate::rules::RuleSet;
-use crate::store::{Store, StoreError};
 use crate::model::{Classification, CustomerKey, Timestamp};
 use crate::resync::queue;
+use crate::rules::RuleSet;
 use crate::store::{AuditEntry, Result, StoredCustomer, Tx};
+use crate::store::{Store, StoreError};
 
 /// What applying a classification did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,6 +56,7 @@ pub struct Transition {
 /// (None for a customer seen for the first time). Resync of a re-included
 /// customer is queued only when `queue_resync` is set; callers that batch
 /// many customers into one job pass false and call [`queue::enqueue`] once.
+#[allow(clippy::too_many_arguments)] // the transition's whole context, named at each call
 pub fn apply(
     tx: &mut Tx<'_>,
     sc: &mut StoredCustomer,

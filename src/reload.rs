@@ -149,10 +149,19 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
             out.push(name.to_string());
         }
     };
-    check("daemon.state_dir", old.daemon.state_dir != new.daemon.state_dir);
-    check("daemon.log_level", old.daemon.log_level != new.daemon.log_level);
+    check(
+        "daemon.state_dir",
+        old.daemon.state_dir != new.daemon.state_dir,
+    );
+    check(
+        "daemon.log_level",
+        old.daemon.log_level != new.daemon.log_level,
+    );
     check("http.listen", old.http.listen != new.http.listen);
-    check("http.admin_token", old.http.admin_token != new.http.admin_token);
+    check(
+        "http.admin_token",
+        old.http.admin_token != new.http.admin_token,
+    );
     check(
         "http.max_body_bytes",
         old.http.max_body_bytes != new.http.max_body_bytes,
@@ -175,7 +184,8 @@ mod tests {
         config::parse(std::path::Path::new("/etc/erpsync/erpsync.toml"), text).unwrap()
     }
 
-    const BASE: &str = "[daemon]\nstate_dir = \"s\"\n[[connectors]]\nid = \"demo\"\nkind = \"demo\"\n";
+    const BASE: &str =
+        "[daemon]\nstate_dir = \"s\"\n[[connectors]]\nid = \"demo\"\nkind = \"demo\"\n";
 
     #[test]
     fn restart_needed_names_the_sections_a_reload_cannot_apply() {
@@ -183,11 +193,20 @@ mod tests {
         let same = parse(&format!(
             "{BASE}[[rules]]\nid = \"r\"\nwhen = {{ field = \"name\", op = \"is\", value = \"x\" }}\n"
         ));
-        assert!(needs_restart(&old, &same).is_empty(), "rules are reloadable");
+        assert!(
+            needs_restart(&old, &same).is_empty(),
+            "rules are reloadable"
+        );
         let moved = parse(
             &BASE
-                .replace("state_dir = \"s\"", "state_dir = \"t\"\nlog_level = \"debug\"")
-                .replace("kind = \"demo\"\n", "kind = \"demo\"\npoll_interval = \"5m\"\n"),
+                .replace(
+                    "state_dir = \"s\"",
+                    "state_dir = \"t\"\nlog_level = \"debug\"",
+                )
+                .replace(
+                    "kind = \"demo\"\n",
+                    "kind = \"demo\"\npoll_interval = \"5m\"\n",
+                ),
         );
         let mut with_listen = moved.clone();
         with_listen.http.listen = "127.0.0.1:9999".parse().unwrap();

@@ -280,9 +280,7 @@ pub fn excluded_page(
 /// filter's text (external id) and connector.
 pub fn pending_exclusions(store: &Store, filter: &Filter) -> Result<Vec<ExcludedEntry>> {
     if matches!(filter.state, Some(State::Included))
-        || filter
-            .source
-            .is_some_and(|s| s != ExclusionSource::Manual)
+        || filter.source.is_some_and(|s| s != ExclusionSource::Manual)
     {
         return Ok(Vec::new());
     }
@@ -290,7 +288,10 @@ pub fn pending_exclusions(store: &Store, filter: &Filter) -> Result<Vec<Excluded
     for r in store.manual_decisions() {
         let (key, d) = r?;
         if d.action != ManualAction::Exclude
-            || filter.connector.as_ref().is_some_and(|c| c != &key.connector)
+            || filter
+                .connector
+                .as_ref()
+                .is_some_and(|c| c != &key.connector)
             || !filter.text_matches(&key.external_id, "", None)
             || store.customer(&key)?.is_some()
         {
@@ -339,7 +340,8 @@ pub fn csv_rows(entries: &[ExcludedEntry], header: bool) -> Vec<u8> {
             e.email.as_deref().unwrap_or(""),
             e.source.as_str(),
             &e.reason_text(),
-            &e.excluded_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            &e.excluded_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             e.excluded_by.as_str(),
         ])
         .expect("writing to a Vec");

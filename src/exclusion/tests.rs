@@ -148,7 +148,12 @@ impl World {
                 cust("C2", "Test Customer 2", Some("qa@example.com"), false),
                 cust("C3", "Globex Group", Some("billing@globex.example"), true),
                 cust("C4", "Initech", None, false),
-                cust("C5", "Umbrella Test Account", Some("x@umbrella.example"), false),
+                cust(
+                    "C5",
+                    "Umbrella Test Account",
+                    Some("x@umbrella.example"),
+                    false,
+                ),
             ],
         )
         .await;
@@ -251,7 +256,11 @@ async fn seeded_world_is_classified_as_expected() {
     assert_eq!(w.reason("demo:C2"), "rule:tests");
     assert_eq!(w.reason("demo:C3"), "native:inactive");
     assert_eq!(w.records_of("demo:C1"), 3);
-    assert_eq!(w.records_of("demo:C2"), 0, "records of excluded are dropped");
+    assert_eq!(
+        w.records_of("demo:C2"),
+        0,
+        "records of excluded are dropped"
+    );
 }
 
 #[tokio::test]
@@ -263,7 +272,12 @@ async fn manual_exclusion_purges_records_keeps_the_customer_and_audits() {
         .await
         .unwrap();
     assert_eq!(
-        (out.changed, out.newly_excluded, out.purged_invoices, out.purged_transactions),
+        (
+            out.changed,
+            out.newly_excluded,
+            out.purged_invoices,
+            out.purged_transactions
+        ),
         (1, 1, 2, 1)
     );
     assert_eq!(out.customers[0].effect, Effect::Excluded);
@@ -273,7 +287,10 @@ async fn manual_exclusion_purges_records_keeps_the_customer_and_audits() {
     assert_eq!(sc.customer.name, "Acme Trading Ltd", "record kept");
     assert_eq!(w.records_of("demo:C1"), 0);
     let d = w.store.manual_decision(&key("demo:C1")).unwrap().unwrap();
-    assert_eq!((d.action, d.actor.as_str()), (ManualAction::Exclude, "alice"));
+    assert_eq!(
+        (d.action, d.actor.as_str()),
+        (ManualAction::Exclude, "alice")
+    );
     let audit = w.store.audit(Some(&key("demo:C1")), 10).unwrap();
     let actions: Vec<_> = audit.iter().map(|a| a.action.as_str()).collect();
     assert_eq!(actions, ["classified", "manual_exclude"], "newest first");
@@ -322,12 +339,17 @@ async fn exclusion_before_first_sync_waits_and_keeps_data_out() {
     assert!(e.summary.contains("never be imported"), "{}", e.summary);
     let pending = search::pending_exclusions(&w.store, &Filter::default()).unwrap();
     assert_eq!(pending.len(), 1);
-    assert_eq!((pending[0].excluded_by.as_str(), pending[0].synced), ("alice", false));
+    assert_eq!(
+        (pending[0].excluded_by.as_str(), pending[0].synced),
+        ("alice", false)
+    );
 
     w.customers("demo", vec![cust("C9", "Late Arrival", None, false)])
         .await;
     assert_eq!(w.reason("demo:C9"), "manual");
-    let stats = w.records("demo", vec![inv("I91", "C9"), pmt("P91", "C9")]).await;
+    let stats = w
+        .records("demo", vec![inv("I91", "C9"), pmt("P91", "C9")])
+        .await;
     assert_eq!(stats.dropped, 2);
     assert_eq!(w.records_of("demo:C9"), 0);
     assert!(search::pending_exclusions(&w.store, &Filter::default())
@@ -346,7 +368,10 @@ async fn manual_include_overrides_a_rule_sticks_through_sync_and_queues_resync()
     )
     .await
     .unwrap();
-    assert_eq!((out.changed, out.newly_included, out.queued_for_resync), (2, 1, 1));
+    assert_eq!(
+        (out.changed, out.newly_included, out.queued_for_resync),
+        (2, 1, 1)
+    );
     assert_eq!(out.customers[0].effect, Effect::Included);
     assert_eq!(out.customers[1].effect, Effect::InclusionPinned);
     assert_eq!(out.resync_jobs.len(), 1);
@@ -360,14 +385,22 @@ async fn manual_include_overrides_a_rule_sticks_through_sync_and_queues_resync()
     assert_eq!(w.reason("demo:C2"), "manual:overrides rule:tests");
 
     // The next sync of C2 (still matching the rule) keeps it included.
-    let mut c2 = cust("C2", "Test Customer 2 renamed", Some("qa@example.com"), false);
+    let mut c2 = cust(
+        "C2",
+        "Test Customer 2 renamed",
+        Some("qa@example.com"),
+        false,
+    );
     c2.last_modified = ts(50);
     w.customers("demo", vec![c2]).await;
     assert_eq!(w.reason("demo:C2"), "manual:overrides rule:tests");
     let stats = w.records("demo", vec![inv("I22", "C2")]).await;
     assert_eq!(stats.written, 1);
     assert_eq!(
-        w.store.classification_counts(None).unwrap().manual_overrides,
+        w.store
+            .classification_counts(None)
+            .unwrap()
+            .manual_overrides,
         1
     );
 
@@ -445,7 +478,10 @@ fn bad_references_and_reasons_are_refused_with_their_problem() {
     let cases: &[(&[&str], &str)] = &[
         (&[], "`customers` is empty"),
         (&["C1"], "`C1` is not a customer reference"),
-        (&["demo:C1", "sap:C1"], "unknown connector `sap`; configured connectors: demo, erp2"),
+        (
+            &["demo:C1", "sap:C1"],
+            "unknown connector `sap`; configured connectors: demo, erp2",
+        ),
         (&["demo:C\u{0}1"], "contains a NUL byte"),
     ];
     for (refs, needle) in cases {
@@ -463,20 +499,31 @@ fn bad_references_and_reasons_are_refused_with_their_problem() {
         assert!(err.to_string().contains(needle), "{err}");
     }
     let a = Actor::new(None, None, "default why", ts(0)).unwrap();
-    assert_eq!((a.name.as_str(), a.reason.as_str()), ("admin", "default why"));
+    assert_eq!(
+        (a.name.as_str(), a.reason.as_str()),
+        ("admin", "default why")
+    );
 }
 
 #[tokio::test]
 async fn mass_exclusion_shows_its_impact_and_applies_only_with_the_right_count() {
     let w = World::new().await;
     let err = Selection::new(Filter::default(), None).unwrap_err();
-    assert!(err.to_string().contains("needs `q` or `condition`"), "{err}");
+    assert!(
+        err.to_string().contains("needs `q` or `condition`"),
+        "{err}"
+    );
 
     // "acme" matches C1 (name) on demo and E1 on erp2; the connector narrows.
     let sel = Selection::new(Filter::new(Some("ACME"), None, None, None), None).unwrap();
     let imp = manual::mass_impact(&w.store, &sel).unwrap();
     assert_eq!(
-        (imp.customers, imp.newly_excluded, imp.invoices, imp.transactions),
+        (
+            imp.customers,
+            imp.newly_excluded,
+            imp.invoices,
+            imp.transactions
+        ),
         (2, 2, 3, 1)
     );
     assert_eq!(imp.sample.len(), 2);
@@ -496,7 +543,10 @@ async fn mass_exclusion_shows_its_impact_and_applies_only_with_the_right_count()
     let (_, out) = manual::mass_exclude(&w.store, &w.policy, &sel, &actor("mass"), 2)
         .await
         .unwrap();
-    assert_eq!((out.changed, out.purged_invoices, out.purged_transactions), (2, 3, 1));
+    assert_eq!(
+        (out.changed, out.purged_invoices, out.purged_transactions),
+        (2, 3, 1)
+    );
     assert_eq!(w.records_of("erp2:E1"), 0);
     // Already manually excluded customers are not selected again.
     assert_eq!(manual::mass_impact(&w.store, &sel).unwrap().customers, 0);
@@ -539,7 +589,11 @@ async fn rule_impact_matches_what_reclassification_applies() {
     assert!(!imp.within_ratio(0.2) && imp.within_ratio(0.5));
     assert_eq!(imp.rules[0].matching, 2);
     assert_eq!(imp.rules[0].excluding, 2);
-    let excluded: Vec<_> = imp.newly_excluded.iter().map(|c| c.customer.as_str()).collect();
+    let excluded: Vec<_> = imp
+        .newly_excluded
+        .iter()
+        .map(|c| c.customer.as_str())
+        .collect();
     assert_eq!(excluded, ["demo:C1", "erp2:E1"]);
     assert_eq!(imp.newly_included[0].from, "rule:tests");
 
@@ -550,24 +604,37 @@ async fn rule_impact_matches_what_reclassification_applies() {
         .unwrap();
     assert_eq!(applied.examined, 6);
     assert_eq!(
-        (applied.newly_excluded, applied.newly_included, applied.reason_changes),
+        (
+            applied.newly_excluded,
+            applied.newly_included,
+            applied.reason_changes
+        ),
         (2, 1, 1)
     );
-    assert_eq!((applied.purged_invoices, applied.purged_transactions), (3, 1));
+    assert_eq!(
+        (applied.purged_invoices, applied.purged_transactions),
+        (3, 1)
+    );
     assert_eq!(applied.queued_for_resync, 1);
     assert!(queue::is_queued(&w.store, "demo", "C2").unwrap());
     assert_eq!(w.reason("demo:C1"), "rule:acme");
     assert_eq!(w.reason("demo:C5"), "manual");
     assert_eq!(w.records_of("demo:C1"), 0);
     let a = &w.store.audit(Some(&key("demo:C1")), 1).unwrap()[0];
-    assert_eq!((a.actor.as_str(), a.reason.as_str()), ("reload", "rules reloaded"));
+    assert_eq!(
+        (a.actor.as_str(), a.reason.as_str()),
+        ("reload", "rules reloaded")
+    );
 
     // Applying the same rules again changes nothing.
     let before = w.snapshot();
     let again = impact::reclassify_all(&w.store, &w.policy, "reload", "again", 2)
         .await
         .unwrap();
-    assert_eq!(again.newly_excluded + again.newly_included + again.reason_changes, 0);
+    assert_eq!(
+        again.newly_excluded + again.newly_included + again.reason_changes,
+        0
+    );
     assert_eq!(w.snapshot(), before);
 }
 
@@ -580,16 +647,30 @@ async fn search_matches_name_email_and_id_ignoring_case_with_filters_and_paging(
         (ids, p.next.map(|k| k.to_string()))
     };
     let cases: &[(Filter, &[&str])] = &[
-        (Filter::new(Some("acme"), None, None, None), &["demo:C1", "erp2:E1"]),
-        (Filter::new(Some("GLOBEX.EXAMPLE"), None, None, None), &["demo:C3"]),
+        (
+            Filter::new(Some("acme"), None, None, None),
+            &["demo:C1", "erp2:E1"],
+        ),
+        (
+            Filter::new(Some("GLOBEX.EXAMPLE"), None, None, None),
+            &["demo:C3"],
+        ),
         (Filter::new(Some("c4"), None, None, None), &["demo:C4"]),
-        (Filter::new(Some("acme"), Some("erp2"), None, None), &["erp2:E1"]),
+        (
+            Filter::new(Some("acme"), Some("erp2"), None, None),
+            &["erp2:E1"],
+        ),
         (
             Filter::new(Some("test"), None, Some(State::Excluded), None),
             &["demo:C2", "demo:C5"],
         ),
         (
-            Filter::new(None, None, Some(State::Excluded), Some(ExclusionSource::Native)),
+            Filter::new(
+                None,
+                None,
+                Some(State::Excluded),
+                Some(ExclusionSource::Native),
+            ),
             &["demo:C3"],
         ),
         (
@@ -613,28 +694,55 @@ async fn search_matches_name_email_and_id_ignoring_case_with_filters_and_paging(
 #[tokio::test]
 async fn excluded_list_and_csv_name_source_reason_and_who() {
     let w = World::new().await;
-    manual::exclude(&w.store, &w.policy, &[key("demo:C4"), key("demo:C99")], &actor("fraud, \"confirmed\""))
-        .await
-        .unwrap();
+    manual::exclude(
+        &w.store,
+        &w.policy,
+        &[key("demo:C4"), key("demo:C99")],
+        &actor("fraud, \"confirmed\""),
+    )
+    .await
+    .unwrap();
     let (entries, next) =
         search::excluded_page(&w.store, &w.policy, &Filter::default(), None, 50).unwrap();
     assert_eq!(next, None);
     let rows: Vec<_> = entries
         .iter()
-        .map(|e| (e.customer.as_str(), e.source, e.reason_text(), e.excluded_by.as_str()))
+        .map(|e| {
+            (
+                e.customer.as_str(),
+                e.source,
+                e.reason_text(),
+                e.excluded_by.as_str(),
+            )
+        })
         .collect();
     assert_eq!(
         rows,
         [
-            ("demo:C2", ExclusionSource::Rule, "rule:tests: test accounts".to_string(), "sync"),
+            (
+                "demo:C2",
+                ExclusionSource::Rule,
+                "rule:tests: test accounts".to_string(),
+                "sync"
+            ),
             (
                 "demo:C3",
                 ExclusionSource::Native,
                 "native:inactive: customer is marked inactive in the ERP".to_string(),
                 "sync"
             ),
-            ("demo:C4", ExclusionSource::Manual, "manual: fraud, \"confirmed\"".to_string(), "alice"),
-            ("demo:C5", ExclusionSource::Rule, "rule:tests: test accounts".to_string(), "sync"),
+            (
+                "demo:C4",
+                ExclusionSource::Manual,
+                "manual: fraud, \"confirmed\"".to_string(),
+                "alice"
+            ),
+            (
+                "demo:C5",
+                ExclusionSource::Rule,
+                "rule:tests: test accounts".to_string(),
+                "sync"
+            ),
         ]
     );
 
@@ -654,7 +762,10 @@ async fn excluded_list_and_csv_name_source_reason_and_who() {
     assert_eq!(&c4[6], "2023-11-14T22:15:00Z");
     assert_eq!(&c4[7], "alice");
     let pending = recs.iter().find(|r| &r[1] == "C99").unwrap();
-    assert_eq!((&pending[0], &pending[2], &pending[7]), ("demo", "", "alice"));
+    assert_eq!(
+        (&pending[0], &pending[2], &pending[7]),
+        ("demo", "", "alice")
+    );
 }
 
 #[tokio::test]
@@ -667,15 +778,24 @@ async fn explain_shows_native_flags_every_matching_rule_and_history() {
     let e = explain::explain(&w.store, &w.policy, &key("demo:C3"), 10).unwrap();
     assert_eq!(e.native.len(), 2);
     assert!(e.native[0].applies && e.native[0].enabled, "{:?}", e.native);
-    let rules: Vec<_> = e.rules.iter().map(|r| (r.id.as_str(), r.decisive)).collect();
+    let rules: Vec<_> = e
+        .rules
+        .iter()
+        .map(|r| (r.id.as_str(), r.decisive))
+        .collect();
     assert_eq!(rules, [("inactive-too", true), ("globex", false)]);
     assert!(
-        e.summary.starts_with("excluded by rule `inactive-too`; also matches globex"),
+        e.summary
+            .starts_with("excluded by rule `inactive-too`; also matches globex"),
         "{}",
         e.summary
     );
     // The store still says native:inactive: explain says the rules moved on.
-    assert!(e.summary.contains("predates the rules in force"), "{}", e.summary);
+    assert!(
+        e.summary.contains("predates the rules in force"),
+        "{}",
+        e.summary
+    );
     assert_eq!(e.history.len(), 1);
 
     let e = explain::explain(&w.store, &w.policy, &key("erp2:E1"), 10).unwrap();

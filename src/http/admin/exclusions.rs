@@ -35,7 +35,10 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/customers", get(search_customers))
         .route("/customers/{connector}/{id}", get(customer))
         .route("/customers/{connector}/{id}/explain", get(explain_customer))
-        .route("/customers/{connector}/{id}/decision", delete(clear_decision))
+        .route(
+            "/customers/{connector}/{id}/decision",
+            delete(clear_decision),
+        )
         .route("/exclusions", post(exclude))
         .route("/exclusions/mass", post(mass_exclude))
         .route("/reinclusions", post(reinclude))
@@ -111,10 +114,7 @@ struct SearchParams {
     limit: Option<usize>,
 }
 
-async fn search_customers(
-    State(app): State<Arc<App>>,
-    Query(p): Query<SearchParams>,
-) -> ApiResult {
+async fn search_customers(State(app): State<Arc<App>>, Query(p): Query<SearchParams>) -> ApiResult {
     connector_filter(&app, p.connector.as_deref())?;
     let filter = Filter::new(p.q.as_deref(), p.connector.as_deref(), p.state, p.source);
     let page = search::page(
@@ -158,7 +158,8 @@ async fn customer(
             Record::Transaction(t) => transactions.push(t),
         }
     }
-    let mut v = serde_json::to_value(search::summary(&app.store, &sc)?).map_err(ApiError::internal)?;
+    let mut v =
+        serde_json::to_value(search::summary(&app.store, &sc)?).map_err(ApiError::internal)?;
     v["record"] = serde_json::to_value(&sc.customer).map_err(ApiError::internal)?;
     v["first_seen"] = json!(sc.first_seen);
     v["invoices"] = json!(invoices);
@@ -217,10 +218,7 @@ struct ReincludeBody {
     actor: Option<String>,
 }
 
-async fn reinclude(
-    State(app): State<Arc<App>>,
-    JsonBody(b): JsonBody<ReincludeBody>,
-) -> ApiResult {
+async fn reinclude(State(app): State<Arc<App>>, JsonBody(b): JsonBody<ReincludeBody>) -> ApiResult {
     let actor = Actor::new(
         b.actor.as_deref(),
         b.reason.as_deref(),
@@ -398,7 +396,9 @@ async fn audit(State(app): State<Arc<App>>, Query(p): Query<AuditParams>) -> Api
     let customer = p
         .customer
         .as_deref()
-        .map(|c| CustomerKey::parse(c).map_err(|e| ApiError::bad_request(format!("`customer`: {e}"))))
+        .map(|c| {
+            CustomerKey::parse(c).map_err(|e| ApiError::bad_request(format!("`customer`: {e}")))
+        })
         .transpose()?;
     let entries = app.store.audit(customer.as_ref(), limit(p.limit, 100)?)?;
     Ok(Json(json!({ "entries": entries })).into_response())
@@ -458,9 +458,10 @@ async fn preview_rules(
     let ids: Vec<String> = set.rules().iter().map(|r| r.id.clone()).collect();
     let max_ratio = app.config().exclusions.max_new_exclusion_ratio;
     let app2 = Arc::clone(&app);
-    let impact = tokio::task::spawn_blocking(move || impact::of_rules(&app2.store, app2.as_ref(), &set))
-        .await
-        .map_err(ApiError::internal)??;
+    let impact =
+        tokio::task::spawn_blocking(move || impact::of_rules(&app2.store, app2.as_ref(), &set))
+            .await
+            .map_err(ApiError::internal)??;
     Ok(Json(json!({
         "mode": mode,
         "rules": ids,
