@@ -14,14 +14,26 @@
 //! Changes to connectors, the listener, the admin token, the body limit, the
 //! log level or the state directory need a restart: a reload logs a warning
 //! and says so in its result. Every outcome is recorded in `app.last_reload`
-//! for `/status`. This module does not log refusals: its callers do (the
-//! SIGHUP handler and the HTTP handler), once.
+//! for `/status`. This module does not log reload refusals: its callers do
+//! (the SIGHUP handler and the HTTP handler), once.
+//!
+//! **At start-up** ([`reconcile_on_start`]) the same steps run when the
+//! classification policy (rules plus each connector's enabled native
+//! exclusions) differs from the one last applied to every stored customer,
+//! which the store remembers: rules edited while the daemon was stopped, a
+//! native exclusion switched on or off (that needs a restart), or a reload
+//! cut short by a crash. A change over the ratio is refused there too and the
+//! rules last applied stay in force.
 
-use serde::Serialize;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 use crate::app::{App, ReloadStatus};
 use crate::config::{self, Config, ConfigError};
 use crate::exclusion::impact::{self, Impact, Reclassified, RECLASSIFY_BATCH};
+use crate::rules::{parse_rule, RuleSet};
+use crate::store::keys::ns;
 use crate::store::StoreError;
 
 /// Why a reload changed nothing (or, for `Store`, stopped part-way).
@@ -112,6 +124,7 @@ async fn reload_locked(app: &App) -> Result<ReloadReport, ReloadError> {
         RECLASSIFY_BATCH,
     )
     .await?;
+    record_applied(app, &applied_policy(app, &new.rules)).await?;
     app.set_config(new);
     if applied.queued_for_resync > 0 {
         app.resync_wakeup.notify_waiters();
@@ -139,6 +152,143 @@ async fn reload_locked(app: &App) -> Result<ReloadReport, ReloadError> {
         applied,
         restart_needed,
     })
+}
+
+/// Where the store keeps the policy last applied to every customer.
+const APPLIED_POLICY_KEY: &[u8] = b"classification_policy";
+
+/// What a customer's classification depends on besides its own record and
+/// manual decision. Stored once every customer has been classified with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppliedPolicy {
+    /// The rules, in their canonical JSON form.
+    pub rules: Vec<serde_json::Value>,
+    /// Connector id → enabled native exclusions.
+    pub native: BTreeMap<String, Vec<String>>,
+}
+
+/// The policy in force with `rules` and the connectors' native exclusions.
+fn applied_policy(app: &App, rules: &RuleSet) -> AppliedPolicy {
+    AppliedPolicy {
+        rules: rules
+            .rules()
+            .iter()
+            .map(|r| serde_json::to_value(r).expect("rules serialise"))
+            .collect(),
+        native: app
+            .connectors
+            .iter()
+            .map(|h| {
+                (
+                    h.id.clone(),
+                    h.native.iter().map(|n| n.name.to_string()).collect(),
+                )
+            })
+            .collect(),
+    }
+}
+
+async fn record_applied(app: &App, p: &AppliedPolicy) -> Result<(), StoreError> {
+    app.store
+        .write(|tx| {
+            tx.put_value(ns::META, &[APPLIED_POLICY_KEY], p);
+            Ok(())
+        })
+        .await
+}
+
+/// Re-classifies every stored customer before the first sync when the
+/// policy differs from the one last applied (see the module docs). Logs
+/// and records the outcome in `app.last_reload`; never fails the start-up.
+pub async fn reconcile_on_start(app: &App) {
+    let _one_at_a_time = RELOAD_LOCK.lock().await;
+    let outcome = reconcile_locked(app).await;
+    let status = match &outcome {
+        Ok(None) => return,
+        Ok(Some(message)) => {
+            tracing::info!(result = %message, "classification policy changed while stopped: applied");
+            ReloadStatus {
+                at: chrono::Utc::now(),
+                applied: true,
+                message: message.clone(),
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "classification policy changed while stopped: refused");
+            ReloadStatus {
+                at: chrono::Utc::now(),
+                applied: false,
+                message: e.to_string(),
+            }
+        }
+    };
+    *app.last_reload.lock().expect("last_reload lock poisoned") = Some(status);
+}
+
+async fn reconcile_locked(app: &App) -> Result<Option<String>, ReloadError> {
+    let rules = app.rules();
+    let now = applied_policy(app, &rules);
+    let stored: Option<AppliedPolicy> = app.store.get_value(ns::META, &[APPLIED_POLICY_KEY])?;
+    if stored.as_ref() == Some(&now) {
+        return Ok(None);
+    }
+    let empty = app.store.customers(None, None).next().is_none();
+    // With a policy on record, a change passes the ratio guard first. A
+    // store without one (new, or from before this check existed) adopts the
+    // policy in force: its customers were classified by the same config.
+    if let Some(old) = &stored {
+        let impact = impact::of_rules(&app.store, app, &rules)?;
+        let max_ratio = app.config().exclusions.max_new_exclusion_ratio;
+        if !impact.within_ratio(max_ratio) {
+            match old_rules(old) {
+                Some(r) => app.set_rules(r),
+                None => tracing::error!(
+                    "the rules last applied can no longer be read; the configured rules stay in force for new records"
+                ),
+            }
+            return Err(ReloadError::TooManyExclusions {
+                impact: Box::new(impact),
+                max_ratio,
+            });
+        }
+    }
+    let applied = if empty {
+        Reclassified::default()
+    } else {
+        impact::reclassify_all(
+            &app.store,
+            app,
+            "startup",
+            "rules or native exclusions changed while erpsync was stopped",
+            RECLASSIFY_BATCH,
+        )
+        .await?
+    };
+    record_applied(app, &now).await?;
+    if applied.queued_for_resync > 0 {
+        app.resync_wakeup.notify_waiters();
+    }
+    if stored.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "rules or native exclusions changed while erpsync was stopped; re-classified at start-up: {} newly excluded ({} invoices and {} transactions deleted), {} re-included and queued for resync, {} reasons changed",
+        applied.newly_excluded,
+        applied.purged_invoices,
+        applied.purged_transactions,
+        applied.newly_included,
+        applied.reason_changes
+    )))
+}
+
+/// The rule set recorded in an applied policy.
+fn old_rules(p: &AppliedPolicy) -> Option<RuleSet> {
+    let rules = p
+        .rules
+        .iter()
+        .map(|v| parse_rule(v).ok())
+        .collect::<Option<Vec<_>>>()?;
+    RuleSet::new(rules).ok()
 }
 
 /// Sections whose change a reload cannot apply: they are wired at start-up.

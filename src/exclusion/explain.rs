@@ -54,6 +54,8 @@ pub struct Explanation {
     pub automatic: Option<Classification>,
     /// Classification changes and manual actions, newest first.
     pub history: Vec<AuditEntry>,
+    // Extension point: features with their own "why" about a customer
+    // (e.g. reminder eligibility) add their fields here.
 }
 
 fn day(t: &Timestamp) -> String {

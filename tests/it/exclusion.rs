@@ -513,6 +513,68 @@ async fn a_reload_that_would_exclude_too_many_or_is_invalid_is_refused_and_chang
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_changed_while_stopped_apply_at_the_next_start_unless_too_broad() {
+    let opts = small_demo();
+    let d = InProcess::start(&opts, "1h", "").await;
+    d.wait_passes(1).await;
+    let picked = included_with_records(&d.app.store, 4);
+    let ids: Vec<String> = picked
+        .iter()
+        .map(|c| c.customer.external_id.clone())
+        .collect();
+    let erp = std::sync::Arc::clone(&d.erp);
+    let dir = d.stop().await;
+
+    // Restarted with a new rule: applied to stored customers before syncing.
+    let rule = rule_toml("stop-list", &ids);
+    let d = InProcess::start_with(std::sync::Arc::clone(&erp), &opts, "1h", &rule, dir).await;
+    d.wait_passes(1).await;
+    let last = d
+        .app
+        .last_reload
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("start-up reload");
+    assert!(last.applied, "{last:?}");
+    assert!(
+        last.message.contains("changed while erpsync was stopped"),
+        "{last:?}"
+    );
+    assert!(last.message.contains("4 newly excluded"), "{last:?}");
+    for c in &picked {
+        let now = stored(&d.app.store, &c.key());
+        assert_eq!(now.classification.reason, "rule:stop-list");
+        assert_eq!(counts(&d.app.store, &c.key()), (0, 0));
+        let a = &d.app.store.audit(Some(&c.key()), 1).unwrap()[0];
+        assert_eq!(a.actor, "startup");
+    }
+    let before = snapshot(&d.app.store);
+    let dir = d.stop().await;
+
+    // Restarted with a rule that excludes everyone: refused, the rules last
+    // applied stay in force and nothing changes.
+    let broad = format!(
+        "{rule}\n[[rules]]\nid = \"everyone\"\ndescription = \"\"\nwhen = {{ field = \"name\", op = \"is_not_empty\" }}\n"
+    );
+    let d = InProcess::start_with(erp, &opts, "1h", &broad, dir).await;
+    d.wait_passes(1).await;
+    let last = d
+        .app
+        .last_reload
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("start-up reload");
+    assert!(!last.applied, "{last:?}");
+    assert!(last.message.contains("max_new_exclusion_ratio"), "{last:?}");
+    let rules: Vec<String> = d.app.rules().rules().iter().map(|r| r.id.clone()).collect();
+    assert_eq!(rules, ["stop-list"]);
+    assert_eq!(snapshot(&d.app.store), before);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_reinclusion_survives_the_next_sync_although_a_rule_matches() {
     let d = InProcess::start(&small_demo(), "1h", TEST_ACCOUNTS_RULE).await;
     d.wait_passes(1).await;
