@@ -39,7 +39,7 @@ use crate::store::StoreError;
 /// Why a reload changed nothing (or, for `Store`, stopped part-way).
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
-    #[error("reload refused, the old rules stay in force: {0}")]
+    #[error("reload refused, the old rules stay in force: {}", .0.to_string().trim_end())]
     Config(ConfigError),
     #[error("reload refused, the old rules stay in force: the new rules {} — more than max_new_exclusion_ratio {:.1}% of all customers", .impact.describe(), .max_ratio * 100.0)]
     TooManyExclusions { impact: Box<Impact>, max_ratio: f64 },
