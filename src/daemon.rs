@@ -74,6 +74,9 @@ pub async fn run_with(
         let t = token.clone();
         async move { t.cancelled().await }
     }));
+    // Rules or native exclusions changed while stopped (or a reload was cut
+    // short): re-classify stored customers before the first sync.
+    crate::reload::reconcile_on_start(&app).await;
     for h in &app.connectors {
         tracker.spawn(crate::sync::run_poller(Arc::clone(&app), Arc::clone(h)));
     }

@@ -6,6 +6,10 @@
 //! - [`model`]: canonical customer / invoice / transaction types.
 //! - [`rules`]: the condition language shared by smart rules and reminder scenarios.
 //! - [`classify`]: manual decision > smart rules > native exclusions.
+//! - [`exclusion`]: the one transition point (purge / resync / audit) and the
+//!   admin operations on it: manual decisions, rule impact, search, explain.
+//! - [`reload`]: puts new rules in force (SIGHUP, API, start-up), with the
+//!   new-exclusion ratio guard.
 //! - [`store`]: the only module that knows sled.
 //! - [`connectors`]: one module per ERP, plus the shared request [`connectors::Budget`].
 //! - [`sync`]: the per-connector scheduler, ingest and the resync worker.

@@ -1,8 +1,373 @@
-//! Rule reload (SIGHUP and `POST /api/v1/reload`).
+//! Reload (SIGHUP and `POST /api/v1/reload`): re-read the config file and
+//! put its rules in force.
+//!
+//! Steps: read and validate the **whole** file (an invalid file changes
+//! nothing); compute the new rules' impact on every stored customer without
+//! writing; refuse when it would newly exclude more than
+//! `[exclusions] max_new_exclusion_ratio` of all customers (the old rules stay
+//! in force); otherwise set the new rules **before** re-classifying, so
+//! ingest running meanwhile already uses them, re-classify every stored
+//! customer in batches ([`impact::reclassify_all`]), and finally swap in the
+//! new config so other sections (e.g. `[reminders]`) take effect too. The
+//! ratio checked is the one in the new file: raising it is a deliberate edit.
+//!
+//! Changes to connectors, the listener, the admin token, the body limit, the
+//! log level or the state directory need a restart: a reload logs a warning
+//! and says so in its result. Every outcome is recorded in `app.last_reload`
+//! for `/status`. This module does not log reload refusals: its callers do
+//! (the SIGHUP handler and the HTTP handler), once.
+//!
+//! **At start-up** ([`reconcile_on_start`]) the same steps run when the
+//! classification policy (rules plus each connector's enabled native
+//! exclusions) differs from the one last applied to every stored customer,
+//! which the store remembers: rules edited while the daemon was stopped, a
+//! native exclusion switched on or off (that needs a restart), or a reload
+//! cut short by a crash. A change over the ratio is refused there too and the
+//! rules last applied stay in force.
 
-use crate::app::App;
+use std::collections::BTreeMap;
 
-/// Re-reads the config file and applies its rules.
-pub async fn reload_from_file(_app: &App) -> Result<String, String> {
-    Err("rule reload is not available yet".into())
+use serde::{Deserialize, Serialize};
+
+use crate::app::{App, ReloadStatus};
+use crate::config::{self, Config, ConfigError};
+use crate::exclusion::impact::{self, Impact, Reclassified, RECLASSIFY_BATCH};
+use crate::rules::{parse_rule, RuleSet};
+use crate::store::keys::ns;
+use crate::store::StoreError;
+
+/// Why a reload changed nothing (or, for `Store`, stopped part-way).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("reload refused, the old rules stay in force: {}", .0.to_string().trim_end())]
+    Config(ConfigError),
+    #[error("reload refused, the old rules stay in force: the new rules {} — more than max_new_exclusion_ratio {:.1}% of all customers", .impact.describe(), .max_ratio * 100.0)]
+    TooManyExclusions { impact: Box<Impact>, max_ratio: f64 },
+    #[error("reload stopped part-way, the new rules are in force but not every customer was re-classified (the next reload finishes it): {0}")]
+    Store(#[from] StoreError),
+}
+
+/// What a successful reload did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    pub message: String,
+    pub rules: usize,
+    /// The impact computed before applying.
+    pub impact: Impact,
+    /// What re-classification changed (may differ slightly from `impact`
+    /// when syncs ran in between).
+    pub applied: Reclassified,
+    /// Config sections that changed but need a restart.
+    pub restart_needed: Vec<String>,
+}
+
+/// Serialises reloads (SIGHUP and API at the same time). Process-wide: a
+/// process runs one daemon; in-process tests only serialise their reloads.
+static RELOAD_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Re-reads the config file and applies its rules; the result in words (for
+/// the SIGHUP handler's log).
+pub async fn reload_from_file(app: &App) -> Result<String, String> {
+    reload(app)
+        .await
+        .map(|r| r.message)
+        .map_err(|e| e.to_string())
+}
+
+/// Re-reads the config file and applies it; see the module docs.
+pub async fn reload(app: &App) -> Result<ReloadReport, ReloadError> {
+    let _one_at_a_time = RELOAD_LOCK.lock().await;
+    let result = reload_locked(app).await;
+    let status = match &result {
+        Ok(r) => ReloadStatus {
+            at: chrono::Utc::now(),
+            applied: true,
+            message: r.message.clone(),
+        },
+        Err(e) => ReloadStatus {
+            at: chrono::Utc::now(),
+            applied: false,
+            message: e.to_string(),
+        },
+    };
+    *app.last_reload.lock().expect("last_reload lock poisoned") = Some(status);
+    result
+}
+
+async fn reload_locked(app: &App) -> Result<ReloadReport, ReloadError> {
+    let old = app.config();
+    let new = config::load(&old.file).map_err(ReloadError::Config)?;
+    let restart_needed = needs_restart(&old, &new);
+    for section in &restart_needed {
+        tracing::warn!(
+            section = %section,
+            "config change needs a restart to take effect; a reload only applies rules and feature settings"
+        );
+    }
+
+    let impact = impact::of_rules(&app.store, app, &new.rules)?;
+    let max_ratio = new.exclusions.max_new_exclusion_ratio;
+    if !impact.within_ratio(max_ratio) {
+        return Err(ReloadError::TooManyExclusions {
+            impact: Box::new(impact),
+            max_ratio,
+        });
+    }
+
+    let rules = new.rules.rules().len();
+    app.set_rules(new.rules.clone());
+    let applied = impact::reclassify_all(
+        &app.store,
+        app,
+        "reload",
+        "rules reloaded",
+        RECLASSIFY_BATCH,
+    )
+    .await?;
+    record_applied(app, &applied_policy(app, &new.rules)).await?;
+    app.set_config(new);
+    if applied.queued_for_resync > 0 {
+        app.resync_wakeup.notify_waiters();
+    }
+
+    let mut message = format!(
+        "rules reloaded ({rules} rule{}): {} newly excluded ({} invoices and {} transactions deleted), {} re-included and queued for resync, {} reasons changed",
+        if rules == 1 { "" } else { "s" },
+        applied.newly_excluded,
+        applied.purged_invoices,
+        applied.purged_transactions,
+        applied.newly_included,
+        applied.reason_changes,
+    );
+    if !restart_needed.is_empty() {
+        message += &format!(
+            "; changes to {} need a restart to take effect",
+            restart_needed.join(", ")
+        );
+    }
+    Ok(ReloadReport {
+        message,
+        rules,
+        impact,
+        applied,
+        restart_needed,
+    })
+}
+
+/// Where the store keeps the policy last applied to every customer.
+const APPLIED_POLICY_KEY: &[u8] = b"classification_policy";
+
+/// What a customer's classification depends on besides its own record and
+/// manual decision. Stored once every customer has been classified with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppliedPolicy {
+    /// The rules, in their canonical JSON form.
+    pub rules: Vec<serde_json::Value>,
+    /// Connector id → enabled native exclusions.
+    pub native: BTreeMap<String, Vec<String>>,
+}
+
+/// The policy in force with `rules` and the connectors' native exclusions.
+fn applied_policy(app: &App, rules: &RuleSet) -> AppliedPolicy {
+    AppliedPolicy {
+        rules: rules
+            .rules()
+            .iter()
+            .map(|r| serde_json::to_value(r).expect("rules serialise"))
+            .collect(),
+        native: app
+            .connectors
+            .iter()
+            .map(|h| {
+                (
+                    h.id.clone(),
+                    h.native.iter().map(|n| n.name.to_string()).collect(),
+                )
+            })
+            .collect(),
+    }
+}
+
+async fn record_applied(app: &App, p: &AppliedPolicy) -> Result<(), StoreError> {
+    app.store
+        .write(|tx| {
+            tx.put_value(ns::META, &[APPLIED_POLICY_KEY], p);
+            Ok(())
+        })
+        .await
+}
+
+/// Re-classifies every stored customer before the first sync when the
+/// policy differs from the one last applied (see the module docs). Logs
+/// and records the outcome in `app.last_reload`; never fails the start-up.
+pub async fn reconcile_on_start(app: &App) {
+    let _one_at_a_time = RELOAD_LOCK.lock().await;
+    let outcome = reconcile_locked(app).await;
+    let status = match &outcome {
+        Ok(None) => return,
+        Ok(Some(message)) => {
+            tracing::info!(result = %message, "classification policy changed while stopped: applied");
+            ReloadStatus {
+                at: chrono::Utc::now(),
+                applied: true,
+                message: message.clone(),
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "classification policy changed while stopped: refused");
+            ReloadStatus {
+                at: chrono::Utc::now(),
+                applied: false,
+                message: e.to_string(),
+            }
+        }
+    };
+    *app.last_reload.lock().expect("last_reload lock poisoned") = Some(status);
+}
+
+async fn reconcile_locked(app: &App) -> Result<Option<String>, ReloadError> {
+    let rules = app.rules();
+    let now = applied_policy(app, &rules);
+    let stored: Option<AppliedPolicy> = app.store.get_value(ns::META, &[APPLIED_POLICY_KEY])?;
+    if stored.as_ref() == Some(&now) {
+        return Ok(None);
+    }
+    let empty = app.store.customers(None, None).next().is_none();
+    // With a policy on record, a change passes the ratio guard first. A
+    // store without one (new, or from before this check existed) adopts the
+    // policy in force: its customers were classified by the same config.
+    if let Some(old) = &stored {
+        let impact = impact::of_rules(&app.store, app, &rules)?;
+        let max_ratio = app.config().exclusions.max_new_exclusion_ratio;
+        if !impact.within_ratio(max_ratio) {
+            match old_rules(old) {
+                Some(r) => app.set_rules(r),
+                None => tracing::error!(
+                    "the rules last applied can no longer be read; the configured rules stay in force for new records"
+                ),
+            }
+            return Err(ReloadError::TooManyExclusions {
+                impact: Box::new(impact),
+                max_ratio,
+            });
+        }
+    }
+    let applied = if empty {
+        Reclassified::default()
+    } else {
+        impact::reclassify_all(
+            &app.store,
+            app,
+            "startup",
+            "rules or native exclusions changed while erpsync was stopped",
+            RECLASSIFY_BATCH,
+        )
+        .await?
+    };
+    record_applied(app, &now).await?;
+    if applied.queued_for_resync > 0 {
+        app.resync_wakeup.notify_waiters();
+    }
+    if stored.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "rules or native exclusions changed while erpsync was stopped; re-classified at start-up: {} newly excluded ({} invoices and {} transactions deleted), {} re-included and queued for resync, {} reasons changed",
+        applied.newly_excluded,
+        applied.purged_invoices,
+        applied.purged_transactions,
+        applied.newly_included,
+        applied.reason_changes
+    )))
+}
+
+/// The rule set recorded in an applied policy.
+fn old_rules(p: &AppliedPolicy) -> Option<RuleSet> {
+    let rules = p
+        .rules
+        .iter()
+        .map(|v| parse_rule(v).ok())
+        .collect::<Option<Vec<_>>>()?;
+    RuleSet::new(rules).ok()
+}
+
+/// Sections whose change a reload cannot apply: they are wired at start-up.
+fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |name: &str, changed: bool| {
+        if changed {
+            out.push(name.to_string());
+        }
+    };
+    check(
+        "daemon.state_dir",
+        old.daemon.state_dir != new.daemon.state_dir,
+    );
+    check(
+        "daemon.log_level",
+        old.daemon.log_level != new.daemon.log_level,
+    );
+    check("http.listen", old.http.listen != new.http.listen);
+    check(
+        "http.admin_token",
+        old.http.admin_token != new.http.admin_token,
+    );
+    check(
+        "http.max_body_bytes",
+        old.http.max_body_bytes != new.http.max_body_bytes,
+    );
+    // Connector configs hold options of every kind; their Debug form covers
+    // every field, which is what "changed at all" needs.
+    check(
+        "connectors",
+        format!("{:?}", old.connectors) != format!("{:?}", new.connectors),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Config {
+        // Same path for every version, as a reload re-reads the same file.
+        config::parse(std::path::Path::new("/etc/erpsync/erpsync.toml"), text).unwrap()
+    }
+
+    const BASE: &str =
+        "[daemon]\nstate_dir = \"s\"\n[[connectors]]\nid = \"demo\"\nkind = \"demo\"\n";
+
+    #[test]
+    fn restart_needed_names_the_sections_a_reload_cannot_apply() {
+        let old = parse(BASE);
+        let same = parse(&format!(
+            "{BASE}[[rules]]\nid = \"r\"\nwhen = {{ field = \"name\", op = \"is\", value = \"x\" }}\n"
+        ));
+        assert!(
+            needs_restart(&old, &same).is_empty(),
+            "rules are reloadable"
+        );
+        let moved = parse(
+            &BASE
+                .replace(
+                    "state_dir = \"s\"",
+                    "state_dir = \"t\"\nlog_level = \"debug\"",
+                )
+                .replace(
+                    "kind = \"demo\"\n",
+                    "kind = \"demo\"\npoll_interval = \"5m\"\n",
+                ),
+        );
+        let mut with_listen = moved.clone();
+        with_listen.http.listen = "127.0.0.1:9999".parse().unwrap();
+        assert_eq!(
+            needs_restart(&old, &with_listen),
+            vec![
+                "daemon.state_dir",
+                "daemon.log_level",
+                "http.listen",
+                "connectors"
+            ]
+        );
+    }
 }

@@ -137,6 +137,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         | Command::Hold(_)
         | Command::Release(_)
         | Command::Reminders(_)) => super::reminders::dispatch(c).await,
+        Command::Exclusions(c) => super::exclusions::run(c).await,
         Command::Run(_) | Command::CheckConfig(_) => unreachable!("handled in cli::main"),
     }
 }

@@ -5,6 +5,7 @@
 //! the listen address and admin token from the same config file.
 
 pub mod client;
+pub mod exclusions;
 pub mod reminders;
 
 use std::path::PathBuf;
@@ -65,6 +66,8 @@ pub enum Command {
     /// Reminder candidates: who may be reminded, and why the others may not.
     #[command(subcommand)]
     Reminders(reminders::RemindersCommand),
+    #[command(flatten)]
+    Exclusions(exclusions::Command),
 }
 
 /// Parses arguments, runs the command and maps errors to exit codes.

@@ -3,6 +3,7 @@
 //! or mock upstreams. Shared helpers live in `support`.
 
 mod daemon;
+mod exclusion;
 mod netsuite;
 mod netsuite_daemon;
 mod netsuite_mock;
