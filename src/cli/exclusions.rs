@@ -357,6 +357,9 @@ fn print_explain(v: &Value) {
     };
     println!("state:   {state}");
     println!("why:     {}", cell(v.get("summary")));
+    if let Some(r) = v.get("reminder").filter(|r| !r.is_null()) {
+        println!("reminder: {}", cell(r.get("summary")));
+    }
     let manual = match v.get("manual").filter(|m| !m.is_null()) {
         Some(m) => format!(
             "{} by {} at {}: {}",

@@ -641,6 +641,13 @@ async fn a_manual_reinclusion_survives_the_next_sync_although_a_rule_matches() {
     assert_eq!(e["manual"]["action"], "include");
     assert_eq!(e["manual"]["actor"], "dana");
     assert_eq!(e["automatic"]["reason"], "rule:test-accounts");
+    // It also says whether the customer is a reminder candidate, and why.
+    assert!(e["reminder"]["listed"].is_boolean(), "{e}");
+    assert!(e["reminder"]["selected"].is_boolean(), "{e}");
+    assert!(
+        !e["reminder"]["summary"].as_str().unwrap().is_empty(),
+        "{e}"
+    );
     assert!(
         e["summary"]
             .as_str()

@@ -739,8 +739,9 @@ async fn thresholds_and_scenarios_come_from_config_and_apply_after_reload() {
         &text[..start]
     );
     std::fs::write(&path, edited).unwrap();
-    let cfg = erpsync::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    ip.app.set_config(cfg);
+    // The daemon's own reload (what SIGHUP does) puts the new section in force.
+    let (st, body) = ip.call("POST", "/api/v1/reload", None).await;
+    assert_eq!(st, 200, "{body}");
 
     let after = listed(&ip, as_of).await;
     assert_eq!(after, expected(&ip, as_of, &none, &none));

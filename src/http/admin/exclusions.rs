@@ -189,7 +189,18 @@ async fn explain_customer(
         None => 100,
     };
     let e = explain::explain(&app.store, app.as_ref(), &key, history)?;
-    Ok(Json(e).into_response())
+    let synced = e.synced;
+    let mut v = serde_json::to_value(&e).map_err(ApiError::internal)?;
+    // Reminder eligibility has its own "why"; it answers for synced customers.
+    let reminder = if synced {
+        let r = crate::reminders::explain(&app, &key, crate::reminders::today())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        serde_json::to_value(r).map_err(ApiError::internal)?
+    } else {
+        serde_json::Value::Null
+    };
+    v["reminder"] = reminder;
+    Ok(Json(v).into_response())
 }
 
 // ----- manual decisions ----------------------------------------------------
