@@ -85,7 +85,22 @@ pub fn main() -> ExitCode {
                 ExitCode::from(EX_CONFIG as u8)
             }
         },
-        other => client::run(other),
+        other => {
+            restore_sigpipe();
+            client::run(other)
+        }
+    }
+}
+
+/// Client commands print tables meant for pipes (`| head`): let a closed
+/// pipe end the process quietly, as other Unix tools do, instead of a panic.
+/// The daemon keeps Rust's default (SIGPIPE ignored, errors returned).
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called once at start-up before any thread is spawned; sets the
+    // default disposition of one signal.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

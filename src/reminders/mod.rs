@@ -1,5 +1,5 @@
 //! Reminder eligibility: "whom may we remind today, and why is each other
-//! customer left out?" (DESIGN.md, "Reminder eligibility").
+//! customer left out?"
 //!
 //! - [`config`]: the `[reminders]` table (thresholds, creditor policy,
 //!   scenarios written in the rule engine's condition language).
