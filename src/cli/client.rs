@@ -132,6 +132,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Resyncs { command } => super::resyncs::run(command).await,
+        Command::Resync(a) => super::resyncs::resync(a).await,
         Command::Run(_) | Command::CheckConfig(_) => unreachable!("handled in cli::main"),
     }
 }

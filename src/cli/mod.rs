@@ -5,6 +5,7 @@
 //! the listen address and admin token from the same config file.
 
 pub mod client;
+pub mod resyncs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,13 @@ pub enum Command {
         #[command(flatten)]
         out: OutputArgs,
     },
+    /// Resync jobs: list, show, watch progress, retry.
+    Resyncs {
+        #[command(subcommand)]
+        command: resyncs::ResyncsCommand,
+    },
+    /// Fetch the full history of included customers again (CONNECTOR:ID...).
+    Resync(resyncs::ResyncArgs),
 }
 
 /// Parses arguments, runs the command and maps errors to exit codes.

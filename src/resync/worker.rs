@@ -104,8 +104,15 @@ async fn drain(app: &App, h: &ConnectorHandle) -> Result<(), StoreError> {
             busy.extend(b.members.iter().map(|m| m.customer.clone()));
             running.push(run_batch(app, h, b));
         }
+        if running.is_empty() {
+            return Ok(());
+        }
+        // A job queued while batches run may take a free slot: look again
+        // on a wake-up or after a while even when no batch finished.
         let next = tokio::select! {
             r = running.next() => r,
+            _ = app.resync_wakeup.notified(), if running.len() < max_batches => continue,
+            _ = tokio::time::sleep(CHECK_INTERVAL), if running.len() < max_batches => continue,
             _ = app.shutdown.cancelled() => return Ok(()),
         };
         let Some((batch, result)) = next else {

@@ -3,4 +3,5 @@
 //! or mock upstreams. Shared helpers live in `support`.
 
 mod daemon;
+mod resync;
 mod support;
