@@ -68,14 +68,18 @@ pub struct EtaParams {
     pub allowed_requests_per_second: f64,
 }
 
-/// Requests needed to fetch `customers` more customers at
-/// `records_per_customer`: per batch, its records in full pages plus on
-/// average half a page for the last, partial page of each entity stream, and
-/// never less than one request per stream.
-pub fn estimated_requests(customers: u64, records_per_customer: f64, p: &EtaParams) -> u64 {
+/// Requests needed to fetch `records` more records of `customers` more
+/// customers: per batch, its share of the records in full pages, plus on
+/// average half a page for the last, partial page of each entity stream,
+/// and never less than one request per stream.
+pub fn estimated_requests(customers: u64, records: f64, p: &EtaParams) -> u64 {
+    if customers == 0 {
+        return 0;
+    }
     let streams = RECORD_ENTITIES.len() as f64;
+    let per_customer = records.max(0.0) / customers as f64;
     let per_batch = |n: u64| -> u64 {
-        let pages = n as f64 * records_per_customer.max(0.0) / p.page_size.max(1) as f64;
+        let pages = n as f64 * per_customer / p.page_size.max(1) as f64;
         (pages + streams / 2.0).ceil().max(streams) as u64
     };
     let size = p.batch_size.max(1) as u64;
@@ -84,11 +88,13 @@ pub fn estimated_requests(customers: u64, records_per_customer: f64, p: &EtaPara
 }
 
 /// ETAs of one connector's jobs (in id order), cumulative over the active
-/// ones. Returns one entry per job.
+/// ones. Returns one entry per job. Records per customer come from the
+/// job's finished batches, or else from all the connector's jobs; records
+/// already fetched for batches in flight are not counted again.
 pub fn estimate(jobs: &[&Job], p: &EtaParams, now: Timestamp) -> Vec<Option<Eta>> {
-    let (records, done) = jobs.iter().fold((0u64, 0u64), |(r, d), j| {
-        (r + j.records_fetched, d + j.done)
-    });
+    let (records, done) = jobs
+        .iter()
+        .fold((0u64, 0u64), |(r, d), j| (r + j.records_done, d + j.done));
     let fallback = (done > 0).then(|| records as f64 / done as f64);
     let mut ahead = 0u64;
     let mut unknown = false;
@@ -98,7 +104,7 @@ pub fn estimate(jobs: &[&Job], p: &EtaParams, now: Timestamp) -> Vec<Option<Eta>
                 return None;
             }
             let rpc = if j.done > 0 {
-                Some(j.records_fetched as f64 / j.done as f64)
+                Some(j.records_done as f64 / j.done as f64)
             } else {
                 fallback
             };
@@ -109,7 +115,10 @@ pub fn estimate(jobs: &[&Job], p: &EtaParams, now: Timestamp) -> Vec<Option<Eta>
             if unknown || p.allowed_requests_per_second <= 0.0 {
                 return None;
             }
-            let own = estimated_requests(j.total.saturating_sub(j.done), rpc, p);
+            let remaining = j.total.saturating_sub(j.done);
+            let in_flight = j.records_fetched.saturating_sub(j.records_done) as f64;
+            let records = (remaining as f64 * rpc - in_flight).max(0.0);
+            let own = estimated_requests(remaining, records, p);
             ahead += own;
             let seconds = (ahead as f64 / p.allowed_requests_per_second).ceil() as u64;
             Some(Eta {
@@ -209,7 +218,16 @@ fn view(j: &Job, eta: Option<Eta>, allowed: f64, now: Timestamp) -> JobView {
 mod tests {
     use super::*;
 
-    fn job(id: u64, state: JobState, total: u64, done: u64, records: u64) -> Job {
+    /// A job whose finished customers had `records_done` records, with
+    /// `in_flight` more fetched for customers not finished yet.
+    fn job(
+        id: u64,
+        state: JobState,
+        total: u64,
+        done: u64,
+        records_done: u64,
+        in_flight: u64,
+    ) -> Job {
         Job {
             id,
             connector: "demo".into(),
@@ -218,7 +236,8 @@ mod tests {
             state,
             total,
             done,
-            records_fetched: records,
+            records_fetched: records_done + in_flight,
+            records_done,
             requests: 0,
             started_at: None,
             finished_at: None,
@@ -235,11 +254,11 @@ mod tests {
 
     #[test]
     fn requests_are_full_pages_plus_half_a_page_per_stream_and_batch() {
-        // 1000 customers × 70 records: 140 full pages, 10 batches × 2
-        // streams × ½ partial page.
-        assert_eq!(estimated_requests(1000, 70.0, &P), 150);
+        // 1000 customers × 70 records: 10 batches of 7000 records = 14 full
+        // pages, plus 2 streams × ½ partial page.
+        assert_eq!(estimated_requests(1000, 70_000.0, &P), 150);
         // 250 customers: two full batches and one of 50 (3500 records).
-        assert_eq!(estimated_requests(250, 70.0, &P), 15 + 15 + 8);
+        assert_eq!(estimated_requests(250, 17_500.0, &P), 15 + 15 + 8);
         // One customer with nothing: still one request per stream.
         assert_eq!(estimated_requests(1, 0.0, &P), 2);
         assert_eq!(estimated_requests(0, 70.0, &P), 0);
@@ -248,18 +267,22 @@ mod tests {
     #[test]
     fn eta_accumulates_over_the_queue_and_skips_finished_jobs() {
         let now = chrono::Utc::now();
-        let a = job(1, JobState::Running, 1000, 100, 7000);
-        let done = job(2, JobState::Done, 10, 10, 700);
-        let failed = job(3, JobState::Failed, 10, 0, 0);
-        let b = job(4, JobState::Queued, 200, 0, 0);
+        // 100 customers done with 7000 records; 3500 more already fetched
+        // for customers in flight.
+        let a = job(1, JobState::Running, 1000, 100, 7000, 3500);
+        let done = job(2, JobState::Done, 10, 10, 700, 0);
+        let failed = job(3, JobState::Failed, 10, 0, 0, 0);
+        let b = job(4, JobState::Queued, 200, 0, 0, 0);
         let etas = estimate(&[&a, &done, &failed, &b], &P, now);
         let ea = etas[0].as_ref().unwrap();
-        // 900 customers: 9 batches of 7000 records = 14 pages + 1 partial.
+        assert_eq!(ea.records_per_customer, 70.0);
+        // 900 × 70 − 3500 = 59500 records over 9 batches: 6611 each =
+        // 13.2 pages + 1 → 15 requests per batch.
         assert_eq!(ea.estimated_requests, 135);
         assert_eq!(ea.seconds, 14);
         assert_eq!(ea.at, now + ChronoDuration::seconds(14));
         assert!(etas[1].is_none() && etas[2].is_none());
-        // b has no own history: it borrows the connector's 7700/110 = 70.
+        // b has no history of its own: it borrows the connector's 7700/110.
         let eb = etas[3].as_ref().unwrap();
         assert_eq!(eb.records_per_customer, 70.0);
         assert_eq!(eb.estimated_requests, 28 + 2);
@@ -269,8 +292,8 @@ mod tests {
 
     #[test]
     fn eta_is_unknown_until_a_customer_finished() {
-        let a = job(1, JobState::Running, 50, 0, 300);
-        let b = job(2, JobState::Queued, 5, 0, 0);
+        let a = job(1, JobState::Running, 50, 0, 0, 300);
+        let b = job(2, JobState::Queued, 5, 0, 0, 0);
         assert_eq!(
             estimate(&[&a, &b], &P, chrono::Utc::now()),
             vec![None, None]

@@ -81,6 +81,10 @@ pub struct Job {
     pub done: u64,
     /// Invoices and transactions received for the job's customers.
     pub records_fetched: u64,
+    /// The part of `records_fetched` that belongs to finished batches (the
+    /// ETA's records-per-customer is `records_done / done`).
+    #[serde(default)]
+    pub records_done: u64,
     /// Upstream pages fetched for batches this job leads.
     pub requests: u64,
     #[serde(default)]
@@ -110,6 +114,9 @@ pub struct Batch {
     /// Never empty; the first member's job is the lead.
     pub members: Vec<BatchMember>,
     pub streams: Vec<StreamPos>,
+    /// Records received so far, by member job.
+    #[serde(default)]
+    pub records: BTreeMap<u64, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +151,7 @@ impl Batch {
                     pages: 0,
                 })
                 .collect(),
+            records: BTreeMap::new(),
         }
     }
 
@@ -243,6 +251,7 @@ pub fn enqueue(
             total: fresh.len() as u64,
             done: 0,
             records_fetched: 0,
+            records_done: 0,
             requests: 0,
             started_at: None,
             finished_at: None,
@@ -409,6 +418,18 @@ pub fn commit_page(tx: &mut Tx<'_>, c: &PageCommit<'_>) -> Result<Committed> {
     for id in c.batch.job_ids() {
         cache.insert(id, load_job(tx, id)?);
     }
+    let owner: HashMap<&str, u64> = c
+        .batch
+        .members
+        .iter()
+        .map(|m| (m.customer.as_str(), m.job))
+        .collect();
+    let mut per_job: BTreeMap<u64, u64> = BTreeMap::new();
+    for r in c.records {
+        let j = owner.get(r.customer_id()).copied().unwrap_or(lead_id);
+        *per_job.entry(j).or_default() += 1;
+    }
+
     let mut completed: Option<Batch> = None;
     if let Some(Some(lead)) = cache.get_mut(&lead_id) {
         let at = match lead.batches.iter().position(|b| b.id == c.batch.id) {
@@ -433,6 +454,9 @@ pub fn commit_page(tx: &mut Tx<'_>, c: &PageCommit<'_>) -> Result<Committed> {
                 pages: 1,
             }),
         }
+        for (j, n) in &per_job {
+            *b.records.entry(*j).or_default() += n;
+        }
         lead.requests += 1;
         if b.is_complete() {
             completed = Some(lead.batches.remove(at));
@@ -448,19 +472,8 @@ pub fn commit_page(tx: &mut Tx<'_>, c: &PageCommit<'_>) -> Result<Committed> {
         );
     }
 
-    let owner: HashMap<&str, u64> = c
-        .batch
-        .members
-        .iter()
-        .map(|m| (m.customer.as_str(), m.job))
-        .collect();
-    let mut per_job: BTreeMap<u64, u64> = BTreeMap::new();
-    for r in c.records {
-        let j = owner.get(r.customer_id()).copied().unwrap_or(lead_id);
-        *per_job.entry(j).or_default() += 1;
-    }
-    for (j, n) in per_job {
-        if let Some(Some(job)) = cache.get_mut(&j) {
+    for (j, n) in &per_job {
+        if let Some(Some(job)) = cache.get_mut(j) {
             job.records_fetched += n;
         }
     }
@@ -473,8 +486,13 @@ pub fn commit_page(tx: &mut Tx<'_>, c: &PageCommit<'_>) -> Result<Committed> {
         }
     }
 
-    if completed.is_some() {
+    if let Some(done) = &completed {
         out.batch_complete = true;
+        for (j, n) in &done.records {
+            if let Some(Some(job)) = cache.get_mut(j) {
+                job.records_done += n;
+            }
+        }
         for m in &c.batch.members {
             if queued_job(tx, c.connector, &m.customer)? != Some(m.job) {
                 continue; // excluded meanwhile, maybe queued again elsewhere

@@ -212,6 +212,8 @@ async fn pages_checkpoint_the_batch_and_the_last_page_marks_members_done() {
     assert_eq!(ja.batches.len(), 1, "the lead job holds the checkpoint");
     let cp = &ja.batches[0];
     assert_eq!(cp.id, 77);
+    assert_eq!(cp.records, BTreeMap::from([(a, 1), (b, 2)]));
+    assert_eq!(ja.records_done, 0, "no customer finished yet");
     let inv_pos = cp
         .streams
         .iter()
@@ -239,6 +241,8 @@ async fn pages_checkpoint_the_batch_and_the_last_page_marks_members_done() {
         (ja.state, ja.done, ja.total, ja.requests),
         (JobState::Done, 2, 2, 3)
     );
+    assert_eq!((ja.records_fetched, ja.records_done), (1, 1));
+    assert_eq!(get(&f.store, b).records_done, 2);
     assert!(ja.batches.is_empty());
     assert_eq!(ja.finished_at, Some(ts(10)));
     assert!(batches(&f.store, "demo").unwrap().is_empty());
