@@ -110,7 +110,7 @@ pub async fn run(cmd: ResyncsCommand) -> anyhow::Result<()> {
         }
         ResyncsCommand::Watch { config, interval } => {
             let c = ApiClient::from_config(&config.config)?;
-            watch(&c, interval).await
+            watch(&c, interval, &[]).await
         }
         ResyncsCommand::Retry { config, out, id } => {
             let c = ApiClient::from_config(&config.config)?;
@@ -165,7 +165,13 @@ pub async fn resync(a: ResyncArgs) -> anyhow::Result<()> {
         }
     }
     if a.watch {
-        watch(&c, Duration::from_secs(1)).await?;
+        let created: Vec<u64> = v["jobs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|j| j["id"].as_u64())
+            .collect();
+        watch(&c, Duration::from_secs(1), &created).await?;
     }
     Ok(())
 }
@@ -291,9 +297,10 @@ fn print_job(j: &Value) {
     }
 }
 
-/// Progress bars for every queued or running job, until none is left.
-/// Fails when a watched job failed.
-async fn watch(c: &ApiClient, interval: Duration) -> anyhow::Result<()> {
+/// Progress bars for every queued or running job (and the jobs in `follow`,
+/// even if they already finished), until none is left. Fails when a watched
+/// job failed.
+async fn watch(c: &ApiClient, interval: Duration, follow: &[u64]) -> anyhow::Result<()> {
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
     let style =
         ProgressStyle::with_template("{prefix:>10} [{bar:32}] {pos}/{len} customers  {msg}")
@@ -301,7 +308,6 @@ async fn watch(c: &ApiClient, interval: Duration) -> anyhow::Result<()> {
             .progress_chars("=> ");
     let mut bars: BTreeMap<u64, ProgressBar> = BTreeMap::new();
     let mut failed = Vec::new();
-    let mut first = true;
     loop {
         let v = c.get_json("/api/v1/resyncs").await?;
         let jobs = v["jobs"].as_array().cloned().unwrap_or_default();
@@ -311,7 +317,7 @@ async fn watch(c: &ApiClient, interval: Duration) -> anyhow::Result<()> {
             let state = j["state"].as_str().unwrap_or("");
             let is_active = matches!(state, "queued" | "running");
             active += usize::from(is_active);
-            if !is_active && !bars.contains_key(&id) {
+            if !is_active && !bars.contains_key(&id) && !follow.contains(&id) {
                 continue;
             }
             let bar = bars.entry(id).or_insert_with(|| {
@@ -352,12 +358,11 @@ async fn watch(c: &ApiClient, interval: Duration) -> anyhow::Result<()> {
             }
         }
         if active == 0 {
-            if first {
+            if bars.is_empty() {
                 println!("no resync job is queued or running");
             }
             break;
         }
-        first = false;
         tokio::time::sleep(interval).await;
     }
     if !failed.is_empty() {

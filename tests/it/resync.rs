@@ -909,6 +909,11 @@ async fn on_demand_resync_refuses_bad_requests_without_queueing_anything() {
     let active = status["resync"]["jobs"].as_array().unwrap();
     assert_eq!(active.len(), 2, "{status:#}");
     assert_eq!(active[0]["state"], "queued");
+    assert_eq!(
+        active[0]["eta"],
+        Value::Null,
+        "nothing finished to estimate from"
+    );
     assert!(
         active[0]["rate"]["allowed_requests_per_second"]
             .as_f64()
@@ -1079,7 +1084,11 @@ fn cli_queues_lists_and_watches_resyncs() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("queued resync job"), "{out}");
-    assert!(out.contains("customers)"), "{out}");
+    assert!(out.contains("(demo, 2 customers)"), "{out}");
+    assert!(
+        out.contains(" done: 2/2, "),
+        "--watch follows the new job: {out}"
+    );
 
     let (code, out, err) = cli(&setup, &["resyncs", "list", "--json"]);
     assert_eq!(code, 0, "{err}");
