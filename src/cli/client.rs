@@ -138,6 +138,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         | Command::Release(_)
         | Command::Reminders(_)) => super::reminders::dispatch(c).await,
         Command::Exclusions(c) => super::exclusions::run(c).await,
+        Command::Resyncs { command } => super::resyncs::run(command).await,
+        Command::Resync(a) => super::resyncs::resync(a).await,
         Command::Run(_) | Command::CheckConfig(_) => unreachable!("handled in cli::main"),
     }
 }

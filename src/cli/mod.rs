@@ -7,6 +7,7 @@
 pub mod client;
 pub mod exclusions;
 pub mod reminders;
+pub mod resyncs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,6 +69,13 @@ pub enum Command {
     Reminders(reminders::RemindersCommand),
     #[command(flatten)]
     Exclusions(exclusions::Command),
+    /// Resync jobs: list, show, watch progress, retry.
+    Resyncs {
+        #[command(subcommand)]
+        command: resyncs::ResyncsCommand,
+    },
+    /// Fetch the full history of included customers again (CONNECTOR:ID...).
+    Resync(resyncs::ResyncArgs),
 }
 
 /// Parses arguments, runs the command and maps errors to exit codes.

@@ -67,6 +67,8 @@ pub struct ResyncSummary {
     pub jobs_failed: u64,
     pub jobs_done: u64,
     pub customers_pending: u64,
+    /// Queued, running and failed jobs with progress, rates and ETA.
+    pub jobs: Vec<crate::resync::progress::JobView>,
 }
 
 /// Builds the status report (also used by `/metrics`).
@@ -110,6 +112,7 @@ pub fn build_status(app: &App) -> Result<Status, crate::store::StoreError> {
             resync.customers_pending += j.total.saturating_sub(j.done);
         }
     }
+    resync.jobs = crate::resync::progress::views(app, crate::resync::progress::Filter::Unfinished)?;
     Ok(Status {
         version: env!("CARGO_PKG_VERSION"),
         started_at: app.started_at,

@@ -1,9 +1,19 @@
-//! Resync: re-fetching the full history of customers that came back.
+//! Resync: re-fetching the full history of invoices and transactions of
+//! customers that came back (re-included by hand, by a rule change or
+//! upstream), or whose data an admin doubts.
 //!
-//! [`queue`] keeps durable jobs in the store; the worker that drains them
-//! lands with the resync engine.
+//! - [`queue`]: durable jobs, their members and the worker's checkpoints, in
+//!   the store; called from `exclusion::apply` and ingest inside their writes.
+//! - [`worker`]: one task per connector that drains the queue in batches
+//!   through the connector's shared budget.
+//! - [`progress`]: per-job progress, rates and ETA for `/status`, the admin
+//!   API and the CLI.
+//!
+//! Nothing here classifies customers or retries requests on its own.
 
+pub mod progress;
 pub mod queue;
+pub mod worker;
 
 use std::sync::Arc;
 
@@ -11,5 +21,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::App;
 
-/// Starts one resync worker per connector.
-pub fn spawn_workers(_app: &Arc<App>, _tracker: &TaskTracker) {}
+/// Starts one resync worker per connector. Each wakes on
+/// `app.resync_wakeup`, and also checks the queue every
+/// [`worker::CHECK_INTERVAL`]; each stops on `app.shutdown`.
+pub fn spawn_workers(app: &Arc<App>, tracker: &TaskTracker) {
+    for h in &app.connectors {
+        tracker.spawn(worker::run(Arc::clone(app), Arc::clone(h)));
+    }
+}

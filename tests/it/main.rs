@@ -8,4 +8,5 @@ mod netsuite;
 mod netsuite_daemon;
 mod netsuite_mock;
 mod reminders;
+mod resync;
 mod support;
