@@ -72,11 +72,34 @@ async fn run(customers: usize, invoices: usize, transactions: usize) {
 }
 
 fn main() {
+    if std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse::<usize>().ok())
+        .is_none()
+    {
+        println!("erpsync sync benchmark (demo connector, page size 1000, flush per page, one process per size)");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    println!("erpsync sync benchmark (demo connector, page size 1000, flush per page)");
-    rt.block_on(run(2_000, 40_000, 30_000));
-    rt.block_on(run(8_000, 160_000, 120_000));
+    // One size per process, so one run's freed memory does not hide the
+    // next one's growth: `cargo bench --bench sync -- 4` runs 4x the default.
+    let scale: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(0);
+    let scales = if scale == 0 { vec![1, 4] } else { vec![scale] };
+    if scales.len() > 1 {
+        for s in scales {
+            let status = std::process::Command::new(std::env::current_exe().unwrap())
+                .arg(s.to_string())
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        return;
+    }
+    let s = scales[0];
+    rt.block_on(run(2_000 * s, 40_000 * s, 30_000 * s));
 }

@@ -35,7 +35,10 @@ pub fn build(config: Config) -> anyhow::Result<Arc<App>> {
             config.daemon.state_dir.display()
         )
     })?;
-    let store = Arc::new(Store::open(&config.daemon.state_dir)?);
+    let store = Arc::new(Store::open_with_cache(
+        &config.daemon.state_dir,
+        config.daemon.store_cache_mb,
+    )?);
     let base = config
         .file
         .parent()

@@ -307,6 +307,10 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         "daemon.log_level",
         old.daemon.log_level != new.daemon.log_level,
     );
+    check(
+        "daemon.store_cache_mb",
+        old.daemon.store_cache_mb != new.daemon.store_cache_mb,
+    );
     check("http.listen", old.http.listen != new.http.listen);
     check(
         "http.admin_token",

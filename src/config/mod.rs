@@ -46,6 +46,8 @@ pub struct DaemonConfig {
     pub log_level: String,
     /// How long shutdown waits for in-flight work before giving up.
     pub shutdown_timeout: Duration,
+    /// The store's page cache in MiB: the main knob for the daemon's memory.
+    pub store_cache_mb: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -260,6 +262,10 @@ fn compile(
         }),
         None => Duration::from_secs(8),
     };
+    let store_cache_mb = d.store_cache_mb.unwrap_or(crate::store::DEFAULT_CACHE_MB);
+    if store_cache_mb == 0 {
+        push(None, "daemon.store_cache_mb", "must be at least 1".into());
+    }
     let log_level = d.log_level.unwrap_or_else(|| "info".to_string());
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
         push(
@@ -550,6 +556,7 @@ fn compile(
             state_dir,
             log_level,
             shutdown_timeout,
+            store_cache_mb,
         },
         http: HttpConfig {
             listen,

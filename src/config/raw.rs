@@ -23,6 +23,7 @@ pub struct RawDaemon {
     pub state_dir: Option<Spanned<String>>,
     pub log_level: Option<String>,
     pub shutdown_timeout: Option<Spanned<String>>,
+    pub store_cache_mb: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

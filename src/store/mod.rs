@@ -28,8 +28,8 @@ pub use tx::{Tx, Upsert};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// sled page cache size.
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// Default sled page cache size (`daemon.store_cache_mb`).
+pub const DEFAULT_CACHE_MB: u64 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -116,15 +116,21 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store under `state_dir/store`.
+    /// Opens (or creates) the store under `state_dir/store` with the default
+    /// page cache.
     pub fn open(state_dir: &Path) -> Result<Store> {
+        Self::open_with_cache(state_dir, DEFAULT_CACHE_MB)
+    }
+
+    /// Opens the store with a page cache of `cache_mb` MiB. The cache is
+    /// what bounds the daemon's memory as data grows (sled's default, 1 GiB,
+    /// fills up with the data).
+    pub fn open_with_cache(state_dir: &Path, cache_mb: u64) -> Result<Store> {
         let path = state_dir.join("store");
         let db = sled::Config::new()
             .path(&path)
             .mode(sled::Mode::HighThroughput)
-            // sled's page cache defaults to 1 GiB and fills as data grows;
-            // a fixed, modest cache keeps the daemon's memory flat.
-            .cache_capacity(CACHE_BYTES)
+            .cache_capacity(cache_mb.max(1) * 1024 * 1024)
             .open()
             .map_err(|e| {
                 let text = e.to_string();
