@@ -79,7 +79,14 @@ pub async fn run_with(
     }));
     // Rules or native exclusions changed while stopped (or a reload was cut
     // short): re-classify stored customers before the first sync.
-    crate::reload::reconcile_on_start(&app).await;
+    if let Err(refused) = crate::reload::reconcile_on_start(&app).await {
+        tracing::error!("{refused}");
+        token.cancel();
+        tracker.close();
+        tracker.wait().await;
+        app.store.flush()?;
+        return Err(refused.into());
+    }
     for h in &app.connectors {
         tracker.spawn(crate::sync::run_poller(Arc::clone(&app), Arc::clone(h)));
     }

@@ -116,6 +116,10 @@ async fn reload_locked(app: &App) -> Result<ReloadReport, ReloadError> {
 
     let rules = new.rules.rules().len();
     app.set_rules(new.rules.clone());
+    // Until every customer is re-classified, no policy is "applied": a crash
+    // part-way makes the next start re-classify everyone with the config in
+    // force then (even if the file was reverted meanwhile).
+    forget_applied(app).await?;
     let applied = impact::reclassify_all(
         &app.store,
         app,
@@ -197,14 +201,36 @@ async fn record_applied(app: &App, p: &AppliedPolicy) -> Result<(), StoreError> 
         .await
 }
 
+/// Removes the applied-policy record: re-classification is under way.
+async fn forget_applied(app: &App) -> Result<(), StoreError> {
+    app.store
+        .write(|tx| {
+            tx.delete_value(ns::META, &[APPLIED_POLICY_KEY]);
+            Ok(())
+        })
+        .await
+}
+
+/// The daemon must not start: the config changed native exclusions while it
+/// was stopped in a way the ratio guard refuses, and native exclusions cannot
+/// be put back without a restart. The message says what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartupRefused(pub String);
+
 /// Re-classifies every stored customer before the first sync when the
 /// policy differs from the one last applied (see the module docs). Logs
 /// and records the outcome in `app.last_reload`; never fails the start-up.
-pub async fn reconcile_on_start(app: &App) {
+///
+/// A refused change of rules keeps the old rules in force. A refused change
+/// of native exclusions cannot be undone at run time (they are wired into
+/// each connector at start-up), so the start itself is refused with
+/// [`StartupRefused`] and nothing is changed.
+pub async fn reconcile_on_start(app: &App) -> Result<(), StartupRefused> {
     let _one_at_a_time = RELOAD_LOCK.lock().await;
     let outcome = reconcile_locked(app).await;
     let status = match &outcome {
-        Ok(None) => return,
+        Ok(None) => return Ok(()),
         Ok(Some(message)) => {
             tracing::info!(result = %message, "classification policy changed while stopped: applied");
             ReloadStatus {
@@ -223,6 +249,23 @@ pub async fn reconcile_on_start(app: &App) {
         }
     };
     *app.last_reload.lock().expect("last_reload lock poisoned") = Some(status);
+    match outcome {
+        Err(ReloadError::TooManyExclusions { .. }) if native_changed(app)? => Err(StartupRefused(format!(
+            "refusing to start: {}; the native_exclusions in the config differ from those last applied and cannot be kept apart at run time. Restore the previous native_exclusions, or raise exclusions.max_new_exclusion_ratio to accept the change, then start again",
+            outcome.as_ref().err().map(ToString::to_string).unwrap_or_default()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Whether the enabled native exclusions differ from the recorded policy.
+fn native_changed(app: &App) -> Result<bool, StartupRefused> {
+    let stored: Option<AppliedPolicy> = app
+        .store
+        .get_value(ns::META, &[APPLIED_POLICY_KEY])
+        .map_err(|e| StartupRefused(format!("cannot read the applied policy: {e}")))?;
+    let now = applied_policy(app, &app.rules());
+    Ok(stored.is_some_and(|old| old.native != now.native))
 }
 
 async fn reconcile_locked(app: &App) -> Result<Option<String>, ReloadError> {
@@ -255,6 +298,7 @@ async fn reconcile_locked(app: &App) -> Result<Option<String>, ReloadError> {
     let applied = if empty {
         Reclassified::default()
     } else {
+        forget_applied(app).await?;
         impact::reclassify_all(
             &app.store,
             app,

@@ -152,7 +152,13 @@ fn run_daemon(path: &std::path::Path) -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("erpsync: {e:#}");
-            ExitCode::FAILURE
+            // A refused start is a configuration problem: systemd must not
+            // restart in a loop (RestartPreventExitStatus=78).
+            if e.downcast_ref::<crate::reload::StartupRefused>().is_some() {
+                ExitCode::from(EX_CONFIG as u8)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

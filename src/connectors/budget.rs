@@ -206,25 +206,35 @@ impl Budget {
 
     async fn acquire(&self, lane: Lane) -> Permits<'_> {
         let jitter = Jitter::up_to(Duration::from_millis(5));
-        let mut resync_permit = None;
-        if lane == Lane::Resync && self.poll_is_active() {
-            resync_permit = Some(
-                self.resync_concurrency
-                    .acquire()
-                    .await
-                    .expect("semaphore never closed"),
-            );
-            self.resync_rate.until_ready_with_jitter(jitter).await;
-        }
-        let permit = self
-            .concurrency
-            .acquire()
-            .await
-            .expect("semaphore never closed");
-        self.rate.until_ready_with_jitter(jitter).await;
-        Permits {
-            _main: permit,
-            _resync: resync_permit,
+        loop {
+            // Resync permits are always taken before the main one, so a
+            // resync waiting for its share never holds a main permit.
+            let mut resync_permit = None;
+            if lane == Lane::Resync && self.poll_is_active() {
+                resync_permit = Some(
+                    self.resync_concurrency
+                        .acquire()
+                        .await
+                        .expect("semaphore never closed"),
+                );
+                self.resync_rate.until_ready_with_jitter(jitter).await;
+            }
+            let permit = self
+                .concurrency
+                .acquire()
+                .await
+                .expect("semaphore never closed");
+            // Polling may have started while this resync request waited: it
+            // must then go through the resync share like the others.
+            if lane == Lane::Resync && resync_permit.is_none() && self.poll_is_active() {
+                drop(permit);
+                continue;
+            }
+            self.rate.until_ready_with_jitter(jitter).await;
+            return Permits {
+                _main: permit,
+                _resync: resync_permit,
+            };
         }
     }
 }
@@ -336,5 +346,44 @@ mod tests {
             t.await.unwrap().unwrap();
         }
         assert_eq!(b.stats().max_in_flight_seen, 2);
+    }
+
+    #[tokio::test]
+    async fn resync_keeps_to_its_share_while_polling_is_busy() {
+        let b = Budget::new(Limits {
+            max_concurrency: 4,
+            resync_share: 0.5,
+            ..fast()
+        });
+        let in_flight = Arc::new(AtomicU32::new(0));
+        let max_seen = Arc::new(AtomicU32::new(0));
+        let run = |b: Arc<Budget>| {
+            let (in_flight, max_seen) = (Arc::clone(&in_flight), Arc::clone(&max_seen));
+            tokio::spawn(async move {
+                b.call(Lane::Resync, || async {
+                    let n = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    max_seen.fetch_max(n, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, ConnectorError>(())
+                })
+                .await
+            })
+        };
+        // Polling busy: at most half of the 4 slots for resync.
+        let busy = b.poll_activity();
+        let tasks: Vec<_> = (0..8).map(|_| run(Arc::clone(&b))).collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(max_seen.load(Ordering::SeqCst), 2);
+        // Polling idle: resync may use all 4.
+        drop(busy);
+        max_seen.store(0, Ordering::SeqCst);
+        let tasks: Vec<_> = (0..8).map(|_| run(Arc::clone(&b))).collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(max_seen.load(Ordering::SeqCst), 4);
     }
 }

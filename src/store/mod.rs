@@ -274,8 +274,11 @@ impl Store {
         };
         let start = match after {
             Some(a) => {
+                // The smallest key strictly after `a`: its key plus a NUL
+                // byte (ids never contain NUL). Appending 0xff instead would
+                // skip every id that extends `a` ("C1" → "C10").
                 let mut k = customer_key(&a.connector, &a.external_id);
-                k.push(0xff);
+                k.push(0x00);
                 k
             }
             None => prefix.clone(),

@@ -243,3 +243,34 @@ async fn customers_page_after_a_key() {
         .collect();
     assert_eq!(after, ["B", "C"]);
 }
+
+#[tokio::test]
+async fn paging_after_a_key_keeps_ids_that_extend_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .write(|tx| {
+            for id in ["1", "10", "100", "11", "2"] {
+                tx.put_customer(&customer(id));
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    // Page through two at a time: every customer exactly once.
+    let mut seen = Vec::new();
+    let mut after: Option<CustomerKey> = None;
+    loop {
+        let page: Vec<_> = store
+            .customers(Some("demo"), after.as_ref())
+            .take(2)
+            .map(|c| c.unwrap().customer.external_id)
+            .collect();
+        if page.is_empty() {
+            break;
+        }
+        after = Some(key(page.last().unwrap()));
+        seen.extend(page);
+    }
+    assert_eq!(seen, ["1", "10", "100", "11", "2"]);
+}

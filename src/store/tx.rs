@@ -27,6 +27,17 @@ pub enum Upsert {
     Stale,
 }
 
+/// What the store remembers of a record it does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Tombstone {
+    at: Timestamp,
+    /// Deleted upstream at `at`: versions at or before `at` are refused.
+    /// Otherwise the version of `at` belongs to an excluded customer and was
+    /// dropped: only strictly older versions are refused, so that same
+    /// version is accepted when its customer is re-included and resynced.
+    deleted: bool,
+}
+
 /// Where the record index points: stored under a customer, or parked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct IndexEntry {
@@ -161,8 +172,9 @@ impl<'a> Tx<'a> {
         let id = rec.external_id();
         let ts = rec.last_modified();
         let tk = Self::tombstone_key(conn, e, id);
-        if let Some(deleted_at) = self.get_json::<Timestamp>(&tk)? {
-            if deleted_at >= ts {
+        if let Some(t) = self.get_json::<Tombstone>(&tk)? {
+            let refused = if t.deleted { t.at >= ts } else { t.at > ts };
+            if refused {
                 return Ok(Upsert::Stale);
             }
             self.del(tk);
@@ -213,7 +225,47 @@ impl<'a> Tx<'a> {
             removed = true;
         }
         if let Some(at) = tombstone {
-            self.put(Self::tombstone_key(conn, e, id), encode(&at));
+            self.put(
+                Self::tombstone_key(conn, e, id),
+                encode(&Tombstone { at, deleted: true }),
+            );
+        }
+        Ok(removed)
+    }
+
+    /// A version of a record that belongs to an excluded customer: it is not
+    /// stored. A stored copy (under the customer it belonged to before) is
+    /// removed unless it is newer, and the version is remembered so an older
+    /// copy arriving later (a resync page fetched before the move) cannot
+    /// bring the record back. Returns whether a stored copy was removed.
+    pub fn drop_record(&mut self, conn: &str, rec: &Record) -> Result<bool> {
+        let e = rec.entity();
+        let id = rec.external_id();
+        let ts = rec.last_modified();
+        let ik = Self::index_key(conn, e, id);
+        let mut removed = false;
+        if let Some(old) = self.get_json::<IndexEntry>(&ik)? {
+            let ok = Self::record_key(conn, &old.customer, e, id, old.parked);
+            if let Some(old_rec) = self.get_json::<Record>(&ok)? {
+                if old_rec.last_modified() > ts {
+                    // What we hold is newer: this version is stale.
+                    return Ok(false);
+                }
+            }
+            self.del(ok);
+            self.del(ik);
+            removed = true;
+        }
+        let tk = Self::tombstone_key(conn, e, id);
+        let newer_known = self.get_json::<Tombstone>(&tk)?.is_some_and(|t| t.at >= ts);
+        if !newer_known {
+            self.put(
+                tk,
+                encode(&Tombstone {
+                    at: ts,
+                    deleted: false,
+                }),
+            );
         }
         Ok(removed)
     }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::classify;
 use crate::connectors::{NativeExclusion, Page};
 use crate::exclusion;
-use crate::model::{Customer, CustomerKey, Entity, Quarantined, Record, Timestamp};
+use crate::model::{Customer, CustomerKey, Entity, ManualAction, Quarantined, Record, Timestamp};
 use crate::resync::queue;
 use crate::rules::RuleSet;
 use crate::store::{keys::valid_id, Result, StoredCustomer, Tx, Upsert};
@@ -223,13 +223,24 @@ pub fn records(
         let key = CustomerKey::new(ctx.connector, r.customer_id());
         match tx.customer(&key)? {
             None => {
-                tx.upsert_record(ctx.connector, r, true)?;
-                stats.parked += 1;
+                // A customer excluded by hand before its first sync never has
+                // data stored, not even parked.
+                let excluded_by_hand = tx
+                    .manual_decision(&key)?
+                    .is_some_and(|m| m.action == ManualAction::Exclude);
+                if excluded_by_hand {
+                    tx.drop_record(ctx.connector, r)?;
+                    count_dropped(tx, ctx.connector, r.entity())?;
+                    stats.dropped += 1;
+                } else {
+                    tx.upsert_record(ctx.connector, r, true)?;
+                    stats.parked += 1;
+                }
             }
             Some(sc) if sc.classification.excluded => {
-                // If it used to belong to an included customer, that copy is
-                // now outdated: take it out.
-                tx.remove_record(ctx.connector, r.entity(), r.external_id(), None)?;
+                // Not stored; a copy held under the customer it belonged to
+                // before goes too, unless that copy is newer.
+                tx.drop_record(ctx.connector, r)?;
                 count_dropped(tx, ctx.connector, r.entity())?;
                 stats.dropped += 1;
             }
@@ -434,5 +445,68 @@ mod tests {
         // A copy older than the deletion arriving later stays out.
         let s = apply_records(&store, vec![inv("I1", "A", 2)], vec![]).await;
         assert_eq!(s.stale, 1);
+    }
+
+    #[tokio::test]
+    async fn an_older_copy_for_an_excluded_customer_does_not_remove_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        apply_customers(&store, vec![cust("A", false, 1), cust("X", true, 1)]).await;
+        apply_records(&store, vec![inv("I1", "A", 10)], vec![]).await;
+        // A stale page (say a resync of X fetched long ago) says I1 was X's.
+        let s = apply_records(&store, vec![inv("I1", "X", 5)], vec![]).await;
+        assert_eq!(s.dropped, 1);
+        assert_eq!(
+            store.records_of(&key("A")).unwrap(),
+            vec![inv("I1", "A", 10)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_record_moved_to_an_excluded_customer_cannot_come_back_from_an_old_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        apply_customers(&store, vec![cust("A", false, 1), cust("X", true, 1)]).await;
+        apply_records(&store, vec![inv("I1", "A", 10)], vec![]).await;
+        // Upstream moves I1 to excluded X: the copy under A goes.
+        apply_records(&store, vec![inv("I1", "X", 20)], vec![]).await;
+        assert!(store.records_of(&key("A")).unwrap().is_empty());
+        // An old page (fetched before the move) must not bring it back.
+        let s = apply_records(&store, vec![inv("I1", "A", 10)], vec![]).await;
+        assert_eq!(s.stale, 1);
+        assert!(store.records_of(&key("A")).unwrap().is_empty());
+        // When X is re-included, its resync brings that same version back.
+        apply_customers(&store, vec![cust("X", false, 2)]).await;
+        let s = apply_records(&store, vec![inv("I1", "X", 20)], vec![]).await;
+        assert_eq!(s.written, 1);
+        assert_eq!(
+            store.records_of(&key("X")).unwrap(),
+            vec![inv("I1", "X", 20)]
+        );
+    }
+
+    #[tokio::test]
+    async fn records_of_a_customer_excluded_by_hand_before_its_first_sync_are_not_parked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .write(|tx| {
+                tx.set_manual_decision(
+                    &key("Z"),
+                    Some(&crate::model::ManualDecision {
+                        action: ManualAction::Exclude,
+                        actor: "admin".into(),
+                        reason: "test account".into(),
+                        at: ts(0),
+                    }),
+                );
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let s = apply_records(&store, vec![inv("I9", "Z", 1)], vec![]).await;
+        assert_eq!((s.parked, s.dropped), (0, 1));
+        assert_eq!(store.parked_count("d").unwrap(), 0);
+        assert_eq!(store.counter("d", "dropped_invoices").unwrap(), 1);
     }
 }

@@ -1395,3 +1395,44 @@ fn cli_and_sighup_drive_the_real_daemon() {
         "the CLI's re-include and the reload's"
     );
 }
+
+/// Native exclusions switched on while stopped, too broad for the ratio
+/// guard: they cannot be kept apart at run time, so the start is refused
+/// (exit 78) and the store is left as it was.
+#[test]
+fn a_too_broad_native_exclusion_change_while_stopped_refuses_the_start() {
+    let opts = small_demo();
+    let setup = Setup::demo(
+        &opts,
+        "1h",
+        "[exclusions]\nmax_new_exclusion_ratio = 0.01\n",
+    );
+    let text = std::fs::read_to_string(setup.config_path()).unwrap();
+    setup.write_config(&text.replace(
+        "kind = \"demo\"\n",
+        "kind = \"demo\"\nnative_exclusions = []\n",
+    ));
+    let d = setup.start();
+    let s = d.wait_passes(1);
+    assert_eq!(s["customers"]["excluded"], 0, "{s:#}");
+    assert!(d.terminate().0.success());
+    let state = setup.dir.path().join("state");
+    let before = snapshot(&Store::open(&state).unwrap());
+
+    // Back to the defaults (inactive and intercompany on): ~4% would go.
+    setup.write_config(&text);
+    let out = Command::new(env!("CARGO_BIN_EXE_erpsync"))
+        .args(["run", "--config"])
+        .arg(setup.config_path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to start"), "{err}");
+    assert!(err.contains("native_exclusions"), "{err}");
+    assert_eq!(
+        snapshot(&Store::open(&state).unwrap()),
+        before,
+        "the store changed"
+    );
+}
