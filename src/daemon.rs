@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::{App, ConnectorHandle};
 use crate::config::Config;
 use crate::connectors;
+use crate::reload::StartupRefused;
 use crate::store::Store;
 
 /// Runs the daemon; returns when it has shut down cleanly.
@@ -27,8 +28,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     run_with(app, listener, shutdown_signal()).await
 }
 
-/// Opens the store and builds every connector.
+/// Builds every connector and reads every secret, then opens the store.
+/// Secrets and connectors come first: a missing credential is a
+/// configuration problem (exit 78) found before any state is touched.
 pub fn build(config: Config) -> anyhow::Result<Arc<App>> {
+    let base = config
+        .file
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let mut handles = Vec::new();
+    for c in &config.connectors {
+        let budget = connectors::Budget::new(c.limits);
+        let conn = connectors::build(c, &base, Arc::clone(&budget))
+            .map_err(|e| StartupRefused(format!("connector `{}`: {e}", c.id)))?;
+        handles.push(Arc::new(ConnectorHandle::new(c.clone(), conn, budget)));
+    }
+    let admin_token = match &config.http.admin_token {
+        Some(src) => Some(
+            src.load()
+                .map_err(|e| StartupRefused(format!("admin token: {e}")))?,
+        ),
+        None => {
+            tracing::warn!("no admin token configured: the admin API answers 403");
+            None
+        }
+    };
     std::fs::create_dir_all(&config.daemon.state_dir).with_context(|| {
         format!(
             "cannot create state_dir {}",
@@ -39,28 +64,6 @@ pub fn build(config: Config) -> anyhow::Result<Arc<App>> {
         &config.daemon.state_dir,
         config.daemon.store_cache_mb,
     )?);
-    let base = config
-        .file
-        .parent()
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_default();
-    let mut handles = Vec::new();
-    for c in &config.connectors {
-        let budget = connectors::Budget::new(c.limits);
-        let conn = connectors::build(c, &base, Arc::clone(&budget))
-            .map_err(|e| anyhow::anyhow!("connector `{}`: {e}", c.id))?;
-        handles.push(Arc::new(ConnectorHandle::new(c.clone(), conn, budget)));
-    }
-    let admin_token = match &config.http.admin_token {
-        Some(src) => Some(
-            src.load()
-                .map_err(|e| anyhow::anyhow!("admin token: {e}"))?,
-        ),
-        None => {
-            tracing::warn!("no admin token configured: the admin API answers 403");
-            None
-        }
-    };
     Ok(App::new(config, store, handles, admin_token))
 }
 
@@ -163,10 +166,14 @@ async fn hangup_reloads(app: Arc<App>) {
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading rules");
                     notify(&[sd_notify::NotifyState::Reloading]);
-                    let outcome = crate::reload::reload_from_file(&app).await;
+                    // In its own task: whatever happens in a reload, this
+                    // loop keeps answering SIGHUP and systemd gets READY=1.
+                    let a = Arc::clone(&app);
+                    let outcome = tokio::spawn(async move { crate::reload::reload_from_file(&a).await }).await;
                     match &outcome {
-                        Ok(m) => tracing::info!(result = %m, "reload done"),
-                        Err(e) => tracing::error!(error = %e, "reload refused"),
+                        Ok(Ok(m)) => tracing::info!(result = %m, "reload done"),
+                        Ok(Err(e)) => tracing::error!(error = %e, "reload refused"),
+                        Err(e) => tracing::error!(error = %e, "reload failed unexpectedly; the daemon goes on"),
                     }
                     notify(&[sd_notify::NotifyState::Ready]);
                 }

@@ -211,9 +211,10 @@ async fn forget_applied(app: &App) -> Result<(), StoreError> {
         .await
 }
 
-/// The daemon must not start: the config changed native exclusions while it
-/// was stopped in a way the ratio guard refuses, and native exclusions cannot
-/// be put back without a restart. The message says what to do.
+/// The daemon must not start because of its configuration: a secret cannot
+/// be read, or native exclusions changed while it was stopped in a way the
+/// ratio guard refuses (they cannot be put back without a restart). The
+/// message says what to do; the process exits with 78 (`EX_CONFIG`).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct StartupRefused(pub String);

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{bail, Context as _};
 use serde_json::Value;
 
 use super::Command;
@@ -13,29 +13,49 @@ use crate::config;
 pub struct ApiClient {
     base: String,
     token: Option<String>,
+    /// Why no token could be read, told when the daemon asks for one.
+    token_problem: Option<String>,
     http: reqwest::Client,
 }
 
+/// The config file was refused: the CLI exits 78 like `check-config`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadConfig(pub crate::config::ConfigError);
+
 impl ApiClient {
-    pub fn from_config(path: &std::path::Path) -> anyhow::Result<ApiClient> {
-        let cfg = config::load(path).map_err(|e| anyhow!("{e}"))?;
+    /// Builds a client from `--config` (address, token source) and
+    /// `--token-file`. A token that cannot be read is not an error yet:
+    /// `/status` needs none; an admin call that is refused says why.
+    pub fn from_args(args: &super::ConfigArg) -> anyhow::Result<ApiClient> {
+        let cfg = config::load(&args.config).map_err(BadConfig)?;
         let mut addr = cfg.http.listen;
         if addr.ip().is_unspecified() {
-            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            addr.set_ip(if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
         }
-        let token = match &cfg.http.admin_token {
-            Some(src) => Some(
-                src.load()
-                    .map_err(|e| anyhow!("admin token: {e}"))?
-                    .expose()
-                    .to_string(),
-            ),
-            None => None,
+        let source = match &args.token_file {
+            Some(p) => Some(crate::secrets::SecretSource::File(p.clone())),
+            None => cfg.http.admin_token.clone(),
+        };
+        let (token, token_problem) = match source {
+            Some(src) => match src.load() {
+                Ok(t) => (Some(t.expose().to_string()), None),
+                Err(e) => (None, Some(format!("cannot read the admin token: {e}; pass --token-file FILE (or ERPSYNC_TOKEN_FILE) with a copy readable by you"))),
+            },
+            None => (None, Some("no admin token configured (http.admin_token_file or admin_token_credential); pass --token-file FILE".to_string())),
         };
         Ok(ApiClient {
             base: format!("http://{addr}"),
             token,
+            token_problem,
+            // Never through a proxy: the daemon is local and the bearer
+            // token must not leave this machine.
             http: reqwest::Client::builder()
+                .no_proxy()
                 .timeout(std::time::Duration::from_secs(120))
                 .build()?,
         })
@@ -63,6 +83,11 @@ impl ApiClient {
                 .ok()
                 .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
                 .unwrap_or(text);
+            if status == reqwest::StatusCode::UNAUTHORIZED {
+                if let Some(p) = &self.token_problem {
+                    bail!("{status}: {msg} ({p})");
+                }
+            }
             bail!("{status}: {msg}");
         }
         Ok(resp)
@@ -114,6 +139,10 @@ pub fn run(cmd: Command) -> ExitCode {
     match rt.block_on(dispatch(cmd)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(BadConfig(c)) = e.downcast_ref::<BadConfig>() {
+                eprint!("{c}");
+                return ExitCode::from(crate::config::EX_CONFIG as u8);
+            }
             eprintln!("erpsync: {e:#}");
             ExitCode::FAILURE
         }
@@ -123,7 +152,7 @@ pub fn run(cmd: Command) -> ExitCode {
 async fn dispatch(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Status { config, out } => {
-            let c = ApiClient::from_config(&config.config)?;
+            let c = ApiClient::from_args(&config)?;
             let v = c.get_json("/status").await?;
             if out.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);

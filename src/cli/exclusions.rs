@@ -159,7 +159,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
                     out,
                 },
         } => {
-            let c = ApiClient::from_config(&config.config)?;
+            let c = ApiClient::from_args(&config)?;
             let mut path = format!("/api/v1/customers?q={}&limit={limit}", enc(&q));
             for (k, v) in [
                 ("connector", connector),
@@ -187,7 +187,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
                 },
         } => {
             let key = crate::model::CustomerKey::parse(&customer).map_err(|e| anyhow!(e))?;
-            let c = ApiClient::from_config(&config.config)?;
+            let c = ApiClient::from_args(&config)?;
             let v = c
                 .get_json(&format!(
                     "/api/v1/customers/{}/{}/explain",
@@ -207,7 +207,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
             config,
             out,
         } => {
-            let c = ApiClient::from_config(&config.config)?;
+            let c = ApiClient::from_args(&config)?;
             let body = json!({"customers": customers, "reason": reason, "actor": actor()});
             let v = c
                 .send_json(reqwest::Method::POST, "/api/v1/exclusions", &body)
@@ -232,7 +232,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
             config,
             out,
         } => {
-            let c = ApiClient::from_config(&config.config)?;
+            let c = ApiClient::from_args(&config)?;
             let mut body = json!({"customers": customers, "actor": actor()});
             if let Some(r) = reason {
                 body["reason"] = json!(r);
@@ -255,7 +255,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Excluded {
             cmd: ExcludedCmd::Export { output, config },
         } => {
-            let c = ApiClient::from_config(&config.config)?;
+            let c = ApiClient::from_args(&config)?;
             let text = c.get_text("/api/v1/excluded.csv").await?;
             let rows = text.lines().count().saturating_sub(1);
             match output {
@@ -273,7 +273,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
         } => {
             let cfg = config::load(&config.config).map_err(|e| anyhow!("{e}"))?;
             let rules = serde_json::to_value(cfg.rules.rules())?;
-            let c = ApiClient::from_config(&config.config)?;
+            let c = ApiClient::from_args(&config)?;
             let v = c
                 .send_json(
                     reqwest::Method::POST,

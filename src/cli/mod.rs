@@ -34,6 +34,11 @@ pub struct ConfigArg {
     /// Path to the config file.
     #[arg(long, short = 'c', default_value = DEFAULT_CONFIG, env = "ERPSYNC_CONFIG")]
     pub config: PathBuf,
+    /// Read the admin token from this file instead of the config's
+    /// `http.admin_token_*` (needed when the daemon gets it as a systemd
+    /// credential, which only the service can read).
+    #[arg(long, env = "ERPSYNC_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, clap::Args)]

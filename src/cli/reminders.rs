@@ -111,7 +111,7 @@ pub async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             json,
             config,
         }) => {
-            let c = ApiClient::from_config(&config.config)?;
+            let c = ApiClient::from_args(&config)?;
             let mut path = format!("/api/v1/reminders/customers/{}", enc(&customer));
             if let Some(d) = as_of {
                 path += &format!("?as_of={}", enc(&d));
@@ -125,7 +125,7 @@ pub async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Reminders(RemindersCommand::Stops(config)) => {
-            let c = ApiClient::from_config(&config.config)?;
+            let c = ApiClient::from_args(&config)?;
             let v = c.get_json("/api/v1/reminders/stops").await?;
             let rows = rows_of(&v, &["customer", "actor", "at", "reason"]);
             print_table(&["CUSTOMER", "BY", "AT", "REASON"], &rows);
@@ -133,7 +133,7 @@ pub async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Reminders(RemindersCommand::Holds(config)) => {
-            let c = ApiClient::from_config(&config.config)?;
+            let c = ApiClient::from_args(&config)?;
             let v = c.get_json("/api/v1/reminders/holds").await?;
             let rows = rows_of(&v, &["invoice", "customer", "actor", "at", "reason"]);
             print_table(&["INVOICE", "CUSTOMER", "BY", "AT", "REASON"], &rows);
@@ -145,7 +145,7 @@ pub async fn dispatch(cmd: Command) -> anyhow::Result<()> {
 }
 
 async fn flag(config: &ConfigArg, action: &str, body: Value) -> anyhow::Result<()> {
-    let c = ApiClient::from_config(&config.config)?;
+    let c = ApiClient::from_args(config)?;
     let v = c
         .send_json(
             reqwest::Method::POST,
@@ -178,7 +178,7 @@ fn note_truncated(v: &Value) {
 }
 
 async fn candidates(a: CandidatesArgs) -> anyhow::Result<()> {
-    let c = ApiClient::from_config(&a.config.config)?;
+    let c = ApiClient::from_args(&a.config)?;
     let mut query: Vec<String> = Vec::new();
     if let Some(s) = &a.scenario {
         query.push(format!("scenario={}", enc(s)));

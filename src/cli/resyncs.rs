@@ -85,7 +85,7 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 pub async fn run(cmd: ResyncsCommand) -> anyhow::Result<()> {
     match cmd {
         ResyncsCommand::List { config, out, state } => {
-            let c = ApiClient::from_config(&config.config)?;
+            let c = ApiClient::from_args(&config)?;
             let path = match &state {
                 Some(s) => format!("/api/v1/resyncs?state={}", query_escape(s)),
                 None => "/api/v1/resyncs".to_string(),
@@ -99,7 +99,7 @@ pub async fn run(cmd: ResyncsCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ResyncsCommand::Show { config, out, id } => {
-            let c = ApiClient::from_config(&config.config)?;
+            let c = ApiClient::from_args(&config)?;
             let v = c.get_json(&format!("/api/v1/resyncs/{id}")).await?;
             if out.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -109,11 +109,11 @@ pub async fn run(cmd: ResyncsCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ResyncsCommand::Watch { config, interval } => {
-            let c = ApiClient::from_config(&config.config)?;
+            let c = ApiClient::from_args(&config)?;
             watch(&c, interval, &[]).await
         }
         ResyncsCommand::Retry { config, out, id } => {
-            let c = ApiClient::from_config(&config.config)?;
+            let c = ApiClient::from_args(&config)?;
             let v = c
                 .send_json(
                     reqwest::Method::POST,
@@ -136,7 +136,7 @@ pub async fn run(cmd: ResyncsCommand) -> anyhow::Result<()> {
 }
 
 pub async fn resync(a: ResyncArgs) -> anyhow::Result<()> {
-    let c = ApiClient::from_config(&a.config.config)?;
+    let c = ApiClient::from_args(&a.config)?;
     let customers: Vec<String> = a.customers.iter().map(|k| k.to_string()).collect();
     let mut body = json!({ "customers": customers });
     if let Some(r) = &a.reason {

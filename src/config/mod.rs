@@ -177,7 +177,10 @@ pub(crate) fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// Parses `500ms`, `30s`, `5m`, `2h`, `1d`.
+/// The longest duration accepted anywhere in the config: a year.
+const MAX_DURATION_SECS: f64 = 365.0 * 86_400.0;
+
+/// Parses `500ms`, `30s`, `5m`, `2h`, `1d` (at most a year).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -202,7 +205,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("`{s}` is not a valid duration"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    if secs > MAX_DURATION_SECS {
+        return Err(format!("`{s}` is too long; at most 365d"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is not a valid duration"))
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
@@ -212,6 +218,19 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
         base.join(p)
     }
 }
+
+/// Rule ids appear in reasons (`rule:<id>`), metrics labels and CSV.
+fn valid_rule_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Bounds of `rate_limit.requests_per_second`.
+const MIN_RATE: f64 = 0.001;
+const MAX_RATE: f64 = 100_000.0;
 
 fn valid_connector_id(id: &str) -> bool {
     !id.is_empty()
@@ -262,18 +281,32 @@ fn compile(
         }),
         None => Duration::from_secs(8),
     };
-    let store_cache_mb = d.store_cache_mb.unwrap_or(crate::store::DEFAULT_CACHE_MB);
-    if store_cache_mb == 0 {
-        push(None, "daemon.store_cache_mb", "must be at least 1".into());
-    }
-    let log_level = d.log_level.unwrap_or_else(|| "info".to_string());
-    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
-        push(
-            None,
-            "daemon.log_level",
-            format!("`{log_level}` is not a log filter: {e}"),
-        );
-    }
+    let store_cache_mb = match &d.store_cache_mb {
+        Some(v) => {
+            if !(1..=1 << 20).contains(v.get_ref()) {
+                push(
+                    at(v.span()),
+                    "daemon.store_cache_mb",
+                    format!("must be between 1 and 1048576 (MiB), got {}", v.get_ref()),
+                );
+            }
+            *v.get_ref()
+        }
+        None => crate::store::DEFAULT_CACHE_MB,
+    };
+    let log_level = match &d.log_level {
+        Some(v) => {
+            if let Err(e) = tracing_subscriber::EnvFilter::try_new(v.get_ref()) {
+                push(
+                    at(v.span()),
+                    "daemon.log_level",
+                    format!("`{}` is not a log filter: {e}", v.get_ref()),
+                );
+            }
+            v.get_ref().clone()
+        }
+        None => "info".to_string(),
+    };
 
     // [http]
     let h = raw.http.unwrap_or_default();
@@ -318,14 +351,20 @@ fn compile(
 
     // [exclusions]
     let ex = raw.exclusions.unwrap_or_default();
-    let ratio = ex.max_new_exclusion_ratio.unwrap_or(0.2);
-    if !(0.0..=1.0).contains(&ratio) {
-        push(
-            None,
-            "exclusions.max_new_exclusion_ratio",
-            format!("{ratio} is outside 0.0 ..= 1.0"),
-        );
-    }
+    let ratio = match &ex.max_new_exclusion_ratio {
+        Some(v) => {
+            let r = *v.get_ref();
+            if !(0.0..=1.0).contains(&r) {
+                push(
+                    at(v.span()),
+                    "exclusions.max_new_exclusion_ratio",
+                    format!("{r} is outside 0.0 ..= 1.0"),
+                );
+            }
+            r
+        }
+        None => 0.2,
+    };
 
     // [[connectors]]
     let mut connectors = Vec::new();
@@ -385,43 +424,54 @@ fn compile(
             },
             None => Duration::from_secs(60),
         };
-        let rl = c.rate_limit.unwrap_or_default();
+        let rl_line = c.rate_limit.as_ref().and_then(|r| at(r.span())).or(line);
+        let rl = c.rate_limit.map(|r| r.into_inner()).unwrap_or_default();
         let mut limits = Limits::default();
         if let Some(r) = rl.requests_per_second {
-            if !(r > 0.0 && r.is_finite()) {
+            if !(r.is_finite() && (MIN_RATE..=MAX_RATE).contains(&r)) {
                 push(
-                    line,
+                    rl_line,
                     &k("rate_limit.requests_per_second"),
-                    format!("must be > 0, got {r}"),
+                    format!("must be between {MIN_RATE} and {MAX_RATE}, got {r}"),
                 );
+            } else {
+                limits.requests_per_second = r;
             }
-            limits.requests_per_second = r;
         }
         limits.burst = rl
             .burst
             .unwrap_or(limits.requests_per_second.ceil().max(1.0) as u32);
         if let Some(m) = rl.max_concurrency {
-            if m == 0 {
+            if !(1..=1000).contains(&m) {
                 push(
-                    line,
+                    rl_line,
                     &k("rate_limit.max_concurrency"),
-                    "must be at least 1".into(),
+                    format!("must be between 1 and 1000, got {m}"),
                 );
             }
-            limits.max_concurrency = m;
+            limits.max_concurrency = m.clamp(1, 1000);
         }
-        if let Some(s) = c.resync_share {
-            if !(s > 0.0 && s <= 1.0) {
+        if let Some(s) = &c.resync_share {
+            let v = *s.get_ref();
+            if !(v > 0.0 && v <= 1.0) {
                 push(
-                    line,
+                    at(s.span()),
                     &k("resync_share"),
-                    format!("must be within (0, 1], got {s}"),
+                    format!("must be within (0, 1], got {v}"),
                 );
+            } else {
+                limits.resync_share = v;
             }
-            limits.resync_share = s;
         }
         if let Some(n) = rl.max_attempts {
-            limits.max_attempts = n.max(1);
+            if !(1..=100).contains(&n) {
+                push(
+                    rl_line,
+                    &k("rate_limit.max_attempts"),
+                    format!("must be between 1 and 100, got {n}"),
+                );
+            }
+            limits.max_attempts = n.clamp(1, 100);
         }
         let native_exclusions = match (&c.native_exclusions, known) {
             (Some(list), Some(known)) => {
@@ -444,36 +494,23 @@ fn compile(
         };
         let options = match kind.as_str() {
             "demo" => {
-                let opts: DemoOptions = match &c.demo {
-                    Some(v) => {
-                        v.get_ref()
-                            .clone()
-                            .try_into()
-                            .unwrap_or_else(|e: toml::de::Error| {
-                                push(at(v.span()), &k("demo"), e.message().trim().to_string());
-                                DemoOptions::default()
-                            })
-                    }
-                    None => DemoOptions::default(),
-                };
+                let opts = c
+                    .demo
+                    .as_ref()
+                    .map(|v| v.get_ref().clone())
+                    .unwrap_or_default();
                 for p in opts.validate() {
                     push(c.demo.as_ref().and_then(|v| at(v.span())), &k("demo"), p);
                 }
                 Some(ConnectorOptions::Demo(opts))
             }
             "netsuite" => match &c.netsuite {
-                Some(v) => match v.get_ref().clone().try_into::<NetsuiteOptions>() {
-                    Ok(opts) => {
-                        for p in opts.validate(base) {
-                            push(at(v.span()), &k("netsuite"), p);
-                        }
-                        Some(ConnectorOptions::Netsuite(Box::new(opts)))
+                Some(v) => {
+                    for p in v.get_ref().validate(base) {
+                        push(at(v.span()), &k("netsuite"), p);
                     }
-                    Err(e) => {
-                        push(at(v.span()), &k("netsuite"), e.message().trim().to_string());
-                        None
-                    }
-                },
+                    Some(ConnectorOptions::Netsuite(Box::new(v.get_ref().clone())))
+                }
                 None => {
                     push(line, &k("netsuite"), "kind `netsuite` needs a [connectors.netsuite] table (account_id and credentials)".into());
                     None
@@ -507,9 +544,31 @@ fn compile(
 
     // [[rules]]
     let mut rules = Vec::new();
+    let mut rule_lines: std::collections::HashMap<String, Option<usize>> =
+        std::collections::HashMap::new();
     for (i, r) in raw.rules.into_iter().enumerate() {
         let id = r.id.get_ref().clone();
         let k = format!("rules[{i}]");
+        let id_line = at(r.id.span());
+        if !valid_rule_id(&id) {
+            push(
+                id_line,
+                &format!("{k}.id"),
+                format!("`{id}` is not a valid rule id (use letters, digits, -, _ and ., at most 64 characters)"),
+            );
+            continue;
+        }
+        if let Some(first) = rule_lines.insert(id.clone(), id_line) {
+            push(
+                id_line,
+                &format!("{k}.id"),
+                format!(
+                    "duplicate rule id `{id}` (first defined on line {})",
+                    first.unwrap_or(0)
+                ),
+            );
+            continue;
+        }
         match compile_condition(r.when.get_ref(), r.case_sensitive.unwrap_or(false)) {
             Ok(condition) => rules.push(Rule {
                 id,

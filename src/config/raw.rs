@@ -2,6 +2,9 @@
 //! values whose place matters for error messages keep their span.
 
 use serde::Deserialize;
+
+use crate::connectors::demo::DemoOptions;
+use crate::connectors::netsuite::NetsuiteOptions;
 use serde_spanned::Spanned;
 
 #[derive(Debug, Deserialize)]
@@ -21,9 +24,9 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawDaemon {
     pub state_dir: Option<Spanned<String>>,
-    pub log_level: Option<String>,
+    pub log_level: Option<Spanned<String>>,
     pub shutdown_timeout: Option<Spanned<String>>,
-    pub store_cache_mb: Option<u64>,
+    pub store_cache_mb: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -38,7 +41,7 @@ pub struct RawHttp {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawExclusions {
-    pub max_new_exclusion_ratio: Option<f64>,
+    pub max_new_exclusion_ratio: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,11 +50,13 @@ pub struct RawConnector {
     pub id: Spanned<String>,
     pub kind: Spanned<String>,
     pub poll_interval: Option<Spanned<String>>,
-    pub rate_limit: Option<RawRateLimit>,
-    pub resync_share: Option<f64>,
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
+    pub resync_share: Option<Spanned<f64>>,
     pub native_exclusions: Option<Spanned<Vec<String>>>,
-    pub demo: Option<Spanned<toml::Value>>,
-    pub netsuite: Option<Spanned<toml::Value>>,
+    /// Kind-specific tables, typed so that a wrong key or value inside them
+    /// is reported at its own line.
+    pub demo: Option<Spanned<DemoOptions>>,
+    pub netsuite: Option<Spanned<NetsuiteOptions>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -91,7 +91,10 @@ fn quota(rps: f64, burst: u32) -> Quota {
     } else {
         1.0
     };
-    let period = Duration::from_secs_f64(1.0 / rps).max(Duration::from_nanos(1));
+    // Config bounds the rate; clamp anyway so no value can panic here.
+    let period = Duration::try_from_secs_f64(1.0 / rps)
+        .unwrap_or(Duration::from_secs(86_400))
+        .clamp(Duration::from_nanos(1), Duration::from_secs(86_400));
     let burst = NonZeroU32::new(burst.max(1)).expect("max(1) is non-zero");
     Quota::with_period(period)
         .expect("period is non-zero")

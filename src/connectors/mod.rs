@@ -229,16 +229,24 @@ impl ConnectorError {
     }
 }
 
+/// The longest `Retry-After` honoured: a broken or hostile value must not
+/// stall a connector for days.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 /// Parses an HTTP `Retry-After` header value (seconds form; the HTTP-date form
 /// is accepted too).
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let v = value.trim();
     if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
     }
     if let Ok(secs) = v.parse::<f64>() {
         if secs.is_finite() && secs >= 0.0 {
-            return Some(Duration::from_secs_f64(secs));
+            return Some(
+                Duration::try_from_secs_f64(secs)
+                    .unwrap_or(MAX_RETRY_AFTER)
+                    .min(MAX_RETRY_AFTER),
+            );
         }
     }
     chrono::DateTime::parse_from_rfc2822(v).ok().map(|t| {
@@ -260,6 +268,8 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(parse_retry_after("1e300"), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("99999999"), Some(MAX_RETRY_AFTER));
     }
 
     #[test]

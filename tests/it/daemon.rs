@@ -291,12 +291,37 @@ fn bad_configs_are_refused_with_file_line_and_key() {
         (
             "duplicate rule id",
             "[daemon]\nstate_dir = \"state\"\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\n[[rules]]\nid = \"r\"\nwhen = { field = \"name\", op = \"is\", value = \"a\" }\n[[rules]]\nid = \"r\"\nwhen = { field = \"name\", op = \"is\", value = \"b\" }\n",
-            &["duplicate rule id `r`"],
+            &["erpsync.toml:10", "rules[1].id", "duplicate rule id `r` (first defined on line 7)"],
         ),
         (
             "demo option out of range",
             "[daemon]\nstate_dir = \"state\"\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\n[connectors.demo]\npage_size = 0\n",
             &["erpsync.toml:6", "connectors[0].demo", "page_size must be between 1 and 1000"],
+        ),
+        (
+            "wrong type inside a connector's own table",
+            "[daemon]\nstate_dir = \"state\"\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\n[connectors.demo]\nseed = 1\ncustomers = \"many\"\n",
+            &["erpsync.toml:8", "key `customers`", "invalid type"],
+        ),
+        (
+            "duration too long",
+            "[daemon]\nstate_dir = \"state\"\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\npoll_interval = \"99999999999999999999d\"\n",
+            &["erpsync.toml:6", "poll_interval", "too long"],
+        ),
+        (
+            "rate too small",
+            "[daemon]\nstate_dir = \"state\"\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\nrate_limit = { requests_per_second = 1e-20 }\n",
+            &["erpsync.toml:6", "rate_limit.requests_per_second", "must be between"],
+        ),
+        (
+            "store cache zero",
+            "[daemon]\nstate_dir = \"state\"\nstore_cache_mb = 0\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\n",
+            &["erpsync.toml:3", "daemon.store_cache_mb"],
+        ),
+        (
+            "rule id with a line break",
+            "[daemon]\nstate_dir = \"state\"\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\n[[rules]]\nid = \"a\\nb\"\nwhen = { field = \"name\", op = \"is\", value = \"a\" }\n",
+            &["erpsync.toml:7", "rules[0].id", "not a valid rule id"],
         ),
         (
             "not TOML",
@@ -538,4 +563,97 @@ fn cli_status_reads_the_running_daemon() {
     let out = run(false);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is the daemon running?"));
+}
+
+#[test]
+fn a_missing_credential_is_a_config_error_found_before_any_state_is_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("erpsync.toml");
+    std::fs::write(
+        &p,
+        GOOD.replace("8089", &crate::support::free_port().to_string())
+            .replace(
+                "[http]\n",
+                "[http]\nadmin_token_credential = \"admin-token\"\n",
+            ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_erpsync"))
+        .args(["run", "--config"])
+        .arg(&p)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("admin token"), "{err}");
+    assert!(err.contains("CREDENTIALS_DIRECTORY is not set"), "{err}");
+    assert!(!dir.path().join("state").exists(), "state touched");
+}
+
+/// Under systemd the token is a credential only the service can read: the
+/// CLI still shows status, says how to pass a token for admin commands, and
+/// never sends anything through a proxy from the environment.
+#[test]
+fn cli_without_a_readable_token_and_with_a_proxy_in_the_environment() {
+    let opts = small_demo();
+    let setup = Setup::demo(&opts, "1h", "");
+    let d = setup.start();
+    d.wait_passes(1);
+    // A client config whose token is a systemd credential.
+    let text = std::fs::read_to_string(setup.config_path())
+        .unwrap()
+        .replace(
+            "admin_token_file = \"token\"",
+            "admin_token_credential = \"admin-token\"",
+        );
+    let client_cfg = setup.dir.path().join("client.toml");
+    std::fs::write(&client_cfg, text).unwrap();
+    // A "proxy" that would see the token if the CLI used it.
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = format!("http://{}", trap.local_addr().unwrap());
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_erpsync"))
+            .args(args)
+            .arg("--config")
+            .arg(&client_cfg)
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env("http_proxy", &proxy)
+            .env("HTTP_PROXY", &proxy)
+            .env("all_proxy", &proxy)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["customers", "search", "acme"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("401"), "{err}");
+    assert!(err.contains("--token-file"), "{err}");
+    let out = cli(&[
+        "customers",
+        "search",
+        "acme",
+        "--token-file",
+        setup.dir.path().join("token").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    trap.set_nonblocking(true).unwrap();
+    assert!(trap.accept().is_err(), "the CLI connected to the proxy");
+    assert!(d.terminate().0.success());
+
+    // A broken config file: exit 78 like check-config.
+    std::fs::write(&client_cfg, "bogus = 1\n").unwrap();
+    let out = cli(&["status"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("key `bogus`"));
 }
