@@ -12,7 +12,7 @@
 //! is never imported. This module does not wake the resync worker (callers
 //! with the running daemon do) and knows nothing about HTTP.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::Serialize;
 
@@ -34,6 +34,19 @@ pub const MAX_ACTOR: usize = 200;
 pub const MASS_SAMPLE: usize = 20;
 /// How many customers a mass exclusion's outcome lists.
 pub const MASS_LISTED: usize = 100;
+/// Most customers one request may name (exclude, re-include, resync); a
+/// longer list is refused whole. Larger selections use mass exclusion.
+pub const MAX_CUSTOMERS_PER_REQUEST: usize = 10_000;
+
+/// Refuses a list of more than [`MAX_CUSTOMERS_PER_REQUEST`] customers.
+pub fn check_list_len(n: usize) -> Result<()> {
+    if n > MAX_CUSTOMERS_PER_REQUEST {
+        return Err(ExclusionError::Invalid(format!(
+            "`customers` names {n} customers; at most {MAX_CUSTOMERS_PER_REQUEST} are accepted per request: split the list"
+        )));
+    }
+    Ok(())
+}
 
 /// Who decides and why.
 #[derive(Debug, Clone)]
@@ -77,17 +90,24 @@ impl Actor {
 }
 
 /// Parses `connector:external_id` references, refusing unknown connectors,
-/// ids the store cannot hold and an empty list; duplicates are dropped.
+/// ids the store cannot hold, an empty list and one longer than
+/// [`MAX_CUSTOMERS_PER_REQUEST`]; duplicates are dropped (first one kept).
 pub fn parse_refs(refs: &[String], policy: &dyn Policy) -> Result<Vec<CustomerKey>> {
     if refs.is_empty() {
         return Err(ExclusionError::Invalid(
             "`customers` is empty: name at least one CONNECTOR:EXTERNAL_ID".into(),
         ));
     }
+    check_list_len(refs.len())?;
+    let connectors = policy.connector_ids();
+    let mut seen: HashSet<CustomerKey> = HashSet::with_capacity(refs.len());
     let mut out: Vec<CustomerKey> = Vec::with_capacity(refs.len());
     for r in refs {
-        let key = parse_ref(r, policy)?;
-        if !out.contains(&key) {
+        let key = parse_key(r)?;
+        if !connectors.contains(&key.connector) {
+            policy.check_connector(&key.connector)?;
+        }
+        if seen.insert(key.clone()) {
             out.push(key);
         }
     }
@@ -96,6 +116,13 @@ pub fn parse_refs(refs: &[String], policy: &dyn Policy) -> Result<Vec<CustomerKe
 
 /// Parses one reference (see [`parse_refs`]).
 pub fn parse_ref(r: &str, policy: &dyn Policy) -> Result<CustomerKey> {
+    let key = parse_key(r)?;
+    policy.check_connector(&key.connector)?;
+    Ok(key)
+}
+
+/// A reference's syntax and id, without checking its connector.
+fn parse_key(r: &str) -> Result<CustomerKey> {
     let key = CustomerKey::parse(r).map_err(ExclusionError::Invalid)?;
     if !valid_id(&key.external_id) {
         return Err(ExclusionError::Invalid(format!(
@@ -103,7 +130,6 @@ pub fn parse_ref(r: &str, policy: &dyn Policy) -> Result<CustomerKey> {
             key.external_id.replace('\0', "\\0")
         )));
     }
-    policy.check_connector(&key.connector)?;
     Ok(key)
 }
 

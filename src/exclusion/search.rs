@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Policy;
+use crate::http::csv_safe;
 use crate::model::{CustomerKey, ExclusionSource, ManualAction, ManualDecision, Timestamp};
 use crate::store::{Result, Store, StoredCustomer};
 
@@ -325,7 +326,9 @@ pub const CSV_HEADER: [&str; 8] = [
     "excluded_by",
 ];
 
-/// Writes entries as CSV rows (with the header line first when asked).
+/// Writes entries as CSV rows (with the header line first when asked). Text
+/// cells that a spreadsheet would run as a formula are quoted with a leading
+/// `'` ([`csv_safe`]).
 pub fn csv_rows(entries: &[ExcludedEntry], header: bool) -> Vec<u8> {
     let mut w = csv::Writer::from_writer(Vec::new());
     // Writing into a Vec cannot fail; csv only reports I/O errors.
@@ -334,15 +337,15 @@ pub fn csv_rows(entries: &[ExcludedEntry], header: bool) -> Vec<u8> {
     }
     for e in entries {
         w.write_record([
-            e.connector.as_str(),
-            e.external_id.as_str(),
-            e.name.as_deref().unwrap_or(""),
-            e.email.as_deref().unwrap_or(""),
+            csv_safe(&e.connector).as_ref(),
+            &csv_safe(&e.external_id),
+            &csv_safe(e.name.as_deref().unwrap_or("")),
+            &csv_safe(e.email.as_deref().unwrap_or("")),
             e.source.as_str(),
-            &e.reason_text(),
+            &csv_safe(&e.reason_text()),
             &e.excluded_at
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            e.excluded_by.as_str(),
+            &csv_safe(&e.excluded_by),
         ])
         .expect("writing to a Vec");
     }
@@ -352,10 +355,13 @@ pub fn csv_rows(entries: &[ExcludedEntry], header: bool) -> Vec<u8> {
 /// The whole excluded list as CSV, produced chunk by chunk so memory stays
 /// flat however many customers are excluded: the header, then synced
 /// customers page by page, then manual exclusions still waiting for a sync.
+/// `Default` exports everything; [`CsvExport::new`] what a filter selects
+/// (the filters of the excluded list).
 #[derive(Debug, Default)]
 pub struct CsvExport {
     phase: Phase,
     after: Option<CustomerKey>,
+    filter: Filter,
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -368,6 +374,15 @@ enum Phase {
 }
 
 impl CsvExport {
+    /// The excluded customers `filter` selects (its state is ignored: only
+    /// excluded customers are exported).
+    pub fn new(filter: Filter) -> CsvExport {
+        CsvExport {
+            filter,
+            ..CsvExport::default()
+        }
+    }
+
     /// The next chunk of CSV bytes, or `None` at the end. After an error the
     /// export is over.
     pub fn next_chunk(&mut self, store: &Store, policy: &dyn Policy) -> Result<Option<Vec<u8>>> {
@@ -377,13 +392,7 @@ impl CsvExport {
                 Ok(Some(csv_rows(&[], true)))
             }
             Phase::Customers => {
-                let r = excluded_page(
-                    store,
-                    policy,
-                    &Filter::default(),
-                    self.after.as_ref(),
-                    CSV_CHUNK,
-                );
+                let r = excluded_page(store, policy, &self.filter, self.after.as_ref(), CSV_CHUNK);
                 match r {
                     Ok((rows, next)) => {
                         match next {
@@ -397,7 +406,11 @@ impl CsvExport {
             }
             Phase::Pending => {
                 self.phase = Phase::Done;
-                pending_exclusions(store, &Filter::default()).map(|p| Some(csv_rows(&p, false)))
+                let filter = Filter {
+                    state: Some(State::Excluded),
+                    ..self.filter.clone()
+                };
+                pending_exclusions(store, &filter).map(|p| Some(csv_rows(&p, false)))
             }
             Phase::Done => Ok(None),
         };

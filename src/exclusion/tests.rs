@@ -769,6 +769,112 @@ async fn excluded_list_and_csv_name_source_reason_and_who() {
 }
 
 #[tokio::test]
+async fn the_excluded_csv_defuses_formulas_and_takes_the_list_filters() {
+    let w = World::new().await;
+    // An ERP name and an admin's reason and name that a spreadsheet would run.
+    w.customers(
+        "erp2",
+        vec![cust(
+            "=E2",
+            "=HYPERLINK(\"http://evil\")",
+            Some("@x.example"),
+            false,
+        )],
+    )
+    .await;
+    manual::exclude(
+        &w.store,
+        &w.policy,
+        &[key("erp2:=E2"), key("demo:C4"), key("erp2:-P1")],
+        &Actor::new(Some("+admin"), Some("-1+1 cmd|' /C calc'!A0"), "", ts(100)).unwrap(),
+    )
+    .await
+    .unwrap();
+    let export = |filter: Filter| {
+        let mut export = search::CsvExport::new(filter);
+        let mut bytes = Vec::new();
+        while let Some(chunk) = export.next_chunk(&w.store, &w.policy).unwrap() {
+            bytes.extend(chunk);
+        }
+        let mut r = csv::Reader::from_reader(bytes.as_slice());
+        assert_eq!(r.headers().unwrap(), search::CSV_HEADER.as_slice());
+        r.records()
+            .map(|r| r.unwrap().iter().map(str::to_string).collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+    };
+    let rows = export(Filter::new(None, Some("erp2"), None, None));
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(
+        rows[0],
+        [
+            "erp2",
+            "'=E2",
+            "'=HYPERLINK(\"http://evil\")",
+            "'@x.example",
+            "manual",
+            "manual: -1+1 cmd|' /C calc'!A0",
+            "2023-11-14T22:15:00Z",
+            "'+admin",
+        ]
+    );
+    // Not synced yet: listed after the synced ones, its id guarded too.
+    assert_eq!(
+        (&rows[1][1], &rows[1][7]),
+        (&"'-P1".to_string(), &"'+admin".to_string())
+    );
+    // The filters of the excluded list: text, connector, source.
+    let ids = |rows: Vec<Vec<String>>| rows.into_iter().map(|r| r[1].clone()).collect::<Vec<_>>();
+    assert_eq!(
+        ids(export(Filter::new(Some("initech"), None, None, None))),
+        ["C4"]
+    );
+    assert_eq!(
+        ids(export(Filter::new(
+            None,
+            Some("demo"),
+            None,
+            Some(ExclusionSource::Rule)
+        ))),
+        ["C2", "C5"]
+    );
+    assert_eq!(
+        ids(export(Filter::new(
+            None,
+            None,
+            None,
+            Some(ExclusionSource::Manual)
+        ))),
+        ["C4", "'=E2", "'-P1"]
+    );
+    assert_eq!(export(Filter::default()).len(), 6);
+}
+
+#[test]
+fn parse_refs_drops_duplicates_and_refuses_too_long_lists() {
+    let policy = TestPolicy {
+        rules: Mutex::new(Arc::new(test_rule())),
+    };
+    let refs: Vec<String> = ["demo:C1", "erp2:E1", "demo:C1", "erp2:E1", "demo:C2"]
+        .map(String::from)
+        .to_vec();
+    let keys = manual::parse_refs(&refs, &policy).unwrap();
+    assert_eq!(keys, [key("demo:C1"), key("erp2:E1"), key("demo:C2")]);
+
+    let max = manual::MAX_CUSTOMERS_PER_REQUEST;
+    let many: Vec<String> = (0..max).map(|i| format!("demo:C{i}")).collect();
+    assert_eq!(manual::parse_refs(&many, &policy).unwrap().len(), max);
+    let too_many: Vec<String> = (0..=max).map(|i| format!("demo:C{i}")).collect();
+    let err = manual::parse_refs(&too_many, &policy).unwrap_err();
+    assert!(matches!(err, ExclusionError::Invalid(_)));
+    assert_eq!(
+        err.to_string(),
+        "`customers` names 10001 customers; at most 10000 are accepted per request: split the list"
+    );
+    let err = manual::parse_refs(&["demo:C1".into(), "sap:C1".into()], &policy).unwrap_err();
+    assert!(err.to_string().contains("unknown connector `sap`"), "{err}");
+}
+
+#[tokio::test]
 async fn explain_shows_native_flags_every_matching_rule_and_history() {
     let w = World::new().await;
     *w.policy.rules.lock().unwrap() = Arc::new(rules(json!([

@@ -1,6 +1,7 @@
 //! Bearer-token check for the admin API.
 //!
-//! The token is compared in constant time. No token configured: the admin
+//! The scheme is matched case-insensitively (`Bearer`, `bearer`: RFC 7235);
+//! the token is compared in constant time. No token configured: the admin
 //! API answers 403 and says why; health endpoints are not behind this.
 
 use std::sync::Arc;
@@ -26,8 +27,7 @@ pub async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     match given {
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -41,5 +41,36 @@ pub async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next
             tracing::warn!("admin API request with a wrong token refused");
             ApiError::new(StatusCode::UNAUTHORIZED, "wrong bearer token").into_response()
         }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is
+/// case-insensitive, other schemes give `None`.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for v in [
+            "Bearer abc",
+            "bearer abc",
+            "BEARER abc",
+            "bEaReR   abc ",
+            " Bearer abc",
+        ] {
+            assert_eq!(bearer_token(v), Some("abc"), "{v:?}");
+        }
+        for v in ["Basic abc", "Bearerabc", "Bearer", "", "Token abc"] {
+            assert_eq!(bearer_token(v), None, "{v:?}");
+        }
+        assert_eq!(bearer_token("Bearer "), Some(""));
     }
 }

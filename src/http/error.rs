@@ -71,8 +71,22 @@ where
     }
 }
 
-/// Query-string extractor with JSON errors.
+/// Query-string extractor with JSON errors. Parameter structs refuse
+/// unknown keys (`#[serde(deny_unknown_fields)]`), so a typo or an option an
+/// endpoint does not have is a 400 naming it, never silently ignored.
 pub struct Query<T>(pub T);
+
+/// The query of an endpoint that takes no parameters: any is refused with a
+/// 400 naming it (`Query<NoQuery>`).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoQuery {}
+
+/// A path parameter that did not parse (bad UTF-8, not a number...) as a
+/// JSON 400; use with `Result<Path<T>, PathRejection>`.
+pub fn bad_path(e: axum::extract::rejection::PathRejection) -> ApiError {
+    ApiError::bad_request(e.body_text())
+}
 
 impl<S, T> axum::extract::FromRequestParts<S> for Query<T>
 where

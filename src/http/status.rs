@@ -11,17 +11,17 @@ use axum::Json;
 use serde::Serialize;
 use serde_json::json;
 
-use super::error::ApiError;
+use super::error::{ApiError, NoQuery, Query};
 use crate::app::{App, ConnectorStatus, ReloadStatus};
 use crate::connectors::budget::BudgetStats;
 use crate::resync::queue::{self, JobState};
 use crate::store::ClassificationCounts;
 
-pub async fn healthz() -> impl IntoResponse {
+pub async fn healthz(Query(NoQuery {}): Query<NoQuery>) -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-pub async fn readyz(State(app): State<Arc<App>>) -> Response {
+pub async fn readyz(State(app): State<Arc<App>>, Query(NoQuery {}): Query<NoQuery>) -> Response {
     if app.is_ready() {
         Json(json!({"status": "ready"})).into_response()
     } else {
@@ -126,14 +126,34 @@ pub fn build_status(app: &App) -> Result<Status, crate::store::StoreError> {
     })
 }
 
-pub async fn status(State(app): State<Arc<App>>) -> Result<Json<Status>, ApiError> {
-    Ok(Json(build_status(&app)?))
+/// Builds the status report on a blocking thread: it counts every stored
+/// customer.
+async fn status_of(app: Arc<App>) -> Result<Status, ApiError> {
+    Ok(super::blocking(move || build_status(&app)).await??)
+}
+
+pub async fn status(
+    State(app): State<Arc<App>>,
+    Query(NoQuery {}): Query<NoQuery>,
+) -> Result<Json<Status>, ApiError> {
+    Ok(Json(status_of(app).await?))
+}
+
+/// A Prometheus label value: backslash, double quote and line feed escaped
+/// (text exposition format).
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Prometheus text exposition. Names follow
 /// `erpsync_<name>_<unit>[_total]`.
-pub async fn metrics(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
-    let s = build_status(&app)?;
+pub async fn metrics(
+    State(app): State<Arc<App>>,
+    Query(NoQuery {}): Query<NoQuery>,
+) -> Result<Response, ApiError> {
+    let s = status_of(app).await?;
     let mut text = String::new();
     let fam =
         |text: &mut String, name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
@@ -150,13 +170,9 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<Response, ApiError> 
         vec![(String::new(), s.uptime_seconds as f64)],
     );
     let lbl = |c: &str, extra: &[(&str, &str)]| {
-        let mut s = format!("{{connector=\"{c}\"");
+        let mut s = format!("{{connector=\"{}\"", label_value(c));
         for (k, v) in extra {
-            let _ = write!(
-                s,
-                ",{k}=\"{}\"",
-                v.replace('\\', "\\\\").replace('"', "\\\"")
-            );
+            let _ = write!(s, ",{k}=\"{}\"", label_value(v));
         }
         s.push('}');
         s
@@ -321,4 +337,17 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<Response, ApiError> 
         vec![(String::new(), s.resync.jobs_failed as f64)],
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::label_value;
+
+    #[test]
+    fn label_values_escape_backslash_quote_and_line_feed() {
+        assert_eq!(label_value("rule:plain"), "rule:plain");
+        assert_eq!(label_value("a\\b \"q\"\nnext"), "a\\\\b \\\"q\\\"\\nnext");
+        // One sample stays on one line.
+        assert!(!label_value("x\ny\n").contains('\n'));
+    }
 }

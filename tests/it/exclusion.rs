@@ -31,7 +31,7 @@ when = { any = [
 /// Everything a refused request must leave as it was: customers with their
 /// classification, records, parked records, manual decisions, the audit
 /// trail and resync jobs.
-fn snapshot(store: &Store) -> String {
+pub(crate) fn snapshot(store: &Store) -> String {
     let customers: Vec<String> = store
         .customers(None, None)
         .map(|c| serde_json::to_string(&c.unwrap()).unwrap())
@@ -66,7 +66,7 @@ fn counts(store: &Store, key: &CustomerKey) -> (u64, u64) {
 }
 
 /// Included customers with at least one invoice and one transaction.
-fn included_with_records(store: &Store, n: usize) -> Vec<StoredCustomer> {
+pub(crate) fn included_with_records(store: &Store, n: usize) -> Vec<StoredCustomer> {
     let out: Vec<StoredCustomer> = store
         .customers(Some("demo"), None)
         .map(Result::unwrap)
@@ -113,11 +113,11 @@ fn payment_for(customer: &str) -> Transaction {
     }
 }
 
-fn config_path(d: &InProcess) -> std::path::PathBuf {
+pub(crate) fn config_path(d: &InProcess) -> std::path::PathBuf {
     d.dir.path().join("erpsync.toml")
 }
 
-fn error_of(v: &Value) -> String {
+pub(crate) fn error_of(v: &Value) -> String {
     v["error"].as_str().unwrap_or_default().to_string()
 }
 
@@ -310,7 +310,7 @@ async fn reinclusion_records_the_decision_and_queues_a_resync() {
     d.stop().await;
 }
 
-fn rule_toml(id: &str, ids: &[String]) -> String {
+pub(crate) fn rule_toml(id: &str, ids: &[String]) -> String {
     let list: Vec<String> = ids.iter().map(|i| format!("\"{i}\"")).collect();
     format!(
         "\n[[rules]]\nid = \"{id}\"\ndescription = \"Customers on the stop list\"\nwhen = {{ field = \"external_id\", op = \"in\", value = [{}] }}\n",
@@ -946,7 +946,7 @@ async fn raw(d: &InProcess, method: &str, path: &str, ctype: &str, body: Vec<u8>
     )
 }
 
-async fn get_text(d: &InProcess, path: &str) -> String {
+pub(crate) async fn get_text(d: &InProcess, path: &str) -> String {
     let resp = reqwest::Client::new()
         .get(format!("{}{path}", d.api.base))
         .bearer_auth(TOKEN)

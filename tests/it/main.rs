@@ -4,6 +4,7 @@
 
 mod daemon;
 mod exclusion;
+mod hardening;
 mod netsuite;
 mod netsuite_daemon;
 mod netsuite_mock;

@@ -17,7 +17,7 @@ use crate::support::{small_demo, InProcess, Setup};
 
 /// The `[reminders]` section of config/demo.toml, so the tests run on the
 /// scenarios and thresholds the demo ships with.
-fn demo_reminders() -> String {
+pub(crate) fn demo_reminders() -> String {
     let text = include_str!("../../config/demo.toml");
     let start = text
         .find("\n[reminders]")

@@ -4,9 +4,11 @@
 //!
 //! Handlers are thin: they parse and validate the request, call
 //! [`crate::exclusion`] or [`crate::reload`], and map errors to JSON
-//! ([`ApiError`]). Request bodies refuse unknown keys, so a typo is a 4xx and
-//! not a silently ignored field. Every refusal happens before (or inside) the
-//! one store write, so an error changes nothing.
+//! ([`ApiError`]). Request bodies and query strings refuse unknown keys, so
+//! a typo is a 4xx and not a silently ignored field. Every refusal happens
+//! before (or inside) the one store write, so an error changes nothing.
+//! Scans over every customer and writes over many run on a blocking thread
+//! ([`crate::http::blocking`]).
 
 use std::sync::Arc;
 
@@ -24,7 +26,8 @@ use crate::app::App;
 use crate::exclusion::manual::{self, Actor, Selection};
 use crate::exclusion::search::{self, Filter, State as CustomerState, MAX_LIMIT};
 use crate::exclusion::{explain, impact, ExclusionError, Policy};
-use crate::http::error::{ApiError, JsonBody, Query};
+use crate::http::error::{ApiError, JsonBody, NoQuery, Query};
+use crate::http::{blocking, blocking_async};
 use crate::model::{CustomerKey, ExclusionSource, Record};
 use crate::reload::{self, ReloadError};
 use crate::rules::{parse_rule, Condition, ParseOptions, RuleSet};
@@ -117,20 +120,22 @@ struct SearchParams {
 async fn search_customers(State(app): State<Arc<App>>, Query(p): Query<SearchParams>) -> ApiResult {
     connector_filter(&app, p.connector.as_deref())?;
     let filter = Filter::new(p.q.as_deref(), p.connector.as_deref(), p.state, p.source);
-    let page = search::page(
-        &app.store,
-        &filter,
-        after(p.after.as_deref())?.as_ref(),
-        limit(p.limit, 50)?,
-    )?;
-    let customers = page
-        .items
-        .iter()
-        .map(|sc| search::summary(&app.store, sc))
-        .collect::<Result<Vec<_>, _>>()?;
+    let after = after(p.after.as_deref())?;
+    let limit = limit(p.limit, 50)?;
+    // A sparse filter may scan every customer.
+    let (customers, next) = blocking(move || {
+        let page = search::page(&app.store, &filter, after.as_ref(), limit)?;
+        let customers = page
+            .items
+            .iter()
+            .map(|sc| search::summary(&app.store, sc))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok::<_, ApiError>((customers, page.next))
+    })
+    .await??;
     Ok(Json(json!({
         "customers": customers,
-        "next": page.next.map(|k| k.to_string()),
+        "next": next.map(|k| k.to_string()),
     }))
     .into_response())
 }
@@ -138,6 +143,7 @@ async fn search_customers(State(app): State<Arc<App>>, Query(p): Query<SearchPar
 async fn customer(
     State(app): State<Arc<App>>,
     path: Result<Path<(String, String)>, PathRejection>,
+    Query(NoQuery {}): Query<NoQuery>,
 ) -> ApiResult {
     let key = path_key(&app, path)?;
     let Some(sc) = app.store.customer(&key)? else {
@@ -213,10 +219,19 @@ struct ExcludeBody {
     actor: Option<String>,
 }
 
-async fn exclude(State(app): State<Arc<App>>, JsonBody(b): JsonBody<ExcludeBody>) -> ApiResult {
+async fn exclude(
+    State(app): State<Arc<App>>,
+    Query(NoQuery {}): Query<NoQuery>,
+    JsonBody(b): JsonBody<ExcludeBody>,
+) -> ApiResult {
     let actor = Actor::new(b.actor.as_deref(), Some(&b.reason), "", chrono::Utc::now())?;
     let keys = manual::parse_refs(&b.customers, app.as_ref())?;
-    let out = manual::exclude(&app.store, app.as_ref(), &keys, &actor).await?;
+    // Up to thousands of customers in one write: on a blocking thread.
+    let (app2, actor2) = (Arc::clone(&app), actor.clone());
+    let out = blocking_async(move || async move {
+        manual::exclude(&app2.store, app2.as_ref(), &keys, &actor2).await
+    })
+    .await??;
     tracing::info!(actor = %actor.name, changed = out.changed, pending = out.pending, purged_invoices = out.purged_invoices, purged_transactions = out.purged_transactions, "manual exclusion");
     Ok(Json(out).into_response())
 }
@@ -229,7 +244,11 @@ struct ReincludeBody {
     actor: Option<String>,
 }
 
-async fn reinclude(State(app): State<Arc<App>>, JsonBody(b): JsonBody<ReincludeBody>) -> ApiResult {
+async fn reinclude(
+    State(app): State<Arc<App>>,
+    Query(NoQuery {}): Query<NoQuery>,
+    JsonBody(b): JsonBody<ReincludeBody>,
+) -> ApiResult {
     let actor = Actor::new(
         b.actor.as_deref(),
         b.reason.as_deref(),
@@ -237,7 +256,11 @@ async fn reinclude(State(app): State<Arc<App>>, JsonBody(b): JsonBody<ReincludeB
         chrono::Utc::now(),
     )?;
     let keys = manual::parse_refs(&b.customers, app.as_ref())?;
-    let out = manual::include(&app.store, app.as_ref(), &keys, &actor).await?;
+    let (app2, actor2) = (Arc::clone(&app), actor.clone());
+    let out = blocking_async(move || async move {
+        manual::include(&app2.store, app2.as_ref(), &keys, &actor2).await
+    })
+    .await??;
     if out.queued_for_resync > 0 {
         app.resync_wakeup.notify_waiters();
     }
@@ -283,7 +306,11 @@ struct MassBody {
     confirm: Option<u64>,
 }
 
-async fn mass_exclude(State(app): State<Arc<App>>, JsonBody(b): JsonBody<MassBody>) -> ApiResult {
+async fn mass_exclude(
+    State(app): State<Arc<App>>,
+    Query(NoQuery {}): Query<NoQuery>,
+    JsonBody(b): JsonBody<MassBody>,
+) -> ApiResult {
     let actor = Actor::new(b.actor.as_deref(), Some(&b.reason), "", chrono::Utc::now())?;
     connector_filter(&app, b.connector.as_deref())?;
     let condition = b
@@ -298,9 +325,11 @@ async fn mass_exclude(State(app): State<Arc<App>>, JsonBody(b): JsonBody<MassBod
         Filter::new(b.q.as_deref(), b.connector.as_deref(), None, None),
         condition,
     )?;
+    // Both scan every customer of the selection's connector.
     match b.confirm {
         None => {
-            let impact = manual::mass_impact(&app.store, &sel)?;
+            let app2 = Arc::clone(&app);
+            let impact = blocking(move || manual::mass_impact(&app2.store, &sel)).await??;
             let message = format!(
                 "would exclude {} customers ({} included today), deleting {} invoices and {} transactions; send again with \"confirm\": {} to apply",
                 impact.customers, impact.newly_excluded, impact.invoices, impact.transactions, impact.customers
@@ -314,8 +343,11 @@ async fn mass_exclude(State(app): State<Arc<App>>, JsonBody(b): JsonBody<MassBod
             .into_response())
         }
         Some(n) => {
-            let (impact, out) =
-                manual::mass_exclude(&app.store, app.as_ref(), &sel, &actor, n).await?;
+            let (app2, actor2) = (Arc::clone(&app), actor.clone());
+            let (impact, out) = blocking_async(move || async move {
+                manual::mass_exclude(&app2.store, app2.as_ref(), &sel, &actor2, n).await
+            })
+            .await??;
             tracing::info!(actor = %actor.name, customers = out.changed, purged_invoices = out.purged_invoices, purged_transactions = out.purged_transactions, "mass exclusion applied");
             Ok(Json(json!({
                 "applied": true,
@@ -339,27 +371,33 @@ struct ExcludedParams {
     limit: Option<usize>,
 }
 
-async fn excluded(State(app): State<Arc<App>>, Query(p): Query<ExcludedParams>) -> ApiResult {
-    connector_filter(&app, p.connector.as_deref())?;
-    let filter = Filter::new(
+/// The filter of `/excluded` and `/excluded.csv`, checked.
+fn excluded_filter(app: &App, p: &ExcludedParams) -> Result<Filter, ApiError> {
+    connector_filter(app, p.connector.as_deref())?;
+    Ok(Filter::new(
         p.q.as_deref(),
         p.connector.as_deref(),
         Some(CustomerState::Excluded),
         p.source,
-    );
+    ))
+}
+
+async fn excluded(State(app): State<Arc<App>>, Query(p): Query<ExcludedParams>) -> ApiResult {
+    let filter = excluded_filter(&app, &p)?;
     let after = after(p.after.as_deref())?;
-    let (entries, next) = search::excluded_page(
-        &app.store,
-        app.as_ref(),
-        &filter,
-        after.as_ref(),
-        limit(p.limit, 50)?,
-    )?;
-    // Exclusions waiting for a first sync are listed with the first page.
-    let pending = match after {
-        None => search::pending_exclusions(&app.store, &filter)?,
-        Some(_) => Vec::new(),
-    };
+    let limit = limit(p.limit, 50)?;
+    // A sparse filter may scan every customer.
+    let (entries, next, pending) = blocking(move || {
+        let (entries, next) =
+            search::excluded_page(&app.store, app.as_ref(), &filter, after.as_ref(), limit)?;
+        // Exclusions waiting for a first sync are listed with the first page.
+        let pending = match after {
+            None => search::pending_exclusions(&app.store, &filter)?,
+            Some(_) => Vec::new(),
+        };
+        Ok::<_, ApiError>((entries, next, pending))
+    })
+    .await??;
     Ok(Json(json!({
         "excluded": entries,
         "next": next.map(|k| k.to_string()),
@@ -368,21 +406,38 @@ async fn excluded(State(app): State<Arc<App>>, Query(p): Query<ExcludedParams>) 
     .into_response())
 }
 
-async fn excluded_csv(State(app): State<Arc<App>>) -> Response {
-    let stream = futures::stream::unfold(
-        (app, search::CsvExport::default()),
-        |(app, mut export)| async move {
-            match export.next_chunk(&app.store, app.as_ref()) {
-                Ok(Some(bytes)) => Some((Ok::<_, std::io::Error>(bytes), (app, export))),
-                Ok(None) => None,
-                Err(e) => {
-                    tracing::error!(error = %e, "excluded CSV export failed part-way");
-                    Some((Err(std::io::Error::other(e.to_string())), (app, export)))
-                }
+/// The excluded list as CSV: the filters of `/excluded`, no paging.
+async fn excluded_csv(State(app): State<Arc<App>>, Query(p): Query<ExcludedParams>) -> ApiResult {
+    if p.after.is_some() || p.limit.is_some() {
+        return Err(ApiError::bad_request(
+            "the CSV export is the whole list: it takes no `after` or `limit`",
+        ));
+    }
+    let export = search::CsvExport::new(excluded_filter(&app, &p)?);
+    // Each chunk may scan many customers: on a blocking thread.
+    let stream = futures::stream::unfold((app, export), |(app, mut export)| async move {
+        let chunk = blocking(move || {
+            let chunk = export.next_chunk(&app.store, app.as_ref());
+            (chunk, app, export)
+        })
+        .await;
+        match chunk {
+            Ok((Ok(Some(bytes)), app, export)) => {
+                Some((Ok::<_, std::io::Error>(bytes), (app, export)))
             }
-        },
-    );
-    (
+            Ok((Ok(None), _, _)) => None,
+            Ok((Err(e), app, export)) => {
+                tracing::error!(error = %e, "excluded CSV export failed part-way");
+                Some((Err(std::io::Error::other(e.to_string())), (app, export)))
+            }
+            Err(e) => {
+                // The blocking task was cancelled (shutdown): end the body short.
+                tracing::error!(error = %e.message, "excluded CSV export failed part-way");
+                None
+            }
+        }
+    });
+    Ok((
         StatusCode::OK,
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
@@ -393,7 +448,7 @@ async fn excluded_csv(State(app): State<Arc<App>>) -> Response {
         ],
         Body::from_stream(stream),
     )
-        .into_response()
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -437,6 +492,7 @@ fn parse_one_rule(v: &Value, place: &str) -> Result<crate::rules::Rule, ApiError
 
 async fn preview_rules(
     State(app): State<Arc<App>>,
+    Query(NoQuery {}): Query<NoQuery>,
     JsonBody(b): JsonBody<PreviewBody>,
 ) -> ApiResult {
     let (mode, rules) = match (&b.rules, &b.rule) {
@@ -469,10 +525,7 @@ async fn preview_rules(
     let ids: Vec<String> = set.rules().iter().map(|r| r.id.clone()).collect();
     let max_ratio = app.config().exclusions.max_new_exclusion_ratio;
     let app2 = Arc::clone(&app);
-    let impact =
-        tokio::task::spawn_blocking(move || impact::of_rules(&app2.store, app2.as_ref(), &set))
-            .await
-            .map_err(ApiError::internal)??;
+    let impact = blocking(move || impact::of_rules(&app2.store, app2.as_ref(), &set)).await??;
     Ok(Json(json!({
         "mode": mode,
         "rules": ids,
@@ -484,8 +537,10 @@ async fn preview_rules(
     .into_response())
 }
 
-async fn reload_rules(State(app): State<Arc<App>>) -> ApiResult {
-    match reload::reload(&app).await {
+async fn reload_rules(State(app): State<Arc<App>>, Query(NoQuery {}): Query<NoQuery>) -> ApiResult {
+    // Computes the impact over every customer and re-classifies them all.
+    let app2 = Arc::clone(&app);
+    match blocking_async(move || async move { reload::reload(&app2).await }).await? {
         Ok(report) => {
             tracing::info!(result = %report.message, "reload done (API)");
             Ok(Json(report).into_response())

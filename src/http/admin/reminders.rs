@@ -3,7 +3,8 @@
 //!
 //! Handlers parse and check the request, then call [`crate::reminders`];
 //! they read `app.config().reminders` on every request, so a config reload
-//! takes effect on the next call. A refused request changes nothing.
+//! takes effect on the next call. A refused request changes nothing. Query
+//! strings refuse unknown parameters; scans run on a blocking thread.
 //!
 //! | route | what |
 //! |---|---|
@@ -17,6 +18,7 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -27,7 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::App;
 use crate::config::Config;
-use crate::http::error::{ApiError, JsonBody, Query};
+use crate::http::error::{bad_path, ApiError, JsonBody, NoQuery, Query};
+use crate::http::{blocking, csv_safe};
 use crate::model::CustomerKey;
 use crate::reminders::flags::{self, FlagOutcome, HoldEntry, Request, StopEntry};
 use crate::reminders::{self, Candidate, Explanation, Filter, ReminderError};
@@ -210,15 +213,19 @@ async fn candidates(
     let cfg = app.config();
     let (filter, as_of, after) = list_params(&cfg, &q)?;
     let limit = parse_limit(q.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
-    let s = reminders::scan(
-        &app.store,
-        &cfg.reminders,
-        &filter,
-        as_of,
-        after.as_ref(),
-        limit,
-        SCAN_BUDGET,
-    )?;
+    // Up to SCAN_BUDGET customers with their records.
+    let s = blocking(move || {
+        reminders::scan(
+            &app.store,
+            &cfg.reminders,
+            &filter,
+            as_of,
+            after.as_ref(),
+            limit,
+            SCAN_BUDGET,
+        )
+    })
+    .await??;
     Ok(Json(CandidatePage {
         as_of,
         count: s.items.len(),
@@ -246,7 +253,9 @@ pub const CSV_HEADER: [&str; 11] = [
     "balance",
 ];
 
-/// Writes rows (and the header first when asked) as CSV bytes.
+/// Writes rows (and the header first when asked) as CSV bytes. Text cells a
+/// spreadsheet would run as a formula get a leading `'` ([`csv_safe`]);
+/// numbers (the balance may be negative) stay numbers.
 fn csv_chunk(rows: &[Candidate], header: bool) -> Result<Vec<u8>, csv::Error> {
     let mut w = csv::Writer::from_writer(Vec::new());
     if header {
@@ -266,13 +275,14 @@ fn csv_chunk(rows: &[Candidate], header: bool) -> Result<Vec<u8>, csv::Error> {
             .collect::<Vec<_>>()
             .join(";");
         w.write_record([
-            c.customer.as_str(),
-            &c.name,
-            c.email.as_deref().unwrap_or(""),
-            c.scenario.as_deref().unwrap_or(""),
+            csv_safe(&c.customer).as_ref(),
+            &csv_safe(&c.name),
+            &csv_safe(c.email.as_deref().unwrap_or("")),
+            &csv_safe(c.scenario.as_deref().unwrap_or("")),
             if c.selected { "true" } else { "false" },
             &reasons,
-            &total,
+            // `EUR 12.50; USD 3`: text led by the ERP's currency code.
+            &csv_safe(&total),
             &c.overdue_invoices.to_string(),
             &c.oldest_due_date.map(|d| d.to_string()).unwrap_or_default(),
             &c.held_invoices.to_string(),
@@ -316,24 +326,36 @@ async fn candidates_csv(
     };
     // Each chunk looks at a bounded number of customers, so memory stays
     // flat however long the list is.
-    let stream = futures::stream::unfold(st, |mut st| async move {
+    let stream = futures::stream::unfold(st, |st| async move {
         if st.done {
             return None;
         }
-        let chunk = reminders::scan(
-            &st.app.store,
-            &st.cfg.reminders,
-            &st.filter,
-            st.as_of,
-            st.after.as_ref(),
-            usize::MAX,
-            CSV_CHUNK_CUSTOMERS,
-        )
-        .map_err(|e| e.to_string())
-        .and_then(|s| {
-            let bytes = csv_chunk(&s.items, !st.started).map_err(|e| e.to_string())?;
-            Ok((s, bytes))
-        });
+        let chunk = blocking(move || {
+            let chunk = reminders::scan(
+                &st.app.store,
+                &st.cfg.reminders,
+                &st.filter,
+                st.as_of,
+                st.after.as_ref(),
+                usize::MAX,
+                CSV_CHUNK_CUSTOMERS,
+            )
+            .map_err(|e| e.to_string())
+            .and_then(|s| {
+                let bytes = csv_chunk(&s.items, !st.started).map_err(|e| e.to_string())?;
+                Ok((s, bytes))
+            });
+            (chunk, st)
+        })
+        .await;
+        let (chunk, mut st) = match chunk {
+            Ok(v) => v,
+            Err(e) => {
+                // The blocking task was cancelled (shutdown): end the body short.
+                tracing::error!(error = %e.message, "reminder CSV export failed midway");
+                return None;
+            }
+        };
         match chunk {
             Ok((s, bytes)) => {
                 st.started = true;
@@ -365,9 +387,10 @@ async fn candidates_csv(
 
 async fn customer(
     State(app): State<Arc<App>>,
-    Path(customer): Path<String>,
+    customer: Result<Path<String>, PathRejection>,
     Query(q): Query<AsOfQuery>,
 ) -> Result<Json<Explanation>, ApiError> {
+    let Path(customer) = customer.map_err(bad_path)?;
     let key = parse_customer(&customer, "customer")?;
     let as_of = parse_as_of(q.as_of.as_deref())?;
     Ok(Json(reminders::explain(&app, &key, as_of)?))
@@ -405,6 +428,7 @@ fn request<'a>(reason: &'a str, actor: &'a Option<String>) -> Request<'a> {
 
 async fn stop(
     State(app): State<Arc<App>>,
+    Query(NoQuery {}): Query<NoQuery>,
     JsonBody(b): JsonBody<StopBody>,
 ) -> Result<Json<FlagOutcome>, ApiError> {
     let key = parse_customer(&b.customer, "customer")?;
@@ -415,6 +439,7 @@ async fn stop(
 
 async fn unstop(
     State(app): State<Arc<App>>,
+    Query(NoQuery {}): Query<NoQuery>,
     JsonBody(b): JsonBody<StopBody>,
 ) -> Result<Json<FlagOutcome>, ApiError> {
     let key = parse_customer(&b.customer, "customer")?;
@@ -425,6 +450,7 @@ async fn unstop(
 
 async fn hold(
     State(app): State<Arc<App>>,
+    Query(NoQuery {}): Query<NoQuery>,
     JsonBody(b): JsonBody<HoldBody>,
 ) -> Result<Json<FlagOutcome>, ApiError> {
     let (conn, inv) = parse_invoice(&b.invoice)?;
@@ -435,6 +461,7 @@ async fn hold(
 
 async fn release(
     State(app): State<Arc<App>>,
+    Query(NoQuery {}): Query<NoQuery>,
     JsonBody(b): JsonBody<HoldBody>,
 ) -> Result<Json<FlagOutcome>, ApiError> {
     let (conn, inv) = parse_invoice(&b.invoice)?;

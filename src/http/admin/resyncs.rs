@@ -9,12 +9,17 @@
 //!   unless every customer is fine);
 //! - `POST /api/v1/resyncs/{id}/retry`: puts a failed job back in the queue.
 //!
+//! A request names at most
+//! [`MAX_CUSTOMERS_PER_REQUEST`](crate::exclusion::manual::MAX_CUSTOMERS_PER_REQUEST)
+//! customers.
+//!
 //! Handlers only read the store and call [`crate::resync`]; they never talk
 //! to an ERP.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -23,7 +28,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
-use crate::http::error::{ApiError, JsonBody, Query};
+use crate::exclusion::manual::check_list_len;
+use crate::http::error::{bad_path, ApiError, JsonBody, NoQuery, Query};
 use crate::model::CustomerKey;
 use crate::resync::progress::{self, Filter, JobView};
 use crate::resync::queue::{self, JobState, RetryError};
@@ -87,8 +93,10 @@ struct JobDetail {
 
 async fn show(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
+    Query(NoQuery {}): Query<NoQuery>,
 ) -> Result<Json<JobDetail>, ApiError> {
+    let Path(id) = id.map_err(bad_path)?;
     let id = parse_id(&id)?;
     let job = progress::view_of(&app, id)?
         .ok_or_else(|| ApiError::not_found(format!("no resync job {id}")))?;
@@ -151,6 +159,7 @@ fn names(items: &[String]) -> String {
 
 async fn create(
     State(app): State<Arc<App>>,
+    Query(NoQuery {}): Query<NoQuery>,
     JsonBody(req): JsonBody<CreateRequest>,
 ) -> Result<Response, ApiError> {
     if req.customers.is_empty() {
@@ -158,6 +167,7 @@ async fn create(
             "`customers` must name at least one customer as CONNECTOR:ID, e.g. demo:C00042",
         ));
     }
+    check_list_len(req.customers.len()).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let reason = match req.reason.as_deref().map(str::trim) {
         None | Some("") => "on demand".to_string(),
         Some(r) if r.chars().count() > MAX_REASON_CHARS => {
@@ -169,12 +179,15 @@ async fn create(
     };
     let mut bad = Vec::new();
     let mut by_connector: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut seen: HashSet<CustomerKey> = HashSet::with_capacity(req.customers.len());
     for s in &req.customers {
         match CustomerKey::parse(s) {
             Ok(k) => {
-                let ids = by_connector.entry(k.connector).or_default();
-                if !ids.contains(&k.external_id) {
-                    ids.push(k.external_id);
+                if seen.insert(k.clone()) {
+                    by_connector
+                        .entry(k.connector)
+                        .or_default()
+                        .push(k.external_id);
                 }
             }
             Err(_) => bad.push(format!("`{s}`")),
@@ -201,9 +214,13 @@ async fn create(
     }
     let now = chrono::Utc::now();
     // Checked and queued in one write, so a customer excluded concurrently
-    // is either refused here or removed from the job by its exclusion.
-    let outcome = app
-        .store
+    // is either refused here or removed from the job by its exclusion. Up to
+    // thousands of customers: on a blocking thread.
+    let app2 = Arc::clone(&app);
+    let reason2 = reason.clone();
+    let outcome = crate::http::blocking_async(move || async move {
+        let reason = reason2;
+        app2.store
         .write(|tx| {
             let mut unknown = Vec::new();
             let mut excluded = Vec::new();
@@ -259,7 +276,9 @@ async fn create(
             }
             Ok(Ok(created))
         })
-        .await??;
+        .await
+    })
+    .await???;
     if outcome.jobs.is_empty() {
         return Ok((StatusCode::OK, Json(outcome)).into_response());
     }
@@ -272,8 +291,10 @@ async fn create(
 
 async fn retry(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
+    Query(NoQuery {}): Query<NoQuery>,
 ) -> Result<Json<JobView>, ApiError> {
+    let Path(id) = id.map_err(bad_path)?;
     let id = parse_id(&id)?;
     app.store
         .write(|tx| queue::retry(tx, id))
