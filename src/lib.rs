@@ -25,6 +25,7 @@ pub mod config;
 pub mod connectors;
 pub mod daemon;
 pub mod exclusion;
+pub mod export;
 pub mod http;
 pub mod model;
 pub mod reload;

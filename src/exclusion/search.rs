@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Policy;
-use crate::http::csv_safe;
+use crate::export::csv_safe;
 use crate::model::{CustomerKey, ExclusionSource, ManualAction, ManualDecision, Timestamp};
 use crate::store::{Result, Store, StoredCustomer};
 

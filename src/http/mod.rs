@@ -16,7 +16,6 @@ pub mod error;
 pub mod status;
 
 use std::any::Any;
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Request};
@@ -138,16 +137,7 @@ where
     blocking(move || tokio::runtime::Handle::current().block_on(f())).await
 }
 
-/// A CSV cell that a spreadsheet will not run as a formula: a cell starting
-/// with `=`, `+`, `-`, `@`, tab or carriage return gets a leading `'`
-/// (OWASP "CSV injection"). For text cells only: a negative amount must stay
-/// a number.
-pub fn csv_safe(cell: &str) -> Cow<'_, str> {
-    match cell.as_bytes().first() {
-        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => Cow::Owned(format!("'{cell}")),
-        _ => Cow::Borrowed(cell),
-    }
-}
+pub use crate::export::csv_safe;
 
 /// The admin API. Each feature module adds its routes here.
 fn api_routes() -> Router<Arc<App>> {
@@ -194,7 +184,10 @@ mod tests {
             "demo:C1",
             "x@example.com",
         ] {
-            assert!(matches!(csv_safe(ok), Cow::Borrowed(_)), "{ok:?}");
+            assert!(
+                matches!(csv_safe(ok), std::borrow::Cow::Borrowed(_)),
+                "{ok:?}"
+            );
             assert_eq!(csv_safe(ok), ok);
         }
     }
