@@ -230,7 +230,7 @@ fn valid_rule_id(id: &str) -> bool {
 
 /// Bounds of `rate_limit.requests_per_second`.
 const MIN_RATE: f64 = 0.001;
-const MAX_RATE: f64 = 100_000.0;
+const MAX_RATE: f64 = 1_000_000.0;
 
 fn valid_connector_id(id: &str) -> bool {
     !id.is_empty()
