@@ -173,6 +173,11 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
     }
 }
 
+/// Escapes a value for a URL path segment or query value.
+pub fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
 /// Prints rows as an aligned text table.
 pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();

@@ -11,10 +11,9 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Context as _};
 use clap::Subcommand;
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
 
-use super::client::{cell, print_table, ApiClient};
+use super::client::{cell, enc, print_table, ApiClient};
 use super::{ConfigArg, OutputArgs};
 use crate::config;
 
@@ -126,10 +125,6 @@ pub enum RulesCmd {
         #[command(flatten)]
         out: OutputArgs,
     },
-}
-
-fn enc(s: &str) -> String {
-    utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
 }
 
 fn actor() -> String {

@@ -4,10 +4,9 @@
 //! They only format requests and answers; every decision is the daemon's.
 
 use anyhow::bail;
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
 
-use super::client::{cell, print_table, ApiClient};
+use super::client::{cell, enc, print_table, ApiClient};
 use super::{Command, ConfigArg};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -84,10 +83,6 @@ pub struct CandidatesArgs {
     pub json: bool,
     #[command(flatten)]
     pub config: ConfigArg,
-}
-
-fn enc(s: &str) -> String {
-    utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
 }
 
 fn default_actor() -> String {

@@ -10,7 +10,7 @@ use clap::Subcommand;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 
-use super::client::{cell, print_table, ApiClient};
+use super::client::{cell, enc, print_table, ApiClient};
 use super::{ConfigArg, OutputArgs};
 use crate::model::CustomerKey;
 
@@ -87,7 +87,7 @@ pub async fn run(cmd: ResyncsCommand) -> anyhow::Result<()> {
         ResyncsCommand::List { config, out, state } => {
             let c = ApiClient::from_args(&config)?;
             let path = match &state {
-                Some(s) => format!("/api/v1/resyncs?state={}", query_escape(s)),
+                Some(s) => format!("/api/v1/resyncs?state={}", enc(s)),
                 None => "/api/v1/resyncs".to_string(),
             };
             let v = c.get_json(&path).await?;
@@ -174,10 +174,6 @@ pub async fn resync(a: ResyncArgs) -> anyhow::Result<()> {
         watch(&c, Duration::from_secs(1), &created).await?;
     }
     Ok(())
-}
-
-fn query_escape(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// `1h02m`, `3m05s`, `42s`.

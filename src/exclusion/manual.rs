@@ -214,16 +214,13 @@ fn audit_decision(
     actor: &Actor,
     reason: &str,
 ) -> crate::store::Result<()> {
-    tx.audit(AuditEntry {
-        seq: 0,
-        at: actor.at,
-        customer: key.clone(),
-        action: action.into(),
-        actor: actor.name.clone(),
-        reason: reason.to_string(),
-        from: None,
-        to: None,
-    })?;
+    tx.audit(AuditEntry::action(
+        actor.at,
+        key.clone(),
+        action,
+        actor.name.clone(),
+        reason,
+    ))?;
     Ok(())
 }
 

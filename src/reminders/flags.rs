@@ -147,16 +147,7 @@ pub async fn stop(
                 at: req.now,
             };
             tx.put_value(ns::STOP, &stop_parts(key), &flag);
-            tx.audit(AuditEntry {
-                seq: 0,
-                at: req.now,
-                customer: key.clone(),
-                action: "stop".into(),
-                actor,
-                reason,
-                from: None,
-                to: None,
-            })?;
+            tx.audit(AuditEntry::action(req.now, key.clone(), "stop", actor, reason))?;
             Ok(Ok(FlagOutcome {
                 customer: key.to_string(),
                 invoice: None,
@@ -195,16 +186,13 @@ pub async fn unstop(
                 }));
             }
             tx.delete_value(ns::STOP, &stop_parts(key));
-            tx.audit(AuditEntry {
-                seq: 0,
-                at: req.now,
-                customer: key.clone(),
-                action: "unstop".into(),
+            tx.audit(AuditEntry::action(
+                req.now,
+                key.clone(),
+                "unstop",
                 actor,
                 reason,
-                from: None,
-                to: None,
-            })?;
+            ))?;
             Ok(Ok(FlagOutcome {
                 customer: key.to_string(),
                 invoice: None,
@@ -258,16 +246,7 @@ pub async fn hold(
                     at: req.now,
                 },
             );
-            tx.audit(AuditEntry {
-                seq: 0,
-                at: req.now,
-                customer: customer.clone(),
-                action: "hold".into(),
-                actor,
-                reason: format!("invoice {invoice}: {reason}"),
-                from: None,
-                to: None,
-            })?;
+            tx.audit(AuditEntry::action(req.now, customer.clone(), "hold", actor, format!("invoice {invoice}: {reason}")))?;
             Ok(Ok(FlagOutcome {
                 customer: customer.to_string(),
                 invoice: Some(invoice_ref.clone()),
@@ -310,16 +289,7 @@ pub async fn release(
             };
             let customer = CustomerKey::new(connector, &flag.customer_id);
             tx.delete_value(ns::HOLD, &hold_parts(connector, invoice));
-            tx.audit(AuditEntry {
-                seq: 0,
-                at: req.now,
-                customer: customer.clone(),
-                action: "release".into(),
-                actor,
-                reason: format!("invoice {invoice}: {reason}"),
-                from: None,
-                to: None,
-            })?;
+            tx.audit(AuditEntry::action(req.now, customer.clone(), "release", actor, format!("invoice {invoice}: {reason}")))?;
             Ok(Ok(FlagOutcome {
                 customer: customer.to_string(),
                 invoice: Some(invoice_ref.clone()),

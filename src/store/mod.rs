@@ -61,6 +61,30 @@ pub struct StoredCustomer {
     pub first_seen: Timestamp,
 }
 
+impl AuditEntry {
+    /// An admin action on a customer that does not change its classification
+    /// (a manual decision, a STOP flag, a hold); `seq` is assigned by
+    /// [`Tx::audit`].
+    pub fn action(
+        at: Timestamp,
+        customer: CustomerKey,
+        action: &str,
+        actor: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        AuditEntry {
+            seq: 0,
+            at,
+            customer,
+            action: action.to_string(),
+            actor: actor.into(),
+            reason: reason.into(),
+            from: None,
+            to: None,
+        }
+    }
+}
+
 impl StoredCustomer {
     pub fn key(&self) -> CustomerKey {
         CustomerKey::new(&self.connector, &self.customer.external_id)
