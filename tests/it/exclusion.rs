@@ -16,7 +16,7 @@ use erpsync::store::{Store, StoredCustomer};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
-use crate::support::{small_demo, InProcess, Setup, TOKEN};
+use crate::support::{admin_endpoints, small_demo, InProcess, Setup, TOKEN};
 
 const TEST_ACCOUNTS_RULE: &str = r#"
 [[rules]]
@@ -839,45 +839,6 @@ async fn a_customer_excluded_before_its_first_sync_never_has_data_stored() {
         .all(|(_, r)| r.customer_id() != fresh.external_id));
     assert_eq!(store.parked_count("demo").unwrap(), 0);
     d.stop().await;
-}
-
-/// Every admin endpoint, with a body that would change something.
-fn admin_endpoints(key: &str, id: &str) -> Vec<(&'static str, String, Option<Value>)> {
-    vec![
-        ("GET", "/api/v1/status".into(), None),
-        ("GET", format!("/api/v1/customers?q={id}"), None),
-        ("GET", format!("/api/v1/customers/demo/{id}"), None),
-        ("GET", format!("/api/v1/customers/demo/{id}/explain"), None),
-        (
-            "DELETE",
-            format!("/api/v1/customers/demo/{id}/decision"),
-            None,
-        ),
-        (
-            "POST",
-            "/api/v1/exclusions".into(),
-            Some(json!({"customers": [key], "reason": "x"})),
-        ),
-        (
-            "POST",
-            "/api/v1/exclusions/mass".into(),
-            Some(json!({"q": id, "reason": "x", "confirm": 1})),
-        ),
-        (
-            "POST",
-            "/api/v1/reinclusions".into(),
-            Some(json!({"customers": [key]})),
-        ),
-        ("GET", "/api/v1/excluded".into(), None),
-        ("GET", "/api/v1/excluded.csv".into(), None),
-        ("GET", "/api/v1/audit".into(), None),
-        (
-            "POST",
-            "/api/v1/rules/preview".into(),
-            Some(json!({"rules": []})),
-        ),
-        ("POST", "/api/v1/reload".into(), None),
-    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ use crate::exclusion::{
     config_path, error_of, get_text, included_with_records, rule_toml, snapshot,
 };
 use crate::reminders::demo_reminders;
-use crate::support::{small_demo, InProcess, TOKEN};
+use crate::support::{admin_endpoints, small_demo, InProcess, TOKEN};
 
 /// A request with a raw `Authorization` header (or none); the status, the
 /// content type and the body as JSON (or a JSON string).
@@ -133,76 +133,14 @@ async fn customer_lists_are_capped_per_request_and_duplicates_cost_nothing() {
 
 /// Every endpoint, with what it needs to do something.
 fn endpoints(k: &str, id: &str) -> Vec<(&'static str, String, Option<Value>)> {
-    let c = "/api/v1/customers";
-    let r = "/api/v1/reminders";
-    vec![
+    let mut all = vec![
         ("GET", "/healthz".into(), None),
         ("GET", "/readyz".into(), None),
         ("GET", "/status".into(), None),
         ("GET", "/metrics".into(), None),
-        ("GET", "/api/v1/status".into(), None),
-        ("GET", format!("{c}?q={id}"), None),
-        ("GET", format!("{c}/demo/{id}"), None),
-        ("GET", format!("{c}/demo/{id}/explain"), None),
-        ("DELETE", format!("{c}/demo/{id}/decision"), None),
-        (
-            "POST",
-            "/api/v1/exclusions".into(),
-            Some(json!({"customers": [k], "reason": "x"})),
-        ),
-        (
-            "POST",
-            "/api/v1/exclusions/mass".into(),
-            Some(json!({"q": id, "reason": "x", "confirm": 1})),
-        ),
-        (
-            "POST",
-            "/api/v1/reinclusions".into(),
-            Some(json!({"customers": [k]})),
-        ),
-        ("GET", "/api/v1/excluded".into(), None),
-        ("GET", "/api/v1/excluded.csv".into(), None),
-        ("GET", "/api/v1/audit".into(), None),
-        (
-            "POST",
-            "/api/v1/rules/preview".into(),
-            Some(json!({"rules": []})),
-        ),
-        ("POST", "/api/v1/reload".into(), None),
-        ("GET", "/api/v1/resyncs".into(), None),
-        (
-            "POST",
-            "/api/v1/resyncs".into(),
-            Some(json!({"customers": [k]})),
-        ),
-        ("GET", "/api/v1/resyncs/1".into(), None),
-        ("POST", "/api/v1/resyncs/1/retry".into(), None),
-        ("GET", format!("{r}/candidates"), None),
-        ("GET", format!("{r}/candidates.csv"), None),
-        ("GET", format!("{r}/customers/{k}"), None),
-        (
-            "POST",
-            format!("{r}/stop"),
-            Some(json!({"customer": k, "reason": "x"})),
-        ),
-        (
-            "POST",
-            format!("{r}/unstop"),
-            Some(json!({"customer": k, "reason": "x"})),
-        ),
-        (
-            "POST",
-            format!("{r}/hold"),
-            Some(json!({"invoice": "demo:INV000001", "reason": "x"})),
-        ),
-        (
-            "POST",
-            format!("{r}/release"),
-            Some(json!({"invoice": "demo:INV000001", "reason": "x"})),
-        ),
-        ("GET", format!("{r}/stops"), None),
-        ("GET", format!("{r}/holds"), None),
-    ]
+    ];
+    all.extend(admin_endpoints(k, id));
+    all
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use erpsync::app::{App, ConnectorHandle};
 use erpsync::connectors::demo::{DemoConnector, DemoErp, DemoOptions};
 use erpsync::connectors::Budget;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 pub const TOKEN: &str = "test-admin-token";
 
@@ -425,4 +425,75 @@ rate_limit = {{ requests_per_second = 5000, burst = 5000, max_concurrency = 4 }}
             .await
             .unwrap()
     }
+}
+
+/// Every `/api/v1` endpoint, with what it needs to do something: for tests
+/// that must cover the whole admin API (token refusal, query checks).
+pub fn admin_endpoints(k: &str, id: &str) -> Vec<(&'static str, String, Option<Value>)> {
+    let c = "/api/v1/customers";
+    let r = "/api/v1/reminders";
+    vec![
+        ("GET", "/api/v1/status".into(), None),
+        ("GET", format!("{c}?q={id}"), None),
+        ("GET", format!("{c}/demo/{id}"), None),
+        ("GET", format!("{c}/demo/{id}/explain"), None),
+        ("DELETE", format!("{c}/demo/{id}/decision"), None),
+        (
+            "POST",
+            "/api/v1/exclusions".into(),
+            Some(json!({"customers": [k], "reason": "x"})),
+        ),
+        (
+            "POST",
+            "/api/v1/exclusions/mass".into(),
+            Some(json!({"q": id, "reason": "x", "confirm": 1})),
+        ),
+        (
+            "POST",
+            "/api/v1/reinclusions".into(),
+            Some(json!({"customers": [k]})),
+        ),
+        ("GET", "/api/v1/excluded".into(), None),
+        ("GET", "/api/v1/excluded.csv".into(), None),
+        ("GET", "/api/v1/audit".into(), None),
+        (
+            "POST",
+            "/api/v1/rules/preview".into(),
+            Some(json!({"rules": []})),
+        ),
+        ("POST", "/api/v1/reload".into(), None),
+        ("GET", "/api/v1/resyncs".into(), None),
+        (
+            "POST",
+            "/api/v1/resyncs".into(),
+            Some(json!({"customers": [k]})),
+        ),
+        ("GET", "/api/v1/resyncs/1".into(), None),
+        ("POST", "/api/v1/resyncs/1/retry".into(), None),
+        ("GET", format!("{r}/candidates"), None),
+        ("GET", format!("{r}/candidates.csv"), None),
+        ("GET", format!("{r}/customers/{k}"), None),
+        (
+            "POST",
+            format!("{r}/stop"),
+            Some(json!({"customer": k, "reason": "x"})),
+        ),
+        (
+            "POST",
+            format!("{r}/unstop"),
+            Some(json!({"customer": k, "reason": "x"})),
+        ),
+        (
+            "POST",
+            format!("{r}/hold"),
+            Some(json!({"invoice": "demo:INV000001", "reason": "x"})),
+        ),
+        (
+            "POST",
+            format!("{r}/release"),
+            Some(json!({"invoice": "demo:INV000001", "reason": "x"})),
+        ),
+        ("GET", format!("{r}/stops"), None),
+        ("GET", format!("{r}/holds"), None),
+    ]
 }
