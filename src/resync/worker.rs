@@ -31,6 +31,9 @@ use crate::connectors::{ConnectorError, Cursor, Page};
 use crate::model::{Entity, Record};
 use crate::store::StoreError;
 use crate::sync::ingest::{self, Ingest};
+// A batch fails the way a poll pass does: an upstream error for one
+// entity stream, or a store error.
+use crate::sync::SyncError as BatchError;
 
 use super::queue::{self, Batch, PageCommit};
 
@@ -41,17 +44,6 @@ pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How long the worker waits after a store error before trying again.
 const ERROR_PAUSE: Duration = Duration::from_secs(5);
-
-#[derive(Debug, thiserror::Error)]
-enum BatchError {
-    #[error("{entity}: {source}")]
-    Connector {
-        entity: Entity,
-        source: ConnectorError,
-    },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
 
 /// Runs the resync worker of one connector until shutdown.
 pub async fn run(app: Arc<App>, h: Arc<ConnectorHandle>) {
