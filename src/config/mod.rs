@@ -576,11 +576,7 @@ fn compile(
                 condition,
             }),
             Err(e) => {
-                let path = if e.path.is_empty() {
-                    "when".to_string()
-                } else {
-                    format!("when.{}", e.path)
-                };
+                let path = e.key_under("when");
                 push(
                     at(r.when.span()),
                     &format!("{k}.{path}"),

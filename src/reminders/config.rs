@@ -229,11 +229,7 @@ pub fn compile(text: &str) -> Result<RemindersConfig, Vec<Problem>> {
                 condition,
             }),
             Err(e) => {
-                let path = if e.path.is_empty() {
-                    "when".to_string()
-                } else {
-                    format!("when.{}", e.path)
-                };
+                let path = e.key_under("when");
                 push(
                     Some(s.when.span()),
                     key(&path),

@@ -58,6 +58,17 @@ pub struct ConditionError {
 }
 
 impl ConditionError {
+    /// The error's place as a config key under `root` (e.g. `when.any[1].op`).
+    pub fn key_under(&self, root: &str) -> String {
+        if self.path.is_empty() {
+            root.to_string()
+        } else {
+            format!("{root}.{}", self.path)
+        }
+    }
+}
+
+impl ConditionError {
     fn new(path: &Path, message: impl Into<String>) -> Self {
         ConditionError {
             path: path.to_string(),
