@@ -48,7 +48,10 @@ pub async fn sync(a: SyncArgs) -> anyhow::Result<()> {
     let c = ApiClient::from_args(&a.config)?;
     let path = format!("/api/v1/connectors/{}/sync", enc(&a.connector));
     let Some((status, v)) = c.call(reqwest::Method::POST, &path, None).await? else {
-        bail!("cannot reach erpsync at {} (is the daemon running?)", c.base());
+        bail!(
+            "cannot reach erpsync at {} (is the daemon running?)",
+            c.base()
+        );
     };
     let msg = v.get("error").and_then(Value::as_str).unwrap_or_default();
     match status.as_u16() {
@@ -115,6 +118,8 @@ pub async fn connect(a: ConnectArgs) -> anyhow::Result<()> {
             // The daemon is not running: write the store directly. Its lock
             // refuses this if a daemon holds it after all.
             let dir = &cfg.daemon.state_dir;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create state_dir {}", dir.display()))?;
             let store = match Store::open_with_cache(dir, 8) {
                 Ok(s) => Arc::new(s),
                 Err(StoreError::Locked { .. }) => bail!(

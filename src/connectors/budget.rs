@@ -653,12 +653,19 @@ mod tests {
         };
         assert_eq!(calls.load(Ordering::SeqCst), 3, "nothing sent while parked");
         let ahead = resumes_at - before;
-        assert!(ahead >= chrono::TimeDelta::hours(24) && ahead <= chrono::TimeDelta::minutes(24 * 60 + 2), "{ahead}");
+        assert!(
+            ahead >= chrono::TimeDelta::hours(24)
+                && ahead <= chrono::TimeDelta::minutes(24 * 60 + 2),
+            "{ahead}"
+        );
         assert_eq!(b.parked_until(), Some(resumes_at));
         assert_eq!(b.stats().requests_last_24h, 3);
         // Parked calls fail at once, again and again, without a request.
         tokio::time::advance(Duration::from_secs(23 * 3600)).await;
-        assert!(matches!(ok_call(&b, &calls).await, Err(ConnectorError::QuotaExhausted { .. })));
+        assert!(matches!(
+            ok_call(&b, &calls).await,
+            Err(ConnectorError::QuotaExhausted { .. })
+        ));
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         // A day later the quota is back.
         tokio::time::advance(Duration::from_secs(3600 + 120)).await;
@@ -680,7 +687,10 @@ mod tests {
                 })
             })
             .await;
-        assert!(matches!(r, Err(ConnectorError::QuotaExhausted { .. })), "{r:?}");
+        assert!(
+            matches!(r, Err(ConnectorError::QuotaExhausted { .. })),
+            "{r:?}"
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 1, "not retried early");
         assert_eq!(b.stats().rate_limited, 1);
         assert!(b.stats().parked_until.is_some());
@@ -723,7 +733,10 @@ mod tests {
             remaining: 0,
             resets_in: Some(Duration::from_secs(600)),
         });
-        assert!(matches!(ok_call(&b, &calls).await, Err(ConnectorError::QuotaExhausted { .. })));
+        assert!(matches!(
+            ok_call(&b, &calls).await,
+            Err(ConnectorError::QuotaExhausted { .. })
+        ));
         assert_eq!(calls.load(Ordering::SeqCst), 0);
         tokio::time::advance(Duration::from_secs(601)).await;
         ok_call(&b, &calls).await.unwrap();
@@ -749,7 +762,11 @@ mod tests {
         for _ in 0..4 {
             ok_call(&b, &calls).await.unwrap();
         }
-        assert!(start.elapsed() >= Duration::from_secs(200), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_secs(200),
+            "{:?}",
+            start.elapsed()
+        );
         assert_eq!(b.stats().erp_daily_remaining, Some(0));
     }
 

@@ -43,11 +43,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use super::oauth::{OAuthClient, OAuthOptions};
 use super::{
     Budget, BuildContext, Connector, ConnectorError, ConnectorKind, Cursor, Lane, NativeExclusion,
     Page, NATIVE_INACTIVE, NATIVE_INTERCOMPANY,
 };
-use super::oauth::{OAuthClient, OAuthOptions};
 use super::{QuotaReport, QuotaWindow};
 use crate::config::{duration, OptionsCheck};
 use crate::model::{Customer, Entity, Record, Timestamp};
@@ -155,7 +155,9 @@ impl DemoOptions {
                 problems.push((key, format!("must be at most {max} (got {value})")));
             }
         }
-        if let Err(e) = duration::parse_within(&self.quota_window, Duration::from_secs(1), duration::MAX) {
+        if let Err(e) =
+            duration::parse_within(&self.quota_window, Duration::from_secs(1), duration::MAX)
+        {
             problems.push(("quota_window", e));
         }
         if self.latency_ms > 60_000 {
@@ -197,8 +199,8 @@ impl ConnectorKind for Demo {
         let mut c = build(options, cx.budget);
         c.oauth = oauth;
         if options.daily_quota > 0 {
-            let window = duration::parse(&options.quota_window)
-                .map_err(|e| format!("quota_window: {e}"))?;
+            let window =
+                duration::parse(&options.quota_window).map_err(|e| format!("quota_window: {e}"))?;
             c.quota = Some(Mutex::new(SimulatedQuota {
                 limit: options.daily_quota,
                 window,
@@ -277,7 +279,11 @@ impl DemoConnector {
         let mut q = q.lock().expect("poisoned");
         let now = tokio::time::Instant::now();
         let window = q.window;
-        while q.sent.front().is_some_and(|t| now.duration_since(*t) >= window) {
+        while q
+            .sent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
             q.sent.pop_front();
         }
         if q.sent.len() as u64 >= q.limit {
