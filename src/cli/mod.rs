@@ -5,6 +5,7 @@
 //! the listen address and admin token from the same config file.
 
 pub mod client;
+pub mod connectors;
 pub mod exclusions;
 pub mod reminders;
 pub mod resyncs;
@@ -16,7 +17,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, EX_CONFIG};
 
-pub const DEFAULT_CONFIG: &str = "/etc/erpsync/erpsync.toml";
+pub use crate::config::DEFAULT_FILE as DEFAULT_CONFIG;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -81,6 +82,12 @@ pub enum Command {
     },
     /// Fetch the full history of included customers again (CONNECTOR:ID...).
     Resync(resyncs::ResyncArgs),
+    /// Start a poll pass of a connector now (or say one is running).
+    Sync(connectors::SyncArgs),
+    /// Load the OAuth 2.0 refresh token of a connector (first set-up, or
+    /// after it shows `needs_reconnect`); works with the daemon running or
+    /// stopped.
+    Connect(connectors::ConnectArgs),
 }
 
 /// Parses arguments, runs the command and maps errors to exit codes.
@@ -88,7 +95,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(a) => run_daemon(&a.config),
-        Command::CheckConfig(a) => match config::load(&a.config) {
+        Command::CheckConfig(a) => match config::load(&a.config, &crate::connectors::REGISTRY) {
             Ok(c) => {
                 print!("{}", c.summary());
                 ExitCode::SUCCESS
@@ -134,7 +141,7 @@ fn init_logging(default_filter: &str) {
 }
 
 fn run_daemon(path: &std::path::Path) -> ExitCode {
-    let cfg = match config::load(path) {
+    let cfg = match config::load(path, &crate::connectors::REGISTRY) {
         Ok(c) => c,
         Err(e) => {
             eprint!("{e}");

@@ -58,6 +58,9 @@ pub struct ConnectorReport {
     pub parked_records: u64,
     pub customers: ClassificationCounts,
     pub requests: BudgetStats,
+    /// OAuth 2.0 state of connectors that use it (never a token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::connectors::oauth::AuthStatus>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -95,6 +98,7 @@ pub fn build_status(app: &App) -> Result<Status, crate::store::StoreError> {
             parked_records: app.store.parked_count(&h.id)?,
             customers: counts,
             requests: h.budget.stats(),
+            auth: h.connector.oauth().map(|o| o.status()),
         });
     }
     let mut resync = ResyncSummary::default();
@@ -190,7 +194,21 @@ pub async fn metrics(
     let mut last_success = Vec::new();
     let mut parked = Vec::new();
     let mut overrides = Vec::new();
+    let mut last_24h = Vec::new();
+    let mut parked_gauge = Vec::new();
+    let mut reconnect = Vec::new();
     for c in &s.connectors {
+        last_24h.push((lbl(&c.id, &[]), c.requests.requests_last_24h as f64));
+        parked_gauge.push((
+            lbl(&c.id, &[]),
+            f64::from(u8::from(c.requests.parked_until.is_some())),
+        ));
+        reconnect.push((
+            lbl(&c.id, &[]),
+            f64::from(u8::from(
+                c.worker.state == crate::app::WorkerState::NeedsReconnect,
+            )),
+        ));
         customers.push((
             lbl(&c.id, &[("state", "included")]),
             c.customers.included as f64,
@@ -307,6 +325,27 @@ pub async fn metrics(
         "counter",
         "Upstream answers asking to slow down.",
         throttled,
+    );
+    fam(
+        &mut text,
+        "erpsync_upstream_requests_last_24h",
+        "gauge",
+        "Requests sent in the last 24 hours (counted when a daily quota is set).",
+        last_24h,
+    );
+    fam(
+        &mut text,
+        "erpsync_connector_quota_parked",
+        "gauge",
+        "1 while the connector's requests are parked until its daily quota resets.",
+        parked_gauge,
+    );
+    fam(
+        &mut text,
+        "erpsync_connector_needs_reconnect",
+        "gauge",
+        "1 while the connector's refresh token was refused and `erpsync connect` is needed.",
+        reconnect,
     );
     fam(
         &mut text,
