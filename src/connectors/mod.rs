@@ -18,6 +18,7 @@ pub mod demo;
 pub mod netsuite;
 pub mod oauth;
 pub mod registry;
+pub mod xero;
 
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ pub use registry::{BuildContext, ConnectorKind, Registry};
 
 /// Every connector kind this build knows. Adding an ERP is its folder plus
 /// one line here.
-pub static REGISTRY: Registry = Registry::new(&[&demo::Demo, &netsuite::Netsuite]);
+pub static REGISTRY: Registry = Registry::new(&[&demo::Demo, &netsuite::Netsuite, &xero::Xero]);
 
 /// A connector's position in one upstream stream. Opaque to everything but the
 /// connector that made it; the store persists it next to the data it covers.

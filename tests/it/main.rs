@@ -14,3 +14,5 @@ mod platform;
 mod reminders;
 mod resync;
 mod support;
+mod xero;
+mod xero_mock;
