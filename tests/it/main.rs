@@ -15,4 +15,5 @@ mod reminders;
 mod resync;
 mod support;
 mod xero;
+mod xero_daemon;
 mod xero_mock;
