@@ -1993,27 +1993,23 @@ async fn answer(s: &Arc<Shared>, ep: Ep, headers: &HeaderMap, uri: &Uri) -> Resp
         .into_response()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn where_clauses_parse_and_match() {
-        let e = parse_where(
-            r#"PaymentType=="ACCRECPAYMENT" AND (Invoice.Contact.ContactID==Guid("0C0FFEE0-0000-4000-8000-00000000BEEF") OR Status!="DELETED")"#,
-        )
-        .unwrap();
-        let get = |f: &str| match f {
-            "PaymentType" => Some(FieldValue::Str("ACCRECPAYMENT".into())),
-            "Invoice.Contact.ContactID" => Some(FieldValue::Guid(
-                "0c0ffee0-0000-4000-8000-00000000beef".into(),
-            )),
-            "Status" => Some(FieldValue::Str("DELETED".into())),
-            _ => None,
-        };
-        assert!(matches(&e, &get));
-        assert!(parse_where(r#"Type=="ACCREC" AND"#).is_err());
-        assert!(parse_where(r#"Type="ACCREC""#).is_err());
-        assert!(parse_where(r#"Contact.ContactID==Guid("nope")"#).is_err());
-    }
+/// The mock's own `where` parser.
+#[test]
+fn mock_where_clauses_parse_and_match() {
+    let e = parse_where(
+        r#"PaymentType=="ACCRECPAYMENT" AND (Invoice.Contact.ContactID==Guid("0C0FFEE0-0000-4000-8000-00000000BEEF") OR Status!="DELETED")"#,
+    )
+    .unwrap();
+    let get = |f: &str| match f {
+        "PaymentType" => Some(FieldValue::Str("ACCRECPAYMENT".into())),
+        "Invoice.Contact.ContactID" => Some(FieldValue::Guid(
+            "0c0ffee0-0000-4000-8000-00000000beef".into(),
+        )),
+        "Status" => Some(FieldValue::Str("DELETED".into())),
+        _ => None,
+    };
+    assert!(matches(&e, &get));
+    assert!(parse_where(r#"Type=="ACCREC" AND"#).is_err());
+    assert!(parse_where(r#"Type="ACCREC""#).is_err());
+    assert!(parse_where(r#"Contact.ContactID==Guid("nope")"#).is_err());
 }
