@@ -374,7 +374,13 @@ impl XeroConnector {
             .await?;
         let more = query::has_more(&env, self.page_size);
         let mapped = map(&env.records);
-        let next = query::advance(pos, mapped.max_updated, more);
+        if !mapped.in_order {
+            tracing::warn!(
+                endpoint = ep.name(),
+                "Xero answered out of UpdatedDateUTC order; paging by page number"
+            );
+        }
+        let next = query::advance(pos, mapped.max_updated, mapped.in_order, more);
         if mapped.skipped > 0 {
             tracing::debug!(
                 endpoint = ep.name(),
@@ -487,7 +493,7 @@ fn classify_failure(status: u16, refusal: Option<Refusal>, body: &[u8]) -> Conne
             "{TENANT_REFUSED} (HTTP 403 {text}): tenant_id is wrong or the organisation was disconnected from this app"
         )),
         (403, _) => ConnectorError::Auth(format!(
-            "Xero refused the request (HTTP 403 {text}); check the app's scopes (accounting.contacts.read, accounting.transactions.read)"
+            "Xero refused the request (HTTP 403 {text}); check the scopes the connection was granted: accounting.contacts.read with accounting.invoices.read and accounting.payments.read (or accounting.transactions.read for apps created before March 2026)"
         )),
         (400..=499, _) => ConnectorError::Rejected {
             status,

@@ -16,6 +16,8 @@
 //!   unread. The records of the last second repeat (ingest is idempotent).
 //! - more pages follow but the whole page lies within the second after
 //!   `since` (a bulk change): the next page number is read instead.
+//! - the page is not in `UpdatedDateUTC` order (the order was not
+//!   honoured): the next page number, so nothing earlier is skipped.
 //! - no more pages: the stream is caught up; the next pass starts at
 //!   `floor(M) - 1 s`, so a record written in the same second as `M` but
 //!   after this read is still found (and the boundary records repeat).
@@ -188,12 +190,20 @@ fn boundary(t: Timestamp) -> Timestamp {
 }
 
 /// The position after reading `pos`, whose records' latest modification was
-/// `max_updated`, and whether more pages follow (see the module docs).
-pub fn advance(pos: &Position, max_updated: Option<Timestamp>, more: bool) -> Position {
+/// `max_updated`, whether they came in `UpdatedDateUTC` order, and whether
+/// more pages follow (see the module docs). Out of order, an earlier record
+/// could still be on a later page: the next page number is read instead,
+/// never a later `since`.
+pub fn advance(
+    pos: &Position,
+    max_updated: Option<Timestamp>,
+    in_order: bool,
+    more: bool,
+) -> Position {
     let candidate = max_updated.map(boundary);
     if more {
         match candidate {
-            Some(c) if pos.since.is_none_or(|s| c > s) => Position {
+            Some(c) if in_order && pos.since.is_none_or(|s| c > s) => Position {
                 since: Some(c),
                 page: 1,
             },

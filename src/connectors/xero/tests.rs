@@ -470,6 +470,7 @@ fn a_page_maps_records_one_by_one_and_quarantines_the_bad_ones() {
     assert!(page.quarantined[1].reason.starts_with("unreadable record:"));
     // Every record's time counts for the cursor, the bad ones too.
     assert_eq!(page.max_updated, Some(ts("2025-03-05T12:04:50.160Z")));
+    assert!(!page.in_order, "2025, then 2022");
 
     // Contacts never keep personal fields in quarantine.
     let body = format!(
@@ -581,7 +582,7 @@ fn positions_advance_by_time_and_by_page_within_one_second() {
     let start = Position::default();
     // From the beginning: a full page moves `since` to the second before
     // the latest record.
-    let p = advance(&start, Some(ts("2026-01-05T10:00:07.250Z")), true);
+    let p = advance(&start, Some(ts("2026-01-05T10:00:07.250Z")), true, true);
     assert_eq!(
         p,
         Position {
@@ -590,11 +591,11 @@ fn positions_advance_by_time_and_by_page_within_one_second() {
         }
     );
     // Further on.
-    let p2 = advance(&p, Some(ts("2026-01-05T10:00:09.001Z")), true);
+    let p2 = advance(&p, Some(ts("2026-01-05T10:00:09.001Z")), true, true);
     assert_eq!(p2.since, Some(ts("2026-01-05T10:00:08Z")));
     assert_eq!(p2.page, 1);
     // A whole page within the second after `since`: the next page number.
-    let p3 = advance(&p2, Some(ts("2026-01-05T10:00:09.999Z")), true);
+    let p3 = advance(&p2, Some(ts("2026-01-05T10:00:09.999Z")), true, true);
     assert_eq!(
         p3,
         Position {
@@ -602,10 +603,10 @@ fn positions_advance_by_time_and_by_page_within_one_second() {
             page: 2
         }
     );
-    let p4 = advance(&p3, Some(ts("2026-01-05T10:00:09.500Z")), true);
+    let p4 = advance(&p3, Some(ts("2026-01-05T10:00:09.500Z")), true, true);
     assert_eq!(p4.page, 3);
     // The end: caught up, the next pass starts before the latest second.
-    let end = advance(&p4, Some(ts("2026-01-05T10:00:30.100Z")), false);
+    let end = advance(&p4, Some(ts("2026-01-05T10:00:30.100Z")), true, false);
     assert_eq!(
         end,
         Position {
@@ -614,7 +615,7 @@ fn positions_advance_by_time_and_by_page_within_one_second() {
         }
     );
     // An empty last page keeps `since`, back to page 1.
-    let end = advance(&p4, None, false);
+    let end = advance(&p4, None, true, false);
     assert_eq!(
         end,
         Position {
@@ -623,10 +624,19 @@ fn positions_advance_by_time_and_by_page_within_one_second() {
         }
     );
     // An older record than `since` (clock skew upstream) never moves it back.
-    let end = advance(&p2, Some(ts("2026-01-01T00:00:00Z")), false);
+    let end = advance(&p2, Some(ts("2026-01-01T00:00:00Z")), true, false);
     assert_eq!(end.since, p2.since);
     // Nothing at all from the start: still from the start.
-    assert_eq!(advance(&start, None, false), start);
+    assert_eq!(advance(&start, None, true, false), start);
+    // Out of order: never a later `since` while pages follow.
+    let p5 = advance(&p2, Some(ts("2026-01-05T11:00:00Z")), false, true);
+    assert_eq!(
+        p5,
+        Position {
+            since: p2.since,
+            page: 2
+        }
+    );
 }
 
 #[test]

@@ -627,6 +627,8 @@ pub struct MappedPage<T> {
     /// The latest `UpdatedDateUTC` among all records read, whatever became
     /// of them: where the next incremental read starts.
     pub max_updated: Option<Timestamp>,
+    /// Whether the records came in `UpdatedDateUTC` order, as asked.
+    pub in_order: bool,
 }
 
 impl<T> Default for MappedPage<T> {
@@ -637,6 +639,7 @@ impl<T> Default for MappedPage<T> {
             quarantined: Vec::new(),
             skipped: 0,
             max_updated: None,
+            in_order: true,
         }
     }
 }
@@ -713,6 +716,9 @@ pub fn map_page<W: WireRecord, T>(
     let mut out = MappedPage::default();
     let mut note = |t: Option<Timestamp>| {
         if let Some(t) = t {
+            if out.max_updated.is_some_and(|m| t < m) {
+                out.in_order = false;
+            }
             out.max_updated = Some(out.max_updated.map_or(t, |m| m.max(t)));
         }
     };
