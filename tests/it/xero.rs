@@ -1063,6 +1063,30 @@ async fn resync_reads_a_customer_set_in_batches_never_one_query_per_customer() {
             r.len()
         );
     }
+
+    // Bad input: a batch larger than one query holds is refused, and ids
+    // that are not Xero ContactIDs never reach a query.
+    let conn = &d.app.connectors[0].connector;
+    let many: Vec<String> = (0..41)
+        .map(|i| format!("{i:08x}-0000-4000-8000-000000000000"))
+        .collect();
+    let sent = mock.stats().requests;
+    let start = erpsync::connectors::Cursor::start();
+    let e = conn
+        .fetch_records_for_customers(Entity::Invoices, &many, &start)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "41 customers in one resync batch; at most 40 fit in one Xero query"
+    );
+    let odd = vec!["C00042".to_string(), "\") OR (Type==\"ACCPAY".to_string()];
+    let page = conn
+        .fetch_records_for_customers(Entity::Transactions, &odd, &start)
+        .await
+        .unwrap();
+    assert!(page.items.is_empty() && !page.has_more);
+    assert_eq!(mock.stats().requests, sent, "nothing sent");
     d.stop().await;
 }
 
