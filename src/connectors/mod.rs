@@ -13,6 +13,7 @@
 pub mod budget;
 pub mod demo;
 pub mod netsuite;
+pub mod quickbooks;
 
 use std::time::Duration;
 
@@ -164,6 +165,30 @@ pub trait Connector: Send + Sync + 'static {
     /// Records per full page, used to estimate request counts for ETAs.
     fn page_size(&self) -> usize {
         1000
+    }
+
+    /// Called with a stream's cursor when a pass ended (`has_more` false).
+    /// `Some(next)` means the connector could not see every upstream
+    /// deletion since the last pass (a change feed that overflowed or
+    /// expired): the sync engine then checks every stored record of `entity`
+    /// with [`deleted_among`](Connector::deleted_among), removes the ones
+    /// that are gone, and stores `next` in the same write as the last batch.
+    fn verification(&self, _entity: Entity, _cursor: &Cursor) -> Option<Cursor> {
+        None
+    }
+
+    /// How many ids one [`deleted_among`](Connector::deleted_among) call may name.
+    fn verify_batch_size(&self) -> usize {
+        100
+    }
+
+    /// Of these stored ids of `entity`, the ones that no longer exist upstream.
+    async fn deleted_among(
+        &self,
+        _entity: Entity,
+        _ids: &[String],
+    ) -> Result<Vec<String>, ConnectorError> {
+        Ok(Vec::new())
     }
 }
 
