@@ -8,6 +8,7 @@ mod hardening;
 mod netsuite;
 mod netsuite_daemon;
 mod netsuite_mock;
+mod quickbooks;
 mod quickbooks_mock;
 mod reminders;
 mod resync;

@@ -312,6 +312,11 @@ impl MockQbo {
         self.state.now()
     }
 
+    /// A `MetaData` stamp: now, in whole seconds like QuickBooks'.
+    fn stamp(&self) -> DateTime<Utc> {
+        self.state.stamp()
+    }
+
     /// Moves the server's clock forward (token expiry, CDC windows, stamps).
     pub fn advance_clock(&self, by: Duration) {
         *self.state.clock_offset.lock().unwrap() += TimeDelta::from_std(by).unwrap();
@@ -370,7 +375,7 @@ impl MockQbo {
 
     /// A user edit of a customer: `f` changes it, `LastUpdatedTime` = now.
     pub fn update_customer(&self, id: u64, f: impl FnOnce(&mut MCustomer)) {
-        let now = self.now();
+        let now = self.stamp();
         let mut db = self.state.db.lock().unwrap();
         let c = db.customers.get_mut(&id).expect("no such customer");
         f(c);
@@ -380,7 +385,7 @@ impl MockQbo {
 
     /// A user edit of a transaction: `f` changes it, `LastUpdatedTime` = now.
     pub fn update_txn(&self, id: u64, f: impl FnOnce(&mut MTxn)) {
-        let now = self.now();
+        let now = self.stamp();
         let mut db = self.state.db.lock().unwrap();
         let t = db.txns.get_mut(&id).expect("no such transaction");
         f(t);
@@ -390,7 +395,7 @@ impl MockQbo {
 
     /// Hard-deletes a transaction; CDC reports it for 30 days.
     pub fn delete_txn(&self, id: u64) {
-        let now = self.now();
+        let now = self.stamp();
         let mut db = self.state.db.lock().unwrap();
         let t = db.txns.remove(&id).expect("no such transaction");
         db.deleted.push(Deleted {
@@ -402,7 +407,7 @@ impl MockQbo {
 
     /// Adds an open invoice for `customer`, created now.
     pub fn insert_invoice(&self, customer: u64, total: &str) -> u64 {
-        let now = self.now();
+        let now = self.stamp();
         let mut db = self.state.db.lock().unwrap();
         db.next_txn += 1;
         let id = db.next_txn;
@@ -495,8 +500,8 @@ fn generate(cfg: &MockConfig) -> Db {
         let id = n as u64 + 1;
         let person = rng.random_bool(0.3);
         let created = when(&mut rng);
-        let updated =
-            (created + TimeDelta::seconds(rng.random_range(0..90 * 86_400))).min(now - TimeDelta::days(2));
+        let updated = (created + TimeDelta::seconds(rng.random_range(0..90 * 86_400)))
+            .min(now - TimeDelta::days(2));
         // About one customer in ten is a job (sub-customer) of an earlier one.
         let parent = (n > 10 && rng.random_bool(0.1)).then(|| ids[rng.random_range(0..ids.len())]);
         let (company, given, family, display) = if person {
@@ -523,7 +528,9 @@ fn generate(cfg: &MockConfig) -> Db {
                 company_name: company,
                 given_name: given,
                 family_name: family,
-                email: rng.random_bool(0.85).then(|| format!("billing{id}@example.com")),
+                email: rng
+                    .random_bool(0.85)
+                    .then(|| format!("billing{id}@example.com")),
                 currency: CURRENCIES[rng.random_range(0..CURRENCIES.len())].0.into(),
                 balance: money(&mut rng, -20_000, 2_000_000),
                 active: !rng.random_bool(0.08),
@@ -566,11 +573,7 @@ fn generate(cfg: &MockConfig) -> Db {
                 }
                 55..=94 => (Decimal::ZERO, None, total),
                 // Voided: QuickBooks zeroes the amounts and notes it.
-                _ => (
-                    Decimal::ZERO,
-                    Some("Voided".to_string()),
-                    Decimal::ZERO,
-                ),
+                _ => (Decimal::ZERO, Some("Voided".to_string()), Decimal::ZERO),
             },
             PAYMENT => (
                 if rng.random_bool(0.2) {
@@ -582,7 +585,11 @@ fn generate(cfg: &MockConfig) -> Db {
                 total,
             ),
             _ => (
-                if rng.random_bool(0.5) { total } else { Decimal::ZERO },
+                if rng.random_bool(0.5) {
+                    total
+                } else {
+                    Decimal::ZERO
+                },
                 None,
                 total,
             ),
@@ -705,7 +712,10 @@ fn txn_json(t: &MTxn, db: &Db, off: FixedOffset) -> Value {
     if let Some(d) = &t.doc_number {
         o.insert("DocNumber".into(), json!(d));
     }
-    o.insert("TxnDate".into(), json!(t.txn_date.format("%Y-%m-%d").to_string()));
+    o.insert(
+        "TxnDate".into(),
+        json!(t.txn_date.format("%Y-%m-%d").to_string()),
+    );
     o.insert(
         "CurrencyRef".into(),
         json!({"value": t.currency, "name": currency_name(&t.currency)}),
@@ -825,6 +835,11 @@ impl MockState {
         offset(&self.cfg)
     }
 
+    fn stamp(&self) -> DateTime<Utc> {
+        let now = self.now();
+        DateTime::from_timestamp(now.timestamp(), 0).unwrap()
+    }
+
     fn time_field(&self) -> String {
         self.now()
             .with_timezone(&self.offset())
@@ -858,7 +873,14 @@ fn json_response(status: StatusCode, body: String) -> Response {
 }
 
 /// Intuit's `Fault` envelope.
-fn fault(st: &MockState, status: u16, ty: &str, code: &str, message: &str, detail: &str) -> Response {
+fn fault(
+    st: &MockState,
+    status: u16,
+    ty: &str,
+    code: &str,
+    message: &str,
+    detail: &str,
+) -> Response {
     let body = json!({
         "Fault": {"Error": [{"Message": message, "Detail": detail, "code": code, "element": ""}], "type": ty},
         "time": st.time_field(),
@@ -1065,7 +1087,7 @@ async fn gate(
         }
         Some(Fault::Slow(d)) => tokio::time::sleep(*d).await,
         Some(Fault::TouchInvoices(ids)) => {
-            let now = st.now();
+            let now = st.stamp();
             let mut db = st.db.lock().unwrap();
             for id in ids {
                 if let Some(t) = db.txns.get_mut(&id.parse::<u64>().unwrap()) {
@@ -1079,10 +1101,7 @@ async fn gate(
     Ok(fault_now)
 }
 
-async fn counted(
-    st: &Arc<MockState>,
-    f: impl std::future::Future<Output = Response>,
-) -> Response {
+async fn counted(st: &Arc<MockState>, f: impl std::future::Future<Output = Response>) -> Response {
     st.stats.lock().unwrap().requests += 1;
     let n = st.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     let _guard = InFlight(st);
@@ -1120,7 +1139,10 @@ async fn query_get(
         };
         match q {
             Some(q) => run_query(&st, &q, applied, wants_json(&headers)),
-            None => parser_error(&st, "Encountered \"<EOF>\" at line 0, column 0.\nWas expecting:\n    \"select\" ..."),
+            None => parser_error(
+                &st,
+                "Encountered \"<EOF>\" at line 0, column 0.\nWas expecting:\n    \"select\" ...",
+            ),
         }
     })
     .await
@@ -1227,11 +1249,19 @@ fn lex(q: &str) -> Result<Vec<(Tok, usize)>, String> {
             i += 1;
             loop {
                 match chars.get(i) {
-                    None => return Err(format!("Lexical error at line 1, column {}. Encountered: <EOF> after : \"'{s}\"", chars.len())),
+                    None => return Err(format!(
+                        "Lexical error at line 1, column {}. Encountered: <EOF> after : \"'{s}\"",
+                        chars.len()
+                    )),
                     Some('\\') => {
                         match chars.get(i + 1) {
                             Some(n) => s.push(*n),
-                            None => return Err(format!("Lexical error at line 1, column {}. Encountered: <EOF>", chars.len())),
+                            None => {
+                                return Err(format!(
+                                    "Lexical error at line 1, column {}. Encountered: <EOF>",
+                                    chars.len()
+                                ))
+                            }
                         }
                         i += 2;
                     }
@@ -1423,9 +1453,15 @@ fn parse_query(q: &str) -> Result<Query, QueryError> {
             let value = |i: usize| -> Result<Val, QueryError> {
                 match &toks.get(i) {
                     Some((Tok::Str(s), _)) => Ok(Val::Str(s.clone())),
-                    Some((Tok::Word(w), _)) if w.eq_ignore_ascii_case("true") => Ok(Val::Bool(true)),
-                    Some((Tok::Word(w), _)) if w.eq_ignore_ascii_case("false") => Ok(Val::Bool(false)),
-                    Some((Tok::Word(w), _)) if w.chars().all(|c| c.is_ascii_digit() || c == '.') => {
+                    Some((Tok::Word(w), _)) if w.eq_ignore_ascii_case("true") => {
+                        Ok(Val::Bool(true))
+                    }
+                    Some((Tok::Word(w), _)) if w.eq_ignore_ascii_case("false") => {
+                        Ok(Val::Bool(false))
+                    }
+                    Some((Tok::Word(w), _))
+                        if w.chars().all(|c| c.is_ascii_digit() || c == '.') =>
+                    {
                         Ok(Val::Num(w.clone()))
                     }
                     _ => Err(unexpected(i, "<STRING>")),
@@ -1488,7 +1524,9 @@ fn parse_query(q: &str) -> Result<Query, QueryError> {
                     ))
                 }
                 (Prop::Active, Op::Like(_)) | (Prop::CustomerRef, Op::Like(_)) => {
-                    return Err(QueryError::Invalid("LIKE is only supported for string properties".into()))
+                    return Err(QueryError::Invalid(
+                        "LIKE is only supported for string properties".into(),
+                    ))
                 }
                 _ => {}
             }
@@ -1535,9 +1573,7 @@ fn parse_query(q: &str) -> Result<Query, QueryError> {
                 Some(n) => n,
                 None => return Err(unexpected(i + 1, "<INTEGER>")),
             };
-            let v: i64 = n
-                .parse()
-                .map_err(|_| unexpected(i + 1, "<INTEGER>"))?;
+            let v: i64 = n.parse().map_err(|_| unexpected(i + 1, "<INTEGER>"))?;
             if v <= 0 {
                 return Err(QueryError::Invalid(format!(
                     "{} must be a positive integer, not {v}",
@@ -1573,7 +1609,10 @@ fn parse_dt(s: &str, off: FixedOffset) -> Option<DateTime<Utc>> {
     }
     for f in ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"] {
         if let Ok(n) = NaiveDateTime::parse_from_str(s, f) {
-            return off.from_local_datetime(&n).single().map(|t| t.with_timezone(&Utc));
+            return off
+                .from_local_datetime(&n)
+                .single()
+                .map(|t| t.with_timezone(&Utc));
         }
     }
     NaiveDate::parse_from_str(s, "%Y-%m-%d")
@@ -1698,7 +1737,8 @@ fn matches(o: &Obj<'_>, c: &Cond, off: FixedOffset) -> Result<bool, QueryError> 
         }
         (Prop::DisplayName, Op::Cmp("=")) => {
             let Obj::C(cu) = o else { return Ok(false) };
-            cu.display_name.eq_ignore_ascii_case(&c.value.as_ref().unwrap().text())
+            cu.display_name
+                .eq_ignore_ascii_case(&c.value.as_ref().unwrap().text())
         }
         (Prop::DisplayName, Op::Like(p)) => {
             let Obj::C(cu) = o else { return Ok(false) };
@@ -1750,7 +1790,6 @@ fn run_query(st: &MockState, q: &str, applied: Option<Fault>, json: bool) -> Res
                     break;
                 }
                 Err(QueryError::Invalid(d)) | Err(QueryError::Parse(d)) => {
-                    drop(db);
                     return validation_error(st, &d);
                 }
             }
@@ -1913,10 +1952,8 @@ async fn token(State(st): State<Arc<MockState>>, headers: HeaderMap, body: Bytes
     st.stats.lock().unwrap().token_requests += 1;
     let expected = format!(
         "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!(
-            "{}:{}",
-            st.cfg.client_id, st.cfg.client_secret
-        ))
+        base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", st.cfg.client_id, st.cfg.client_secret))
     );
     let auth = headers
         .get("authorization")
@@ -1943,7 +1980,10 @@ async fn token(State(st): State<Arc<MockState>>, headers: HeaderMap, body: Bytes
     };
     let fault_now = st.token_faults.lock().unwrap().pop_front();
     if let Some(TokenFault::ServerError(code)) = fault_now {
-        return json_response(StatusCode::from_u16(code).unwrap(), "{\"error\":\"server_error\"}".into());
+        return json_response(
+            StatusCode::from_u16(code).unwrap(),
+            "{\"error\":\"server_error\"}".into(),
+        );
     }
     let now = st.now();
     let mut t = st.tokens.lock().unwrap();

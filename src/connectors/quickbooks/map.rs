@@ -104,7 +104,9 @@ pub fn head(raw: &RawValue, offset: FixedOffset) -> Option<ObjectHead> {
 }
 
 fn quarantine(entity: Entity, raw: &RawValue, reason: String) -> Quarantined {
-    let id = serde_json::from_str::<Head>(raw.get()).ok().and_then(|h| h.Id);
+    let id = serde_json::from_str::<Head>(raw.get())
+        .ok()
+        .and_then(|h| h.Id);
     let text = raw.get();
     let mut cut = text.len().min(4096);
     while !text.is_char_boundary(cut) {
@@ -131,8 +133,12 @@ fn amount(field: &str, v: &Option<Box<RawValue>>) -> Result<Decimal, String> {
 }
 
 fn updated(m: &Meta, s: &MapSettings) -> Result<Timestamp, String> {
-    parse_time(&m.last_updated, s.offset)
-        .ok_or_else(|| format!("MetaData.LastUpdatedTime `{}` is not a time", m.last_updated))
+    parse_time(&m.last_updated, s.offset).ok_or_else(|| {
+        format!(
+            "MetaData.LastUpdatedTime `{}` is not a time",
+            m.last_updated
+        )
+    })
 }
 
 /// Maps a Customer. Sub-customers (jobs) keep their parent in
@@ -140,7 +146,8 @@ fn updated(m: &Meta, s: &MapSettings) -> Result<Timestamp, String> {
 /// `custom.fully_qualified_name` for rules.
 pub fn customer(raw: &RawValue, s: &MapSettings) -> Result<Customer, Quarantined> {
     let q = |r: String| quarantine(Entity::Customers, raw, r);
-    let c: QCustomer = serde_json::from_str(raw.get()).map_err(|e| q(format!("unreadable Customer: {e}")))?;
+    let c: QCustomer =
+        serde_json::from_str(raw.get()).map_err(|e| q(format!("unreadable Customer: {e}")))?;
     let last_modified = updated(&c.MetaData, s).map_err(q)?;
     let balance = match &c.Balance {
         Some(b) => money(b).map_err(|e| q(format!("Balance: {e}")))?,
@@ -175,9 +182,16 @@ pub fn customer(raw: &RawValue, s: &MapSettings) -> Result<Customer, Quarantined
     Ok(Customer {
         external_id: c.Id,
         name,
-        email: c.PrimaryEmailAddr.and_then(|e| e.address).filter(|a| !a.is_empty()),
+        email: c
+            .PrimaryEmailAddr
+            .and_then(|e| e.address)
+            .filter(|a| !a.is_empty()),
         subsidiary: None,
-        currency: Some(c.CurrencyRef.map(|r| r.value).unwrap_or_else(|| s.home_currency.clone())),
+        currency: Some(
+            c.CurrencyRef
+                .map(|r| r.value)
+                .unwrap_or_else(|| s.home_currency.clone()),
+        ),
         balance,
         // QuickBooks leaves `Active` out of sparse answers only; absent means active.
         inactive: !c.Active.unwrap_or(true),
@@ -195,7 +209,8 @@ pub fn record(raw: &RawValue, qbo_entity: &str, s: &MapSettings) -> Result<Recor
         Entity::Transactions
     };
     let q = |r: String| quarantine(entity, raw, r);
-    let t: QTxn = serde_json::from_str(raw.get()).map_err(|e| q(format!("unreadable {qbo_entity}: {e}")))?;
+    let t: QTxn =
+        serde_json::from_str(raw.get()).map_err(|e| q(format!("unreadable {qbo_entity}: {e}")))?;
     let last_modified = updated(&t.MetaData, s).map_err(q)?;
     let customer_id = t
         .CustomerRef

@@ -317,7 +317,9 @@ impl QuickbooksConnector {
                 })
                 .await;
             match result {
-                Err(ConnectorError::Auth(_)) if unauthorized.load(Ordering::SeqCst) && !refreshed => {
+                Err(ConnectorError::Auth(_))
+                    if unauthorized.load(Ordering::SeqCst) && !refreshed =>
+                {
                     tracing::debug!("QuickBooks refused the access token; asking for a fresh one");
                     token = self.tokens.refreshed(&token).await?;
                     refreshed = true;
@@ -328,7 +330,12 @@ impl QuickbooksConnector {
     }
 
     /// Runs one query (POST, `application/text`).
-    async fn query(&self, lane: Lane, entity: &str, text: &str) -> Result<wire::QueryPage, ConnectorError> {
+    async fn query(
+        &self,
+        lane: Lane,
+        entity: &str,
+        text: &str,
+    ) -> Result<wire::QueryPage, ConnectorError> {
         tracing::trace!(query = text, "quickbooks query");
         let url = format!("{}/query?minorversion={}", self.company, self.minor_version);
         let offset = self.offset();
@@ -346,7 +353,12 @@ impl QuickbooksConnector {
         .await
     }
 
-    async fn count(&self, lane: Lane, entity: &str, conds: &[String]) -> Result<u64, ConnectorError> {
+    async fn count(
+        &self,
+        lane: Lane,
+        entity: &str,
+        conds: &[String],
+    ) -> Result<u64, ConnectorError> {
         let text = format!("SELECT count(*) FROM {entity}{}", where_clause(conds));
         let page = self.query(lane, entity, &text).await?;
         page.total_count.ok_or_else(|| {
@@ -354,7 +366,11 @@ impl QuickbooksConnector {
         })
     }
 
-    async fn cdc(&self, entity: &'static str, since: Timestamp) -> Result<wire::CdcAnswer, ConnectorError> {
+    async fn cdc(
+        &self,
+        entity: &'static str,
+        since: Timestamp,
+    ) -> Result<wire::CdcAnswer, ConnectorError> {
         let mut url = reqwest::Url::parse(&format!("{}/cdc", self.company))
             .map_err(|e| ConnectorError::Config(format!("api_base_url: {e}")))?;
         url.query_pairs_mut()
@@ -478,7 +494,10 @@ impl QuickbooksConnector {
             rows.push((h, o));
         }
         let done = !full || beyond;
-        let times: Vec<Timestamp> = rows.iter().filter_map(|(h, _)| h.as_ref().map(|h| h.updated)).collect();
+        let times: Vec<Timestamp> = rows
+            .iter()
+            .filter_map(|(h, _)| h.as_ref().map(|h| h.updated))
+            .collect();
         if full && !beyond && times.is_empty() {
             return Err(ConnectorError::Protocol(format!(
                 "a full page of {entity} has no readable Id and LastUpdatedTime"
@@ -536,7 +555,14 @@ impl QuickbooksConnector {
                 Step::Query(name) => {
                     let conds = Self::base_conds(name);
                     let (objs, done) = self
-                        .keyset_page(Lane::Poll, name, &conds, c.since, &mut pass.until, &mut pass.pos)
+                        .keyset_page(
+                            Lane::Poll,
+                            name,
+                            &conds,
+                            c.since,
+                            &mut pass.until,
+                            &mut pass.pos,
+                        )
                         .await?;
                     objects.extend(objs.into_iter().map(|o| (name, o)));
                     if done {
@@ -554,7 +580,9 @@ impl QuickbooksConnector {
                     }
                 }
                 Step::Cdc(name) => {
-                    let until = pass.until.unwrap_or_else(|| floor_second(chrono::Utc::now()));
+                    let until = pass
+                        .until
+                        .unwrap_or_else(|| floor_second(chrono::Utc::now()));
                     pass.step += 1;
                     match c.cdc_since {
                         Some(s) if until - s <= CDC_WINDOW => {
@@ -562,12 +590,18 @@ impl QuickbooksConnector {
                             // exclusive changedSince both see the boundary.
                             let answer = self.cdc(name, s - TimeDelta::seconds(1)).await?;
                             if answer.total() >= CDC_CAP {
-                                tracing::info!(entity = name, objects = answer.total(), "CDC answer at its object cap; stored records will be verified");
+                                tracing::info!(
+                                    entity = name,
+                                    objects = answer.total(),
+                                    "CDC answer at its object cap; stored records will be verified"
+                                );
                                 pass.verify = true;
                             }
                             for g in &answer.groups {
                                 for o in &g.objects {
-                                    if let Some(h) = map::head(o, self.offset()).filter(|h| h.deleted) {
+                                    if let Some(h) =
+                                        map::head(o, self.offset()).filter(|h| h.deleted)
+                                    {
                                         deleted.push(h.id);
                                     }
                                 }
@@ -594,7 +628,9 @@ impl QuickbooksConnector {
             }
         }
         // Pass complete.
-        let until = pass.until.unwrap_or_else(|| floor_second(chrono::Utc::now()));
+        let until = pass
+            .until
+            .unwrap_or_else(|| floor_second(chrono::Utc::now()));
         c.since = Some(until);
         if steps.iter().any(|s| matches!(s, Step::Cdc(_))) {
             c.cdc_since = Some(until);
@@ -611,7 +647,10 @@ impl QuickbooksConnector {
         })
     }
 
-    fn map_records(&self, objects: Vec<(&'static str, Box<RawValue>)>) -> (Vec<Record>, Vec<Quarantined>) {
+    fn map_records(
+        &self,
+        objects: Vec<(&'static str, Box<RawValue>)>,
+    ) -> (Vec<Record>, Vec<Quarantined>) {
         let mut items = Vec::with_capacity(objects.len());
         let mut quarantined = Vec::new();
         for (name, o) in objects {
@@ -661,7 +700,11 @@ impl Connector for QuickbooksConnector {
         })
     }
 
-    async fn fetch_records(&self, entity: Entity, cursor: &Cursor) -> Result<Page<Record>, ConnectorError> {
+    async fn fetch_records(
+        &self,
+        entity: Entity,
+        cursor: &Cursor,
+    ) -> Result<Page<Record>, ConnectorError> {
         if entity == Entity::Customers {
             return Err(ConnectorError::Config(
                 "fetch_records reads invoices or transactions, not customers".into(),
@@ -697,7 +740,11 @@ impl Connector for QuickbooksConnector {
             )));
         }
         let mut c: ResyncCursor = decode(cursor)?;
-        let mut ids: Vec<&str> = customer_ids.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).collect();
+        let mut ids: Vec<&str> = customer_ids
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .collect();
         ids.sort_unstable();
         ids.dedup();
         let entities = record_entities(entity);
@@ -745,7 +792,11 @@ impl Connector for QuickbooksConnector {
         self.page_size as usize
     }
 
-    async fn deleted_among(&self, entity: Entity, ids: &[String]) -> Result<Vec<String>, ConnectorError> {
+    async fn deleted_among(
+        &self,
+        entity: Entity,
+        ids: &[String],
+    ) -> Result<Vec<String>, ConnectorError> {
         if ids.is_empty() || entity == Entity::Customers {
             return Ok(Vec::new());
         }
@@ -771,6 +822,10 @@ impl Connector for QuickbooksConnector {
                 }
             }
         }
-        Ok(ids.iter().filter(|id| !present.contains(*id)).cloned().collect())
+        Ok(ids
+            .iter()
+            .filter(|id| !present.contains(*id))
+            .cloned()
+            .collect())
     }
 }

@@ -185,7 +185,8 @@ impl QuickbooksOptions {
         &self,
         base_dir: &Path,
     ) -> [(&'static str, Result<SecretSource, String>); 2] {
-        let pick = |name: &str, file: &Option<PathBuf>, cred: &Option<String>| match (file, cred) {
+        let pick = |name: &str, file: &Option<PathBuf>, cred: &Option<String>| {
+            match (file, cred) {
             (Some(f), None) => Ok(SecretSource::File(if f.is_relative() {
                 base_dir.join(f)
             } else {
@@ -201,11 +202,16 @@ impl QuickbooksOptions {
             (None, None) => Err(format!(
                 "{name}: missing; set {name}_file (a path) or {name}_credential (a systemd credential)"
             )),
+        }
         };
         [
             (
                 "client_id",
-                pick("client_id", &self.client_id_file, &self.client_id_credential),
+                pick(
+                    "client_id",
+                    &self.client_id_file,
+                    &self.client_id_credential,
+                ),
             ),
             (
                 "client_secret",
@@ -234,7 +240,9 @@ impl QuickbooksOptions {
     /// The API base URL without a trailing slash.
     pub fn api_base(&self) -> Result<String, String> {
         match &self.api_base_url {
-            Some(u) => parse_url("api_base_url", u).map(|u| u.as_str().trim_end_matches('/').into()),
+            Some(u) => {
+                parse_url("api_base_url", u).map(|u| u.as_str().trim_end_matches('/').into())
+            }
             None => Ok(match self.environment {
                 Environment::Production => PRODUCTION_API.into(),
                 Environment::Sandbox => SANDBOX_API.into(),
@@ -260,7 +268,8 @@ impl QuickbooksOptions {
 }
 
 fn parse_url(key: &str, url: &str) -> Result<reqwest::Url, String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{key}: `{url}` is not a URL ({e})"))?;
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| format!("{key}: `{url}` is not a URL ({e})"))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
         return Err(format!(
             "{key}: `{url}` must be an http:// or https:// URL with a host"

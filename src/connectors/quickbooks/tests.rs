@@ -38,7 +38,10 @@ fn literals_are_quoted_and_escaped() {
 fn times_carry_the_company_offset_and_parse_back() {
     let t = Utc.with_ymd_and_hms(2015, 12, 23, 20, 55, 50).unwrap();
     assert_eq!(wire::datetime(t, pacific()), "2015-12-23T12:55:50-08:00");
-    assert_eq!(wire::parse_time("2015-12-23T12:55:50-08:00", pacific()), Some(t));
+    assert_eq!(
+        wire::parse_time("2015-12-23T12:55:50-08:00", pacific()),
+        Some(t)
+    );
     // Without an offset: the company's.
     assert_eq!(wire::parse_time("2015-12-23T12:55:50", pacific()), Some(t));
     let with_ms = wire::parse_time("2015-12-23T12:56:06.196-08:00", pacific()).unwrap();
@@ -57,12 +60,26 @@ fn query_envelopes_parse_including_empty_and_count() {
         p.time,
         Some(Utc.with_ymd_and_hms(2024, 5, 1, 17, 0, 0).unwrap() + TimeDelta::milliseconds(123))
     );
-    let empty = wire::parse_query(br#"{"QueryResponse":{},"time":"2024-05-01T10:00:00-07:00"}"#, "Invoice", pacific()).unwrap();
+    let empty = wire::parse_query(
+        br#"{"QueryResponse":{},"time":"2024-05-01T10:00:00-07:00"}"#,
+        "Invoice",
+        pacific(),
+    )
+    .unwrap();
     assert!(empty.objects.is_empty());
-    let count = wire::parse_query(br#"{"QueryResponse":{"totalCount":42},"time":"x"}"#, "Invoice", pacific()).unwrap();
+    let count = wire::parse_query(
+        br#"{"QueryResponse":{"totalCount":42},"time":"x"}"#,
+        "Invoice",
+        pacific(),
+    )
+    .unwrap();
     assert_eq!(count.total_count, Some(42));
     assert!(matches!(
-        wire::parse_query(br#"{"QueryResponse":{"Invoice":[{"Id":"1"}"#, "Invoice", pacific()),
+        wire::parse_query(
+            br#"{"QueryResponse":{"Invoice":[{"Id":"1"}"#,
+            "Invoice",
+            pacific()
+        ),
         Err(ConnectorError::Protocol(_))
     ));
 }
@@ -71,7 +88,10 @@ fn query_envelopes_parse_including_empty_and_count() {
 fn faults_are_errors_even_in_200() {
     let system = br#"{"Fault":{"Error":[{"Message":"An application error has occurred while processing your request","Detail":"System Failure Error: boom","code":"10000"}],"type":"SystemFault"},"time":"2017-09-29T09:17:31.892-07:00"}"#;
     match wire::parse_query(system, "Invoice", pacific()) {
-        Err(ConnectorError::Server { status: 200, message }) => {
+        Err(ConnectorError::Server {
+            status: 200,
+            message,
+        }) => {
             assert!(message.contains("10000"), "{message}");
             assert!(message.contains("System Failure Error: boom"), "{message}");
         }
@@ -79,7 +99,10 @@ fn faults_are_errors_even_in_200() {
     }
     let validation = br#"{"Fault":{"Error":[{"Message":"Invalid query","Detail":"QueryValidationError: value 1500 is too large. Max allowed value is 1000","code":"4001"}],"type":"ValidationFault"},"time":"x"}"#;
     match wire::classify_failure(400, None, validation) {
-        ConnectorError::Rejected { status: 400, message } => {
+        ConnectorError::Rejected {
+            status: 400,
+            message,
+        } => {
             assert_eq!(
                 message,
                 "4001: Invalid query: QueryValidationError: value 1500 is too large. Max allowed value is 1000 (ValidationFault)"
@@ -120,7 +143,12 @@ fn cdc_answers_parse_with_deleted_objects() {
     assert!(!heads[0].deleted);
     assert!(heads[1].deleted);
     assert_eq!(heads[1].id, "979");
-    let none = wire::parse_cdc(br#"{"CDCResponse":[{"QueryResponse":[{}]}],"time":"x"}"#, &["Invoice"], pacific()).unwrap();
+    let none = wire::parse_cdc(
+        br#"{"CDCResponse":[{"QueryResponse":[{}]}],"time":"x"}"#,
+        &["Invoice"],
+        pacific(),
+    )
+    .unwrap();
     assert_eq!(none.total(), 0);
 }
 
@@ -140,7 +168,10 @@ fn customers_map_with_inactive_and_jobs() {
     assert_eq!(c.custom["parent_id"], "7");
     assert_eq!(c.custom["job"], "true");
     assert_eq!(c.custom["fully_qualified_name"], "Acme:Roof job");
-    assert_eq!(c.last_modified, Utc.with_ymd_and_hms(2024, 1, 2, 11, 4, 5).unwrap());
+    assert_eq!(
+        c.last_modified,
+        Utc.with_ymd_and_hms(2024, 1, 2, 11, 4, 5).unwrap()
+    );
     // No CurrencyRef: the home currency. No Active: active.
     let d = map::customer(
         &raw(r#"{"Id":"9","DisplayName":"Plain","MetaData":{"LastUpdatedTime":"2024-01-02T03:04:05-08:00"}}"#),
@@ -163,7 +194,10 @@ fn money_is_read_from_its_digits() {
     .unwrap();
     let Record::Invoice(i) = i else { panic!() };
     assert_eq!(i.total, Decimal::from_str("12345678901234.07").unwrap());
-    assert_eq!(i.amount_due, Decimal::from_str("0.30000000000000004").unwrap());
+    assert_eq!(
+        i.amount_due,
+        Decimal::from_str("0.30000000000000004").unwrap()
+    );
     assert_eq!(i.status, InvoiceStatus::Open);
     assert_eq!(i.number, "1037");
     assert_eq!(i.customer_id, "24");
@@ -187,7 +221,10 @@ fn invoices_paid_voided_and_transactions_map() {
     let i = inv("5", "5", "");
     assert_eq!(i.due_date, i.issue_date);
     assert_eq!(i.number, "1");
-    for (entity, kind) in [("Payment", TransactionKind::Payment), ("CreditMemo", TransactionKind::CreditNote)] {
+    for (entity, kind) in [
+        ("Payment", TransactionKind::Payment),
+        ("CreditMemo", TransactionKind::CreditNote),
+    ] {
         let Record::Transaction(t) = map::record(
             &raw(r#"{"Id":"163","TxnDate":"2014-12-30","CustomerRef":{"value":"3"},"CurrencyRef":{"value":"GBP"},"TotalAmt":55.0,"MetaData":{"LastUpdatedTime":"2014-12-30T00:00:00Z"}}"#),
             entity,
@@ -204,10 +241,22 @@ fn invoices_paid_voided_and_transactions_map() {
 #[test]
 fn malformed_records_are_quarantined_with_reason() {
     let cases = [
-        (r#"{"Id":"1","TxnDate":"2024-03-01","CustomerRef":{"value":"2"},"TotalAmt":"12,5O","Balance":1,"MetaData":{"LastUpdatedTime":"2024-03-01T00:00:00Z"}}"#, "TotalAmt: `12,5O` is not an amount"),
-        (r#"{"Id":"1","TxnDate":"31/02/2024","CustomerRef":{"value":"2"},"TotalAmt":1,"Balance":1,"MetaData":{"LastUpdatedTime":"2024-03-01T00:00:00Z"}}"#, "TxnDate `31/02/2024` is not a date"),
-        (r#"{"Id":"1","TxnDate":"2024-03-01","TotalAmt":1,"Balance":1,"MetaData":{"LastUpdatedTime":"2024-03-01T00:00:00Z"}}"#, "Invoice has no CustomerRef"),
-        (r#"{"Id":"1","TxnDate":"2024-03-01","CustomerRef":{"value":"2"},"TotalAmt":1,"Balance":1,"MetaData":{"LastUpdatedTime":"2024-02-31T25:61:00"}}"#, "MetaData.LastUpdatedTime `2024-02-31T25:61:00` is not a time"),
+        (
+            r#"{"Id":"1","TxnDate":"2024-03-01","CustomerRef":{"value":"2"},"TotalAmt":"12,5O","Balance":1,"MetaData":{"LastUpdatedTime":"2024-03-01T00:00:00Z"}}"#,
+            "TotalAmt: `12,5O` is not an amount",
+        ),
+        (
+            r#"{"Id":"1","TxnDate":"31/02/2024","CustomerRef":{"value":"2"},"TotalAmt":1,"Balance":1,"MetaData":{"LastUpdatedTime":"2024-03-01T00:00:00Z"}}"#,
+            "TxnDate `31/02/2024` is not a date",
+        ),
+        (
+            r#"{"Id":"1","TxnDate":"2024-03-01","TotalAmt":1,"Balance":1,"MetaData":{"LastUpdatedTime":"2024-03-01T00:00:00Z"}}"#,
+            "Invoice has no CustomerRef",
+        ),
+        (
+            r#"{"Id":"1","TxnDate":"2024-03-01","CustomerRef":{"value":"2"},"TotalAmt":1,"Balance":1,"MetaData":{"LastUpdatedTime":"2024-02-31T25:61:00"}}"#,
+            "MetaData.LastUpdatedTime `2024-02-31T25:61:00` is not a time",
+        ),
     ];
     for (text, reason) in cases {
         let q = map::record(&raw(text), "Invoice", &settings()).unwrap_err();
@@ -239,7 +288,10 @@ fn cursors_round_trip_and_refuse_garbage() {
     };
     let enc = encode(&c);
     assert_eq!(decode::<StreamCursor>(&enc).unwrap(), c);
-    assert_eq!(decode::<StreamCursor>(&Cursor::start()).unwrap(), StreamCursor::default());
+    assert_eq!(
+        decode::<StreamCursor>(&Cursor::start()).unwrap(),
+        StreamCursor::default()
+    );
     assert!(matches!(
         decode::<StreamCursor>(&Cursor("{nope".into())),
         Err(ConnectorError::Config(_))
@@ -268,7 +320,10 @@ fn options_default_and_derive_endpoints() {
         "https://oauth.platform.intuit.com/oauth2/v1/tokens/bearer"
     );
     let s = options(dir.path(), "environment = \"sandbox\"\n");
-    assert_eq!(s.api_base().unwrap(), "https://sandbox-quickbooks.api.intuit.com");
+    assert_eq!(
+        s.api_base().unwrap(),
+        "https://sandbox-quickbooks.api.intuit.com"
+    );
     let p = options(dir.path(), "api_base_url = \"http://127.0.0.1:9/\"\n");
     assert_eq!(p.api_base().unwrap(), "http://127.0.0.1:9");
 }

@@ -120,15 +120,20 @@ fn group(
 }
 
 /// Parses the body of a 200 answer to a query about `entity`.
-pub fn parse_query(body: &[u8], entity: &str, offset: FixedOffset) -> Result<QueryPage, ConnectorError> {
+pub fn parse_query(
+    body: &[u8],
+    entity: &str,
+    offset: FixedOffset,
+) -> Result<QueryPage, ConnectorError> {
     if let Some(f) = parse_fault(body) {
         return Err(f.into_error(200));
     }
-    let env: QueryEnvelope = serde_json::from_slice(body)
-        .map_err(|e| ConnectorError::Protocol(format!("QuickBooks query answer is not readable JSON: {e}")))?;
-    let map = env.query_response.ok_or_else(|| {
-        ConnectorError::Protocol("QuickBooks answer has no QueryResponse".into())
+    let env: QueryEnvelope = serde_json::from_slice(body).map_err(|e| {
+        ConnectorError::Protocol(format!("QuickBooks query answer is not readable JSON: {e}"))
     })?;
+    let map = env
+        .query_response
+        .ok_or_else(|| ConnectorError::Protocol("QuickBooks answer has no QueryResponse".into()))?;
     let (objects, start_position, max_results, total_count) = group(map, entity)?;
     Ok(QueryPage {
         objects,
@@ -159,12 +164,17 @@ impl CdcAnswer {
 }
 
 /// Parses the body of a 200 answer to a CDC request for `entities`.
-pub fn parse_cdc(body: &[u8], entities: &[&str], offset: FixedOffset) -> Result<CdcAnswer, ConnectorError> {
+pub fn parse_cdc(
+    body: &[u8],
+    entities: &[&str],
+    offset: FixedOffset,
+) -> Result<CdcAnswer, ConnectorError> {
     if let Some(f) = parse_fault(body) {
         return Err(f.into_error(200));
     }
-    let env: CdcEnvelope = serde_json::from_slice(body)
-        .map_err(|e| ConnectorError::Protocol(format!("QuickBooks CDC answer is not readable JSON: {e}")))?;
+    let env: CdcEnvelope = serde_json::from_slice(body).map_err(|e| {
+        ConnectorError::Protocol(format!("QuickBooks CDC answer is not readable JSON: {e}"))
+    })?;
     let mut groups = Vec::new();
     for item in env.cdc_response {
         for map in item.query_response {
@@ -219,7 +229,10 @@ impl Fault {
         if self.has_code(&["3001", "003001"]) || kind.contains("throttle") {
             return ConnectorError::RateLimited { retry_after: None };
         }
-        if kind.contains("authentication") || kind.contains("authorization") || self.has_code(&["3200", "3100"]) {
+        if kind.contains("authentication")
+            || kind.contains("authorization")
+            || self.has_code(&["3200", "3100"])
+        {
             return ConnectorError::Auth(format!("QuickBooks refused the access token — {text}"));
         }
         if kind.contains("system") || status >= 500 {
