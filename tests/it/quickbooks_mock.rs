@@ -1249,10 +1249,12 @@ fn lex(q: &str) -> Result<Vec<(Tok, usize)>, String> {
             i += 1;
             loop {
                 match chars.get(i) {
-                    None => return Err(format!(
+                    None => {
+                        return Err(format!(
                         "Lexical error at line 1, column {}. Encountered: <EOF> after : \"'{s}\"",
                         chars.len()
-                    )),
+                    ))
+                    }
                     Some('\\') => {
                         match chars.get(i + 1) {
                             Some(n) => s.push(*n),
