@@ -669,7 +669,7 @@ async fn faults_are_retried_and_malformed_records_quarantined() {
     let c = connector(&mock, dir.path(), "page_size = 300", budget.clone());
     mock.push_faults([
         Fault::ServerError(503),
-        Fault::FaultIn200,
+        Fault::SystemFaultIn200,
         Fault::TruncatedBody,
         Fault::Slow(Duration::from_millis(50)),
         Fault::ServerError(500),

@@ -121,7 +121,7 @@ pub enum Fault {
     /// A 5xx with a `Fault` body.
     ServerError(u16),
     /// A `SystemFault` inside an HTTP 200 answer.
-    FaultIn200,
+    SystemFaultIn200,
     /// Delay the (otherwise normal) answer.
     Slow(Duration),
     /// A 200 whose JSON body is cut in half.
@@ -1065,7 +1065,7 @@ async fn gate(
                 "System Failure Error: An unexpected error occurred while accessing or saving your data.",
             ))
         }
-        Some(Fault::FaultIn200) => {
+        Some(Fault::SystemFaultIn200) => {
             st.stats.lock().unwrap().faults_in_200 += 1;
             return Err(fault(
                 st,

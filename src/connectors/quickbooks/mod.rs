@@ -547,10 +547,7 @@ impl QuickbooksConnector {
         let mut pass = c.pass.take().unwrap_or_default();
         let mut objects = Vec::new();
         let mut deleted = Vec::new();
-        loop {
-            let Some(step) = steps.get(pass.step).copied() else {
-                break;
-            };
+        while let Some(step) = steps.get(pass.step).copied() {
             match step {
                 Step::Query(name) => {
                     let conds = Self::base_conds(name);

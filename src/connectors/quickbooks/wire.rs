@@ -93,11 +93,9 @@ struct CdcItem {
     query_response: Vec<BTreeMap<String, Box<RawValue>>>,
 }
 
-/// The objects of one group of a `QueryResponse` map.
-fn group(
-    map: BTreeMap<String, Box<RawValue>>,
-    entity: &str,
-) -> Result<(Vec<Box<RawValue>>, Option<u64>, Option<u64>, Option<u64>), ConnectorError> {
+/// The objects of one group of a `QueryResponse` map, with its
+/// `startPosition`, `maxResults` and `totalCount`.
+fn group(map: BTreeMap<String, Box<RawValue>>, entity: &str) -> Result<QueryPage, ConnectorError> {
     let mut objects = Vec::new();
     let (mut start, mut max, mut total) = (None, None, None);
     for (k, v) in map {
@@ -116,7 +114,13 @@ fn group(
             _ => {}
         }
     }
-    Ok((objects, start, max, total))
+    Ok(QueryPage {
+        objects,
+        start_position: start,
+        max_results: max,
+        total_count: total,
+        time: None,
+    })
 }
 
 /// Parses the body of a 200 answer to a query about `entity`.
@@ -134,14 +138,9 @@ pub fn parse_query(
     let map = env
         .query_response
         .ok_or_else(|| ConnectorError::Protocol("QuickBooks answer has no QueryResponse".into()))?;
-    let (objects, start_position, max_results, total_count) = group(map, entity)?;
-    Ok(QueryPage {
-        objects,
-        start_position,
-        max_results,
-        total_count,
-        time: env.time.as_deref().and_then(|t| parse_time(t, offset)),
-    })
+    let mut page = group(map, entity)?;
+    page.time = env.time.as_deref().and_then(|t| parse_time(t, offset));
+    Ok(page)
 }
 
 /// One entity's part of a CDC answer.
@@ -180,10 +179,9 @@ pub fn parse_cdc(
         for map in item.query_response {
             let name = entities.iter().find(|e| map.contains_key(**e));
             if let Some(name) = name {
-                let (objects, ..) = group(map, name)?;
                 groups.push(CdcGroup {
                     entity: name.to_string(),
-                    objects,
+                    objects: group(map, name)?.objects,
                 });
             }
         }
