@@ -78,15 +78,17 @@ latency_ms = {}
 fn build_app(dir: &std::path::Path, text: &str, erp: &Arc<DemoErp>, latency: Duration) -> Arc<App> {
     let path = dir.join("erpsync.toml");
     std::fs::write(&path, text).unwrap();
-    let config = erpsync::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let config = erpsync::config::load(&path, &erpsync::connectors::REGISTRY)
+        .unwrap_or_else(|e| panic!("{e}"));
     std::fs::create_dir_all(&config.daemon.state_dir).unwrap();
     let store = Arc::new(Store::open(&config.daemon.state_dir).unwrap());
     let cc = config.connectors[0].clone();
     let budget = Budget::new(cc.limits);
-    let page_size = match &cc.options {
-        erpsync::config::ConnectorOptions::Demo(o) => o.page_size,
-        _ => unreachable!("the bench configures a demo connector"),
-    };
+    let page_size = cc
+        .options
+        .get::<erpsync::connectors::demo::DemoOptions>()
+        .expect("the bench configures a demo connector")
+        .page_size;
     let conn = DemoConnector::new(Arc::clone(erp), Arc::clone(&budget), page_size, latency);
     let handle = Arc::new(ConnectorHandle::new(cc, Arc::new(conn), budget));
     App::new(config, store, vec![handle], None)

@@ -32,7 +32,7 @@ async fn run(customers: usize, invoices: usize, transactions: usize) {
     );
     let path = dir.path().join("erpsync.toml");
     std::fs::write(&path, cfg_text).unwrap();
-    let cfg = config::load(&path).unwrap();
+    let cfg = config::load(&path, &erpsync::connectors::REGISTRY).unwrap();
     let opts = DemoOptions {
         customers,
         invoices,

@@ -3,6 +3,9 @@
 //! Like vector's `SourceContext`, this is the one object that carries the
 //! store, the connectors with their budgets and status, the current rules and
 //! the shutdown signal. Components never reach for globals.
+//!
+//! It is also where the running daemon meets the exclusion library: `App`
+//! implements [`Policy`] here, so `exclusion` never depends on this module.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -13,12 +16,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConnectorConfig};
-use crate::connectors::{Budget, Connector, NativeExclusion};
+use crate::connectors::{Budget, Connector, NativeExclusion, REGISTRY};
+use crate::exclusion::Policy;
+use crate::ingest::PageStats;
 use crate::model::{Entity, Timestamp};
 use crate::rules::RuleSet;
 use crate::secrets::Secret;
 use crate::store::Store;
-use crate::sync::ingest::PageStats;
 
 pub struct App {
     config: RwLock<Arc<Config>>,
@@ -106,9 +110,28 @@ pub struct ConnectorHandle {
     pub budget: Arc<Budget>,
     /// The native exclusions enabled in config.
     pub native: Vec<NativeExclusion>,
+    /// Every native exclusion the connector's kind knows.
+    pub known_native: &'static [NativeExclusion],
     pub status: Mutex<ConnectorStatus>,
     /// Wakes the poller before its interval is over.
     pub poll_now: Notify,
+    /// Whether a poll pass is running or requested (sync now).
+    pass: Mutex<PassState>,
+}
+
+#[derive(Debug, Default)]
+struct PassState {
+    running: bool,
+    requested: bool,
+}
+
+/// Why a pass cannot be started now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PassRefused {
+    /// A pass is running, or one was already requested.
+    Running { since: Option<Timestamp> },
+    /// Requests are parked until the daily quota resets.
+    Parked { resumes_at: Timestamp },
 }
 
 impl ConnectorHandle {
@@ -117,8 +140,11 @@ impl ConnectorHandle {
         connector: Arc<dyn Connector>,
         budget: Arc<Budget>,
     ) -> Self {
-        let native = connector
-            .native_exclusions()
+        let known_native = REGISTRY
+            .get(&config.kind)
+            .map(|k| k.native_exclusions())
+            .unwrap_or(&[]);
+        let native = known_native
             .iter()
             .filter(|n| config.native_exclusions.iter().any(|e| e == n.name))
             .copied()
@@ -129,8 +155,36 @@ impl ConnectorHandle {
             connector,
             budget,
             native,
+            known_native,
             status: Mutex::new(ConnectorStatus::default()),
             poll_now: Notify::new(),
+            pass: Mutex::new(PassState::default()),
+        }
+    }
+
+    /// Asks the poller for a pass now (`POST .../sync`, `erpsync sync`).
+    pub fn request_pass(&self) -> Result<(), PassRefused> {
+        if let Some(resumes_at) = self.budget.parked_until() {
+            return Err(PassRefused::Parked { resumes_at });
+        }
+        let mut p = self.pass.lock().expect("pass lock poisoned");
+        if p.running || p.requested {
+            return Err(PassRefused::Running {
+                since: self.status().last_sync_start.filter(|_| p.running),
+            });
+        }
+        p.requested = true;
+        drop(p);
+        self.poll_now.notify_one();
+        Ok(())
+    }
+
+    /// Called by the poller when a pass starts and ends.
+    pub fn set_pass_running(&self, running: bool) {
+        let mut p = self.pass.lock().expect("pass lock poisoned");
+        p.running = running;
+        if running {
+            p.requested = false;
         }
     }
 
@@ -151,7 +205,21 @@ pub enum WorkerState {
     Syncing,
     Idle,
     Failing,
+    /// The ERP refused the refresh token: a person must run
+    /// `erpsync connect` (see `reconnect`).
+    NeedsReconnect,
+    /// The daily request quota is used up; requests resume at `resumes_at`.
+    QuotaExhausted,
     Stopped,
+}
+
+/// What a connector in `needs_reconnect` needs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reconnect {
+    pub since: Timestamp,
+    pub reason: String,
+    /// The command that fixes it.
+    pub command: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -173,4 +241,29 @@ pub struct ConnectorStatus {
     pub last_error: Option<LastError>,
     /// Since this process started, per entity.
     pub session: std::collections::BTreeMap<Entity, PageStats>,
+    /// With `state: "quota_exhausted"`: when requests resume.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumes_at: Option<Timestamp>,
+    /// With `state: "needs_reconnect"`: why, and the command that fixes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconnect: Option<Reconnect>,
+}
+
+impl Policy for App {
+    fn rules(&self) -> Arc<RuleSet> {
+        App::rules(self)
+    }
+    fn native(&self, connector: &str) -> &[NativeExclusion] {
+        self.connector(connector)
+            .map(|h| h.native.as_slice())
+            .unwrap_or(&[])
+    }
+    fn known_native(&self, connector: &str) -> &[NativeExclusion] {
+        self.connector(connector)
+            .map(|h| h.known_native)
+            .unwrap_or(&[])
+    }
+    fn connector_ids(&self) -> Vec<String> {
+        self.connectors.iter().map(|h| h.id.clone()).collect()
+    }
 }

@@ -14,7 +14,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::{App, ConnectorHandle};
 use crate::config::Config;
-use crate::connectors;
+use crate::connectors::{self, BuildContext, REGISTRY};
+use crate::credentials::{StoreCredentials, StoreSlot};
 use crate::reload::StartupRefused;
 use crate::store::Store;
 
@@ -37,10 +38,22 @@ pub fn build(config: Config) -> anyhow::Result<Arc<App>> {
         .parent()
         .map(std::path::Path::to_path_buf)
         .unwrap_or_default();
+    let slot = StoreSlot::default();
     let mut handles = Vec::new();
     for c in &config.connectors {
         let budget = connectors::Budget::new(c.limits);
-        let conn = connectors::build(c, &base, Arc::clone(&budget))
+        let kind = REGISTRY.get(&c.kind).ok_or_else(|| {
+            StartupRefused(format!("connector `{}`: unknown kind `{}`", c.id, c.kind))
+        })?;
+        let cx = BuildContext {
+            id: c.id.clone(),
+            base_dir: base.clone(),
+            config_file: config.file.clone(),
+            budget: Arc::clone(&budget),
+            credentials: Arc::new(StoreCredentials::in_slot(Arc::clone(&slot), &c.id)),
+        };
+        let conn = kind
+            .build(&c.options, cx)
             .map_err(|e| StartupRefused(format!("connector `{}`: {e}", c.id)))?;
         handles.push(Arc::new(ConnectorHandle::new(c.clone(), conn, budget)));
     }
@@ -64,6 +77,7 @@ pub fn build(config: Config) -> anyhow::Result<Arc<App>> {
         &config.daemon.state_dir,
         config.daemon.store_cache_mb,
     )?);
+    let _ = slot.set(Arc::clone(&store));
     Ok(App::new(config, store, handles, admin_token))
 }
 

@@ -32,7 +32,6 @@ mod tests;
 
 use std::sync::Arc;
 
-use crate::app::App;
 use crate::connectors::NativeExclusion;
 use crate::model::{Classification, CustomerKey, Timestamp};
 use crate::resync::queue;
@@ -136,25 +135,6 @@ pub trait Policy: Send + Sync {
                 ids.join(", ")
             )))
         }
-    }
-}
-
-impl Policy for App {
-    fn rules(&self) -> Arc<RuleSet> {
-        App::rules(self)
-    }
-    fn native(&self, connector: &str) -> &[NativeExclusion] {
-        self.connector(connector)
-            .map(|h| h.native.as_slice())
-            .unwrap_or(&[])
-    }
-    fn known_native(&self, connector: &str) -> &[NativeExclusion] {
-        self.connector(connector)
-            .map(|h| h.connector.native_exclusions())
-            .unwrap_or(&[])
-    }
-    fn connector_ids(&self) -> Vec<String> {
-        self.connectors.iter().map(|h| h.id.clone()).collect()
     }
 }
 

@@ -11,8 +11,11 @@
 //! - [`reload`]: puts new rules in force (SIGHUP, API, start-up), with the
 //!   new-exclusion ratio guard.
 //! - [`store`]: the only module that knows sled.
-//! - [`connectors`]: one module per ERP, plus the shared request [`connectors::Budget`].
-//! - [`sync`]: the per-connector scheduler, ingest and the resync worker.
+//! - [`connectors`]: the registry of kinds, one folder per ERP, the shared
+//!   request [`connectors::Budget`] and the OAuth 2.0 client.
+//! - [`ingest`]: applies one upstream page to the store (polling and resync).
+//! - [`sync`]: the per-connector poll scheduler.
+//! - [`credentials`]: each connector's credentials in the store (OAuth tokens).
 //! - [`resync`]: durable resync jobs, one worker per connector, progress and ETA.
 //! - [`http`]: health, status, metrics and the admin API.
 //! - [`daemon`]: wires everything together and runs until shutdown.
@@ -23,10 +26,12 @@ pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod connectors;
+pub mod credentials;
 pub mod daemon;
 pub mod exclusion;
 pub mod export;
 pub mod http;
+pub mod ingest;
 pub mod model;
 pub mod reload;
 pub mod reminders;

@@ -96,7 +96,7 @@ pub async fn reload(app: &App) -> Result<ReloadReport, ReloadError> {
 
 async fn reload_locked(app: &App) -> Result<ReloadReport, ReloadError> {
     let old = app.config();
-    let new = config::load(&old.file).map_err(ReloadError::Config)?;
+    let new = config::load(&old.file, &crate::connectors::REGISTRY).map_err(ReloadError::Config)?;
     let restart_needed = needs_restart(&old, &new);
     for section in &restart_needed {
         tracing::warn!(
@@ -380,7 +380,12 @@ mod tests {
 
     fn parse(text: &str) -> Config {
         // Same path for every version, as a reload re-reads the same file.
-        config::parse(std::path::Path::new("/etc/erpsync/erpsync.toml"), text).unwrap()
+        config::parse(
+            std::path::Path::new("/etc/erpsync/erpsync.toml"),
+            text,
+            &crate::connectors::REGISTRY,
+        )
+        .unwrap()
     }
 
     const BASE: &str =

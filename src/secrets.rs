@@ -48,6 +48,55 @@ impl SecretSource {
         }
     }
 
+    /// The source named by a `<name>_file` / `<name>_credential` pair of
+    /// options (exactly one must be set); a relative file resolves against
+    /// `base_dir`. The error is a sentence naming the keys.
+    pub fn from_pair(
+        name: &str,
+        file: Option<&Path>,
+        credential: Option<&str>,
+        base_dir: &Path,
+    ) -> Result<SecretSource, String> {
+        match (file, credential) {
+            (Some(f), None) => Ok(SecretSource::File(if f.is_relative() {
+                base_dir.join(f)
+            } else {
+                f.to_path_buf()
+            })),
+            (None, Some(c)) if c.is_empty() || c.contains('/') || c == "." || c == ".." => {
+                Err(format!("`{c}` is not a systemd credential name"))
+            }
+            (None, Some(c)) => Ok(SecretSource::Credential(c.to_string())),
+            (Some(_), Some(_)) => Err(format!(
+                "set either {name}_file or {name}_credential, not both"
+            )),
+            (None, None) => Err(format!(
+                "missing; set {name}_file (a path) or {name}_credential (a systemd credential)"
+            )),
+        }
+    }
+
+    /// Checks, without reading it, that the secret will be there: the file
+    /// exists, or (under systemd) the credential does. Outside systemd a
+    /// credential cannot be checked and passes; reading it at start-up
+    /// then reports it.
+    pub fn check_exists(&self) -> Result<(), String> {
+        match self {
+            SecretSource::File(path) if !path.is_file() => Err(format!(
+                "{} does not exist or is not a file",
+                path.display()
+            )),
+            SecretSource::File(_) => Ok(()),
+            SecretSource::Credential(_) => match self.path() {
+                Ok(path) if !path.is_file() => Err(format!(
+                    "systemd credential {} does not exist",
+                    path.display()
+                )),
+                _ => Ok(()),
+            },
+        }
+    }
+
     /// Reads the secret; surrounding whitespace (a trailing newline) is trimmed.
     /// The error names the file but never its content.
     pub fn load(&self) -> Result<Secret, String> {

@@ -28,7 +28,7 @@ impl ApiClient {
     /// `--token-file`. A token that cannot be read is not an error yet:
     /// `/status` needs none; an admin call that is refused says why.
     pub fn from_args(args: &super::ConfigArg) -> anyhow::Result<ApiClient> {
-        let cfg = config::load(&args.config).map_err(BadConfig)?;
+        let cfg = config::load(&args.config, &crate::connectors::REGISTRY).map_err(BadConfig)?;
         let mut addr = cfg.http.listen;
         if addr.ip().is_unspecified() {
             addr.set_ip(if addr.is_ipv4() {

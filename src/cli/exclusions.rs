@@ -266,7 +266,8 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Rules {
             cmd: RulesCmd::Preview { config, out },
         } => {
-            let cfg = config::load(&config.config).map_err(|e| anyhow!("{e}"))?;
+            let cfg = config::load(&config.config, &crate::connectors::REGISTRY)
+                .map_err(|e| anyhow!("{e}"))?;
             let rules = serde_json::to_value(cfg.rules.rules())?;
             let c = ApiClient::from_args(&config)?;
             let v = c

@@ -88,7 +88,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(a) => run_daemon(&a.config),
-        Command::CheckConfig(a) => match config::load(&a.config) {
+        Command::CheckConfig(a) => match config::load(&a.config, &crate::connectors::REGISTRY) {
             Ok(c) => {
                 print!("{}", c.summary());
                 ExitCode::SUCCESS
@@ -134,7 +134,7 @@ fn init_logging(default_filter: &str) {
 }
 
 fn run_daemon(path: &std::path::Path) -> ExitCode {
-    let cfg = match config::load(path) {
+    let cfg = match config::load(path, &crate::connectors::REGISTRY) {
         Ok(c) => c,
         Err(e) => {
             eprint!("{e}");

@@ -2,13 +2,28 @@
 //!
 //! Two stages, as in ripgrep's low/high args: serde reads the text into
 //! [`raw`] structs (unknown keys and wrong types are refused there, with the
-//! file position), then [`compile`] checks meaning (duplicate ids, rule trees,
-//! credential files, ranges) and collects **all** problems before reporting
-//! them, each as `file:line: key `k`: what is wrong`. Relative paths resolve
-//! against the config file's folder. Nothing here starts tasks or opens the
-//! store; the only I/O is reading the config and checking referenced files.
+//! file position), then one small compiler per section checks meaning and
+//! collects **all** problems before reporting them, each as
+//! `file:line: key `k`: what is wrong`:
+//! [`daemon`], [`http`], [`exclusions`], [`connectors`] (the keys every
+//! connector has), [`rules`], and `[reminders]` in its own module.
+//!
+//! This module names no connector kind. A connector's options table
+//! (`[connectors.<kind>]`) is compiled by the kind itself, reached through
+//! the [`ConnectorKinds`] catalog the caller passes in (the connectors
+//! registry); the catalog also gives each kind's native exclusions and
+//! default limits. One duration syntax serves the whole file ([`duration`]).
+//! Relative paths resolve against the config file's folder. Nothing here
+//! starts tasks or opens the store; the only I/O is reading the config and
+//! checking that referenced files exist.
 
+pub mod connectors;
+mod daemon;
+pub mod duration;
+mod exclusions;
+mod http;
 mod raw;
+mod rules;
 #[cfg(test)]
 mod tests;
 
@@ -16,12 +31,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::connectors::budget::Limits;
-use crate::connectors::demo::DemoOptions;
-use crate::connectors::netsuite::NetsuiteOptions;
+use serde::Deserialize as _;
+
 use crate::reminders::RemindersConfig;
-use crate::rules::{Condition, ParseOptions, Rule, RuleSet};
+use crate::rules::RuleSet;
 use crate::secrets::SecretSource;
+
+pub use connectors::{
+    ConnectorConfig, ConnectorKinds, ConnectorOptions, KindSpec, Limits, OptionsCheck, OptionsTable,
+};
 
 /// Exit code for configuration errors (sysexits.h `EX_CONFIG`).
 pub const EX_CONFIG: i32 = 78;
@@ -65,23 +83,6 @@ pub struct ExclusionsConfig {
     pub max_new_exclusion_ratio: f64,
 }
 
-#[derive(Debug, Clone)]
-pub struct ConnectorConfig {
-    pub id: String,
-    pub kind: String,
-    pub poll_interval: Duration,
-    pub limits: Limits,
-    /// Enabled native exclusions, by name.
-    pub native_exclusions: Vec<String>,
-    pub options: ConnectorOptions,
-}
-
-#[derive(Debug, Clone)]
-pub enum ConnectorOptions {
-    Demo(DemoOptions),
-    Netsuite(Box<NetsuiteOptions>),
-}
-
 /// One problem found in the config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -123,8 +124,56 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Reads and validates a config file.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
+/// The problems of one file, collected by the section compilers. Spans are
+/// byte offsets into the file's text and become line numbers here.
+pub(crate) struct Problems<'t> {
+    text: &'t str,
+    list: Vec<Problem>,
+}
+
+impl<'t> Problems<'t> {
+    fn new(text: &'t str) -> Self {
+        Problems {
+            text,
+            list: Vec::new(),
+        }
+    }
+
+    /// The line of a span's start.
+    pub(crate) fn line(&self, span: std::ops::Range<usize>) -> Option<usize> {
+        Some(line_of(self.text, span.start))
+    }
+
+    /// A problem at a span (`None`: no place in the file).
+    pub(crate) fn at(
+        &mut self,
+        span: Option<std::ops::Range<usize>>,
+        key: &str,
+        message: impl Into<String>,
+    ) {
+        let line = span.and_then(|s| self.line(s));
+        self.on_line(line, key, message);
+    }
+
+    pub(crate) fn on_line(&mut self, line: Option<usize>, key: &str, message: impl Into<String>) {
+        self.list.push(Problem {
+            line,
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn extend(&mut self, problems: impl IntoIterator<Item = Problem>) {
+        self.list.extend(problems);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+/// Reads and validates a config file; `kinds` is the connectors registry.
+pub fn load(path: &Path, kinds: &dyn ConnectorKinds) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_path_buf(),
         problems: vec![Problem {
@@ -133,23 +182,27 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             message: format!("cannot read the config file: {e}"),
         }],
     })?;
-    parse(path, &text)
+    parse(path, &text, kinds)
 }
 
 /// Validates config text as if read from `path` (relative paths resolve
 /// against `path`'s folder).
-pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+pub fn parse(path: &Path, text: &str, kinds: &dyn ConnectorKinds) -> Result<Config, ConfigError> {
     let err = |problems| ConfigError {
         file: path.to_path_buf(),
         problems,
     };
-    let raw: raw::RawConfig =
-        toml::from_str(text).map_err(|e| err(vec![toml_problem(text, &e)]))?;
+    let mut doc = toml::de::DeTable::parse(text).map_err(|e| err(vec![toml_problem(text, &e)]))?;
+    // Connector option tables are compiled by their kinds: take them out
+    // before serde reads the rest.
+    let tables = connectors::take_option_tables(&mut doc, kinds);
+    let raw = raw::RawConfig::deserialize(toml::de::Deserializer::from(doc))
+        .map_err(|e| err(vec![toml_problem(text, &e)]))?;
     let base = path
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    compile(raw, path, &base, text).map_err(err)
+    compile(raw, tables, kinds, path, &base, text).map_err(err)
 }
 
 fn toml_problem(text: &str, e: &toml::de::Error) -> Problem {
@@ -177,38 +230,10 @@ pub(crate) fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// The longest duration accepted anywhere in the config: a year.
-const MAX_DURATION_SECS: f64 = 365.0 * 86_400.0;
-
-/// Parses `500ms`, `30s`, `5m`, `2h`, `1d` (at most a year).
+/// Parses a config duration (see [`duration`]); kept under this name for
+/// callers outside the config.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration; use e.g. 500ms, 30s, 5m, 2h"))?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "s" | "" => n,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86400.0,
-        other => {
-            return Err(format!(
-                "unknown unit `{other}` in duration `{s}`; use ms, s, m, h or d"
-            ))
-        }
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("`{s}` is not a valid duration"));
-    }
-    if secs > MAX_DURATION_SECS {
-        return Err(format!("`{s}` is too long; at most 365d"));
-    }
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is not a valid duration"))
+    duration::parse(s)
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
@@ -219,380 +244,20 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
-/// Rule ids appear in reasons (`rule:<id>`), metrics labels and CSV.
-fn valid_rule_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-/// Bounds of `rate_limit.requests_per_second`.
-const MIN_RATE: f64 = 0.001;
-const MAX_RATE: f64 = 1_000_000.0;
-
-fn valid_connector_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-}
-
-/// Compiles a rule's `when` tree given as TOML into a [`Condition`].
-fn compile_condition(
-    when: &toml::Value,
-    case_sensitive: bool,
-) -> Result<Condition, crate::rules::ConditionError> {
-    let json = serde_json::to_value(when).map_err(|e| crate::rules::ConditionError {
-        path: String::new(),
-        message: e.to_string(),
-    })?;
-    Condition::parse(&json, ParseOptions { case_sensitive })
-}
-
 fn compile(
     raw: raw::RawConfig,
+    tables: Vec<connectors::EntryTables<'_>>,
+    kinds: &dyn ConnectorKinds,
     file: &Path,
     base: &Path,
     text: &str,
 ) -> Result<Config, Vec<Problem>> {
-    let mut problems = Vec::new();
-    let at = |span: std::ops::Range<usize>| Some(line_of(text, span.start));
-    let mut push = |line: Option<usize>, key: &str, message: String| {
-        problems.push(Problem {
-            line,
-            key: key.to_string(),
-            message,
-        })
-    };
-
-    // [daemon]
-    let d = raw.daemon.unwrap_or_default();
-    let state_dir = match &d.state_dir {
-        Some(s) => resolve(base, Path::new(s.get_ref())),
-        None => PathBuf::from("/var/lib/erpsync"),
-    };
-    let shutdown_timeout = match &d.shutdown_timeout {
-        Some(s) => parse_duration(s.get_ref()).unwrap_or_else(|e| {
-            push(at(s.span()), "daemon.shutdown_timeout", e);
-            Duration::from_secs(8)
-        }),
-        None => Duration::from_secs(8),
-    };
-    let store_cache_mb = match &d.store_cache_mb {
-        Some(v) => {
-            if !(1..=1 << 20).contains(v.get_ref()) {
-                push(
-                    at(v.span()),
-                    "daemon.store_cache_mb",
-                    format!("must be between 1 and 1048576 (MiB), got {}", v.get_ref()),
-                );
-            }
-            *v.get_ref()
-        }
-        None => crate::store::DEFAULT_CACHE_MB,
-    };
-    let log_level = match &d.log_level {
-        Some(v) => {
-            if let Err(e) = tracing_subscriber::EnvFilter::try_new(v.get_ref()) {
-                push(
-                    at(v.span()),
-                    "daemon.log_level",
-                    format!("`{}` is not a log filter: {e}", v.get_ref()),
-                );
-            }
-            v.get_ref().clone()
-        }
-        None => "info".to_string(),
-    };
-
-    // [http]
-    let h = raw.http.unwrap_or_default();
-    let listen = match &h.listen {
-        Some(s) => s.get_ref().parse::<SocketAddr>().unwrap_or_else(|_| {
-            push(
-                at(s.span()),
-                "http.listen",
-                format!(
-                    "`{}` is not an address:port like 127.0.0.1:8089",
-                    s.get_ref()
-                ),
-            );
-            DEFAULT_LISTEN.parse().expect("default parses")
-        }),
-        None => DEFAULT_LISTEN.parse().expect("default parses"),
-    };
-    let admin_token = match (&h.admin_token_file, &h.admin_token_credential) {
-        (Some(_), Some(c)) => {
-            push(
-                at(c.span()),
-                "http.admin_token_credential",
-                "set either admin_token_file or admin_token_credential, not both".into(),
-            );
-            None
-        }
-        (Some(f), None) => {
-            let p = resolve(base, Path::new(f.get_ref()));
-            if !p.is_file() {
-                push(
-                    at(f.span()),
-                    "http.admin_token_file",
-                    format!("credential file {} does not exist", p.display()),
-                );
-            }
-            Some(SecretSource::File(p))
-        }
-        (None, Some(c)) => Some(SecretSource::Credential(c.get_ref().clone())),
-        (None, None) => None,
-    };
-    let max_body_bytes = h.max_body_bytes.unwrap_or(1 << 20);
-
-    // [exclusions]
-    let ex = raw.exclusions.unwrap_or_default();
-    let ratio = match &ex.max_new_exclusion_ratio {
-        Some(v) => {
-            let r = *v.get_ref();
-            if !(0.0..=1.0).contains(&r) {
-                push(
-                    at(v.span()),
-                    "exclusions.max_new_exclusion_ratio",
-                    format!("{r} is outside 0.0 ..= 1.0"),
-                );
-            }
-            r
-        }
-        None => 0.2,
-    };
-
-    // [[connectors]]
-    let mut connectors = Vec::new();
-    let mut seen = std::collections::HashMap::new();
-    if raw.connectors.is_empty() {
-        push(
-            None,
-            "connectors",
-            "no [[connectors]] configured; add at least one (kind = \"demo\" needs no credentials)"
-                .into(),
-        );
-    }
-    for (i, c) in raw.connectors.into_iter().enumerate() {
-        let id = c.id.get_ref().clone();
-        let line = at(c.id.span());
-        let k = |name: &str| format!("connectors[{i}].{name}");
-        if !valid_connector_id(&id) {
-            push(line, &k("id"), format!("`{id}` is not a valid connector id (use a-z, 0-9, - and _, at most 64 characters)"));
-        }
-        if let Some(prev) = seen.insert(id.clone(), line) {
-            push(
-                line,
-                &k("id"),
-                format!(
-                    "duplicate connector id `{id}` (first defined on line {})",
-                    prev.unwrap_or(0)
-                ),
-            );
-        }
-        let kind = c.kind.get_ref().clone();
-        let known = crate::connectors::native_exclusions_for(&kind);
-        if known.is_none() {
-            push(
-                at(c.kind.span()),
-                &k("kind"),
-                format!(
-                    "unknown connector kind `{kind}`; known kinds: {}",
-                    crate::connectors::KINDS.join(", ")
-                ),
-            );
-        }
-        let poll_interval = match &c.poll_interval {
-            Some(s) => match parse_duration(s.get_ref()) {
-                Ok(d) if d >= Duration::from_secs(1) => d,
-                Ok(_) => {
-                    push(
-                        at(s.span()),
-                        &k("poll_interval"),
-                        "must be at least 1s".into(),
-                    );
-                    Duration::from_secs(60)
-                }
-                Err(e) => {
-                    push(at(s.span()), &k("poll_interval"), e);
-                    Duration::from_secs(60)
-                }
-            },
-            None => Duration::from_secs(60),
-        };
-        let rl_line = c.rate_limit.as_ref().and_then(|r| at(r.span())).or(line);
-        let rl = c.rate_limit.map(|r| r.into_inner()).unwrap_or_default();
-        let mut limits = Limits::default();
-        if let Some(r) = rl.requests_per_second {
-            if !(r.is_finite() && (MIN_RATE..=MAX_RATE).contains(&r)) {
-                push(
-                    rl_line,
-                    &k("rate_limit.requests_per_second"),
-                    format!("must be between {MIN_RATE} and {MAX_RATE}, got {r}"),
-                );
-            } else {
-                limits.requests_per_second = r;
-            }
-        }
-        limits.burst = rl
-            .burst
-            .unwrap_or(limits.requests_per_second.ceil().max(1.0) as u32);
-        if let Some(m) = rl.max_concurrency {
-            if !(1..=1000).contains(&m) {
-                push(
-                    rl_line,
-                    &k("rate_limit.max_concurrency"),
-                    format!("must be between 1 and 1000, got {m}"),
-                );
-            }
-            limits.max_concurrency = m.clamp(1, 1000);
-        }
-        if let Some(s) = &c.resync_share {
-            let v = *s.get_ref();
-            if !(v > 0.0 && v <= 1.0) {
-                push(
-                    at(s.span()),
-                    &k("resync_share"),
-                    format!("must be within (0, 1], got {v}"),
-                );
-            } else {
-                limits.resync_share = v;
-            }
-        }
-        if let Some(n) = rl.max_attempts {
-            if !(1..=100).contains(&n) {
-                push(
-                    rl_line,
-                    &k("rate_limit.max_attempts"),
-                    format!("must be between 1 and 100, got {n}"),
-                );
-            }
-            limits.max_attempts = n.clamp(1, 100);
-        }
-        let native_exclusions = match (&c.native_exclusions, known) {
-            (Some(list), Some(known)) => {
-                for n in list.get_ref() {
-                    if !known.iter().any(|k| k.name == n) {
-                        push(
-                            at(list.span()),
-                            &k("native_exclusions"),
-                            format!(
-                                "`{n}` is not a native exclusion of kind `{kind}`; it knows: {}",
-                                known.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
-                            ),
-                        );
-                    }
-                }
-                list.get_ref().clone()
-            }
-            (None, Some(known)) => known.iter().map(|k| k.name.to_string()).collect(),
-            (_, None) => Vec::new(),
-        };
-        let options = match kind.as_str() {
-            "demo" => {
-                let opts = c
-                    .demo
-                    .as_ref()
-                    .map(|v| v.get_ref().clone())
-                    .unwrap_or_default();
-                for p in opts.validate() {
-                    push(c.demo.as_ref().and_then(|v| at(v.span())), &k("demo"), p);
-                }
-                Some(ConnectorOptions::Demo(opts))
-            }
-            "netsuite" => match &c.netsuite {
-                Some(v) => {
-                    for p in v.get_ref().validate(base) {
-                        push(at(v.span()), &k("netsuite"), p);
-                    }
-                    Some(ConnectorOptions::Netsuite(Box::new(v.get_ref().clone())))
-                }
-                None => {
-                    push(line, &k("netsuite"), "kind `netsuite` needs a [connectors.netsuite] table (account_id and credentials)".into());
-                    None
-                }
-            },
-            _ => None,
-        };
-        for (present, name) in [
-            (c.demo.is_some(), "demo"),
-            (c.netsuite.is_some(), "netsuite"),
-        ] {
-            if present && name != kind {
-                push(
-                    line,
-                    &k(name),
-                    format!("a [connectors.{name}] table does not apply to kind `{kind}`"),
-                );
-            }
-        }
-        if let Some(options) = options {
-            connectors.push(ConnectorConfig {
-                id,
-                kind,
-                poll_interval,
-                limits,
-                native_exclusions,
-                options,
-            });
-        }
-    }
-
-    // [[rules]]
-    let mut rules = Vec::new();
-    let mut rule_lines: std::collections::HashMap<String, Option<usize>> =
-        std::collections::HashMap::new();
-    for (i, r) in raw.rules.into_iter().enumerate() {
-        let id = r.id.get_ref().clone();
-        let k = format!("rules[{i}]");
-        let id_line = at(r.id.span());
-        if !valid_rule_id(&id) {
-            push(
-                id_line,
-                &format!("{k}.id"),
-                format!("`{id}` is not a valid rule id (use letters, digits, -, _ and ., at most 64 characters)"),
-            );
-            continue;
-        }
-        if let Some(first) = rule_lines.insert(id.clone(), id_line) {
-            push(
-                id_line,
-                &format!("{k}.id"),
-                format!(
-                    "duplicate rule id `{id}` (first defined on line {})",
-                    first.unwrap_or(0)
-                ),
-            );
-            continue;
-        }
-        match compile_condition(r.when.get_ref(), r.case_sensitive.unwrap_or(false)) {
-            Ok(condition) => rules.push(Rule {
-                id,
-                description: r.description.unwrap_or_default(),
-                condition,
-            }),
-            Err(e) => {
-                let path = e.key_under("when");
-                push(
-                    at(r.when.span()),
-                    &format!("{k}.{path}"),
-                    format!("rule `{id}`: {}", e.message),
-                );
-            }
-        }
-    }
-    let rules = match RuleSet::new(rules) {
-        Ok(r) => r,
-        Err(e) => {
-            push(None, "rules", e);
-            RuleSet::default()
-        }
-    };
-
+    let mut problems = Problems::new(text);
+    let daemon = daemon::compile(raw.daemon.unwrap_or_default(), base, &mut problems);
+    let http = http::compile(raw.http.unwrap_or_default(), base, &mut problems);
+    let exclusions = exclusions::compile(raw.exclusions.unwrap_or_default(), &mut problems);
+    let connectors = connectors::compile(raw.connectors, tables, kinds, file, base, &mut problems);
+    let rules = rules::compile(raw.rules, &mut problems);
     // [reminders]: read again with spans by its own module.
     let reminders = match raw.reminders {
         Some(_) => crate::reminders::config::compile(text).unwrap_or_else(|ps| {
@@ -601,26 +266,14 @@ fn compile(
         }),
         None => RemindersConfig::default(),
     };
-
     if !problems.is_empty() {
-        return Err(problems);
+        return Err(problems.list);
     }
     Ok(Config {
         file: file.to_path_buf(),
-        daemon: DaemonConfig {
-            state_dir,
-            log_level,
-            shutdown_timeout,
-            store_cache_mb,
-        },
-        http: HttpConfig {
-            listen,
-            admin_token,
-            max_body_bytes,
-        },
-        exclusions: ExclusionsConfig {
-            max_new_exclusion_ratio: ratio,
-        },
+        daemon,
+        http,
+        exclusions,
         connectors,
         rules,
         reminders,
@@ -644,12 +297,16 @@ impl Config {
         s += &format!("  connectors: {}\n", self.connectors.len());
         for c in &self.connectors {
             s += &format!(
-                "    {} (kind {}, poll every {}s, {} req/s, max {} concurrent, native exclusions: {})\n",
+                "    {} (kind {}, poll every {}, {} req/s, max {} concurrent{}, native exclusions: {})\n",
                 c.id,
                 c.kind,
-                c.poll_interval.as_secs_f64(),
+                duration::format(c.poll_interval),
                 c.limits.requests_per_second,
                 c.limits.max_concurrency,
+                match c.limits.requests_per_day {
+                    Some(n) => format!(", {n} req/day"),
+                    None => String::new(),
+                },
                 if c.native_exclusions.is_empty() {
                     "none".to_string()
                 } else {

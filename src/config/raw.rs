@@ -1,10 +1,11 @@
 //! The config file as serde reads it: every table refuses unknown keys, and
 //! values whose place matters for error messages keep their span.
+//!
+//! A connector's own options table (`[connectors.<kind>]`) is not here: it
+//! is taken out of the document before serde reads the rest (see
+//! [`super::connectors`]) and compiled by the connector kind itself.
 
 use serde::Deserialize;
-
-use crate::connectors::demo::DemoOptions;
-use crate::connectors::netsuite::NetsuiteOptions;
 use serde_spanned::Spanned;
 
 #[derive(Debug, Deserialize)]
@@ -44,6 +45,7 @@ pub struct RawExclusions {
     pub max_new_exclusion_ratio: Option<Spanned<f64>>,
 }
 
+/// The keys every connector has, whatever its kind.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConnector {
@@ -53,19 +55,17 @@ pub struct RawConnector {
     pub rate_limit: Option<Spanned<RawRateLimit>>,
     pub resync_share: Option<Spanned<f64>>,
     pub native_exclusions: Option<Spanned<Vec<String>>>,
-    /// Kind-specific tables, typed so that a wrong key or value inside them
-    /// is reported at its own line.
-    pub demo: Option<Spanned<DemoOptions>>,
-    pub netsuite: Option<Spanned<NetsuiteOptions>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
     pub requests_per_second: Option<f64>,
     pub burst: Option<u32>,
     pub max_concurrency: Option<u32>,
     pub max_attempts: Option<u32>,
+    pub requests_per_day: Option<u32>,
+    pub max_retry_wait: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,13 +1,22 @@
 use super::*;
 
 fn parse_ok(text: &str) -> Config {
-    parse(Path::new("/etc/erpsync/erpsync.toml"), text).unwrap_or_else(|e| panic!("{e}"))
+    parse(
+        Path::new("/etc/erpsync/erpsync.toml"),
+        text,
+        &crate::connectors::REGISTRY,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn parse_err(text: &str) -> String {
-    parse(Path::new("/etc/erpsync/erpsync.toml"), text)
-        .unwrap_err()
-        .to_string()
+    parse(
+        Path::new("/etc/erpsync/erpsync.toml"),
+        text,
+        &crate::connectors::REGISTRY,
+    )
+    .unwrap_err()
+    .to_string()
 }
 
 const MIN: &str = "[[connectors]]\nid = \"d\"\nkind = \"demo\"\n";
@@ -44,20 +53,6 @@ fn credential_and_file_are_exclusive() {
         "[http]\nadmin_token_file = \"/nonexistent\"\nadmin_token_credential = \"admin-token\"\n{MIN}"
     ));
     assert!(e.contains("not both"), "{e}");
-}
-
-#[test]
-fn durations_parse() {
-    assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-    assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-    assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-    assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-    assert!(parse_duration("5 parsecs")
-        .unwrap_err()
-        .contains("unknown unit"));
-    assert!(parse_duration("abc")
-        .unwrap_err()
-        .contains("not a duration"));
 }
 
 #[test]

@@ -1,17 +1,36 @@
-//! The per-connector request budget: rate limit, concurrency cap, retries.
+//! The per-connector request budget: rate limit, concurrency cap, daily
+//! quota, retries.
 //!
 //! Every upstream request of a connector goes through [`Budget::call`]. The
 //! budget is shared by regular polling ([`Lane::Poll`]) and the resync engine
 //! ([`Lane::Resync`]); while polling has work, resync may use at most
 //! `resync_share` of the rate and of the concurrency, and when polling is idle
 //! it may use all of it. Retries back off exponentially with jitter and never
-//! wait less than the ERP's `Retry-After`.
+//! wait less than the ERP's `Retry-After` (waited out in place up to
+//! `max_retry_wait`).
+//!
+//! **Daily quota.** With `requests_per_day`, the budget counts its requests
+//! in a rolling 24 hours (one-minute buckets) and parks the connector when
+//! they are used up: every call then fails at once with
+//! [`ConnectorError::QuotaExhausted`] (and `resumes_at`) until the oldest
+//! requests leave the window. A daily-quota refusal from the ERP
+//! ([`ConnectorError::DailyQuota`]) whose `Retry-After` is longer than
+//! `max_retry_wait` parks it likewise until the reset the ERP named, instead
+//! of retrying early. What an ERP says is left ([`Budget::report_quota`],
+//! from headers such as Xero's `X-DayLimit-Remaining`) caps the budget too,
+//! and when little is left requests are spread over the time until the
+//! quota comes back, so the budget slows down before it is refused.
+//!
+//! Connectors never sleep or retry: this module does.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use governor::{DefaultDirectRateLimiter, Jitter, Quota, RateLimiter};
@@ -27,33 +46,22 @@ pub enum Lane {
     Resync,
 }
 
-/// Limits from the connector's `rate_limit` config table.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Limits {
-    pub requests_per_second: f64,
-    pub burst: u32,
-    pub max_concurrency: u32,
-    /// Share of rate and concurrency resync may use while polling is busy.
-    pub resync_share: f64,
-    /// Attempts per request, the first included.
-    pub max_attempts: u32,
-    /// First back-off delay; doubles per attempt up to `max_backoff`.
-    pub min_backoff: Duration,
-    pub max_backoff: Duration,
+pub use crate::config::Limits;
+
+/// The window a quota report is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaWindow {
+    Minute,
+    Day,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            requests_per_second: 10.0,
-            burst: 10,
-            max_concurrency: 4,
-            resync_share: 0.5,
-            max_attempts: 6,
-            min_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(60),
-        }
-    }
+/// What an ERP says is left of one of its quotas (from response headers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaReport {
+    pub window: QuotaWindow,
+    pub remaining: u64,
+    /// When the window's quota is back in full, when the ERP says so.
+    pub resets_in: Option<Duration>,
 }
 
 /// Counters exposed in `/status` and `/metrics`.
@@ -65,6 +73,13 @@ pub struct BudgetStats {
     pub rate_limited: u64,
     pub in_flight: usize,
     pub max_in_flight_seen: usize,
+    /// Requests in the last 24 hours (counted when a daily quota is set).
+    pub requests_last_24h: u64,
+    pub requests_per_day: Option<u32>,
+    /// What the ERP last said is left of its daily quota.
+    pub erp_daily_remaining: Option<u64>,
+    /// Requests are parked until then (daily quota used up).
+    pub parked_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 pub struct Budget {
@@ -83,6 +98,82 @@ pub struct Budget {
     max_in_flight: AtomicUsize,
     /// Last time the ERP asked us to slow down, for `/status`.
     last_throttle: Mutex<Option<chrono::DateTime<chrono::Utc>>>,
+    quota: Mutex<QuotaState>,
+}
+
+/// Requests per minute over the last 24 hours, oldest first.
+#[derive(Debug, Default)]
+struct DayLog {
+    /// (minute number since `origin`, requests in that minute)
+    minutes: VecDeque<(u64, u32)>,
+    total: u64,
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+impl DayLog {
+    fn minute(origin: Instant, t: Instant) -> u64 {
+        t.saturating_duration_since(origin).as_secs() / 60
+    }
+
+    /// Forgets minutes that ended 24 hours ago or more.
+    fn expire(&mut self, origin: Instant, now: Instant) {
+        // A request of minute m is counted until 24 hours after the end of
+        // that minute (never too early, at most a minute too long).
+        let current = Self::minute(origin, now);
+        while self
+            .minutes
+            .front()
+            .is_some_and(|&(m, _)| m + 1441 <= current)
+        {
+            let (_, n) = self.minutes.pop_front().expect("checked");
+            self.total -= n as u64;
+        }
+    }
+
+    fn record(&mut self, origin: Instant, now: Instant) {
+        let m = Self::minute(origin, now);
+        match self.minutes.back_mut() {
+            Some((last, n)) if *last == m => *n += 1,
+            _ => self.minutes.push_back((m, 1)),
+        }
+        self.total += 1;
+    }
+
+    /// When the oldest counted requests leave the window.
+    fn frees_at(&self, origin: Instant) -> Option<Instant> {
+        self.minutes
+            .front()
+            .map(|&(m, _)| origin + Duration::from_secs((m + 1441) * 60))
+    }
+}
+
+/// What the ERP said is left in one window, counted down locally.
+#[derive(Debug, Clone, Copy)]
+struct Remaining {
+    remaining: u64,
+    /// When the quota is back: the ERP's reset, or a guess.
+    until: Instant,
+    /// Whether `until` is the ERP's word (not a guess).
+    known_reset: bool,
+}
+
+#[derive(Debug)]
+struct QuotaState {
+    origin: Instant,
+    day: DayLog,
+    erp_day: Option<Remaining>,
+    erp_minute: Option<Remaining>,
+    parked: Option<(Instant, chrono::DateTime<chrono::Utc>)>,
+    /// When the last paced request was let through.
+    last_paced: Option<Instant>,
+}
+
+/// What the quota gate decided for the next request.
+enum Gate {
+    Go,
+    Wait(Duration),
+    Park(Instant),
 }
 
 fn quota(rps: f64, burst: u32) -> Quota {
@@ -123,6 +214,14 @@ impl Budget {
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             last_throttle: Mutex::new(None),
+            quota: Mutex::new(QuotaState {
+                origin: Instant::now(),
+                day: DayLog::default(),
+                erp_day: None,
+                erp_minute: None,
+                parked: None,
+                last_paced: None,
+            }),
         })
     }
 
@@ -144,7 +243,23 @@ impl Budget {
     }
 
     pub fn stats(&self) -> BudgetStats {
+        let (last_24h, erp_daily_remaining, parked_until) = {
+            let mut q = self.quota.lock().expect("poisoned");
+            let now = Instant::now();
+            let origin = q.origin;
+            q.day.expire(origin, now);
+            let parked = q.parked.filter(|(until, _)| *until > now).map(|(_, at)| at);
+            (
+                q.day.total,
+                q.erp_day.filter(|r| r.until > now).map(|r| r.remaining),
+                parked,
+            )
+        };
         BudgetStats {
+            requests_last_24h: last_24h,
+            requests_per_day: self.limits.requests_per_day,
+            erp_daily_remaining,
+            parked_until,
             poll_requests: self.poll_requests.load(Ordering::Relaxed),
             resync_requests: self.resync_requests.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
@@ -156,6 +271,145 @@ impl Budget {
 
     pub fn last_throttle(&self) -> Option<chrono::DateTime<chrono::Utc>> {
         *self.last_throttle.lock().expect("poisoned")
+    }
+
+    /// Until when requests are parked (the daily quota is used up).
+    pub fn parked_until(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let q = self.quota.lock().expect("poisoned");
+        let now = Instant::now();
+        q.parked.filter(|(until, _)| *until > now).map(|(_, at)| at)
+    }
+
+    /// Feeds what the ERP says is left of a quota (response headers).
+    /// Connectors call it on every response that carries such headers.
+    pub fn report_quota(&self, r: QuotaReport) {
+        let now = Instant::now();
+        let (window, guess) = match r.window {
+            QuotaWindow::Minute => (Duration::from_secs(60), Duration::from_secs(60)),
+            QuotaWindow::Day => (DAY, DAY),
+        };
+        let rem = Remaining {
+            remaining: r.remaining,
+            until: now + r.resets_in.map(|d| d.min(window)).unwrap_or(guess),
+            known_reset: r.resets_in.is_some(),
+        };
+        let mut q = self.quota.lock().expect("poisoned");
+        match r.window {
+            QuotaWindow::Minute => q.erp_minute = Some(rem),
+            QuotaWindow::Day => q.erp_day = Some(rem),
+        }
+    }
+
+    /// Parks every request until `until` (an instant of the budget's clock).
+    fn park(&self, until: Instant, why: &str) -> ConnectorError {
+        let resumes_at = chrono::Utc::now()
+            + chrono::TimeDelta::from_std(until.saturating_duration_since(Instant::now()))
+                .unwrap_or(chrono::TimeDelta::zero());
+        let mut q = self.quota.lock().expect("poisoned");
+        let already = q.parked.is_some_and(|(u, _)| u >= until);
+        if !already {
+            q.parked = Some((until, resumes_at));
+            tracing::warn!(resumes_at = %resumes_at, reason = why, "daily request quota used up: requests parked");
+        }
+        let at = q.parked.map(|(_, at)| at).unwrap_or(resumes_at);
+        ConnectorError::QuotaExhausted { resumes_at: at }
+    }
+
+    /// Decides whether a request may go now, given the quotas.
+    fn gate(&self) -> Gate {
+        let now = Instant::now();
+        let mut q = self.quota.lock().expect("poisoned");
+        if let Some((until, _)) = q.parked {
+            if until > now {
+                return Gate::Park(until);
+            }
+            q.parked = None;
+        }
+        let origin = q.origin;
+        q.day.expire(origin, now);
+        if q.erp_day.is_some_and(|r| r.until <= now) {
+            q.erp_day = None;
+        }
+        if q.erp_minute.is_some_and(|r| r.until <= now) {
+            q.erp_minute = None;
+        }
+        // The ERP's minute window: wait for it, never park.
+        if let Some(m) = q.erp_minute {
+            if m.remaining == 0 {
+                return Gate::Wait(m.until - now);
+            }
+        }
+        let local_left = self
+            .limits
+            .requests_per_day
+            .map(|n| (n as u64).saturating_sub(q.day.total));
+        if local_left == Some(0) {
+            let until = q.day.frees_at(origin).unwrap_or(now + DAY);
+            return Gate::Park(until);
+        }
+        if let Some(d) = q.erp_day {
+            if d.remaining == 0 && d.known_reset {
+                return Gate::Park(d.until);
+            }
+        }
+        // Little left of the day: spread what is left over the time until
+        // the quota comes back.
+        let erp_left = q.erp_day.map(|d| d.remaining);
+        let left = match (local_left, erp_left) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(left) = left.filter(|l| *l > 0) {
+            let quota = self
+                .limits
+                .requests_per_day
+                .map(u64::from)
+                .or(erp_left)
+                .unwrap_or(left);
+            let low_water = (quota / 20).max(10);
+            if left <= low_water {
+                let back = q
+                    .erp_day
+                    .filter(|d| d.known_reset)
+                    .map(|d| d.until)
+                    .or_else(|| q.day.frees_at(origin))
+                    .unwrap_or(now + DAY);
+                let spacing = back.saturating_duration_since(now) / left as u32;
+                if let Some(last) = q.last_paced {
+                    let next = last + spacing;
+                    if next > now {
+                        return Gate::Wait(next - now);
+                    }
+                }
+                q.last_paced = Some(now);
+            }
+        }
+        Gate::Go
+    }
+
+    /// Counts one request sent against the quotas.
+    fn count_request(&self) {
+        let now = Instant::now();
+        let mut q = self.quota.lock().expect("poisoned");
+        let origin = q.origin;
+        if self.limits.requests_per_day.is_some() {
+            q.day.record(origin, now);
+        }
+        let q = &mut *q;
+        for r in [&mut q.erp_day, &mut q.erp_minute].into_iter().flatten() {
+            r.remaining = r.remaining.saturating_sub(1);
+        }
+    }
+
+    /// Waits until the quotas let a request go, or fails when parked.
+    async fn pass_gate(&self) -> Result<(), ConnectorError> {
+        loop {
+            match self.gate() {
+                Gate::Go => return Ok(()),
+                Gate::Wait(d) => tokio::time::sleep(d).await,
+                Gate::Park(until) => return Err(self.park(until, "quota")),
+            }
+        }
     }
 
     /// Runs one upstream request under the budget, retrying retryable errors
@@ -175,8 +429,10 @@ impl Budget {
             .with_max_times(self.limits.max_attempts.saturating_sub(1) as usize)
             .build();
         loop {
+            self.pass_gate().await?;
             let result = {
                 let _permits = self.acquire(lane).await;
+                self.count_request();
                 match lane {
                     Lane::Poll => self.poll_requests.fetch_add(1, Ordering::Relaxed),
                     Lane::Resync => self.resync_requests.fetch_add(1, Ordering::Relaxed),
@@ -189,15 +445,46 @@ impl Budget {
             };
             match result {
                 Ok(v) => return Ok(v),
+                Err(ConnectorError::DailyQuota { retry_after }) => {
+                    self.note_throttle();
+                    let wait = retry_after.filter(|d| *d <= self.limits.max_retry_wait);
+                    match (wait, backoff.next()) {
+                        (Some(d), Some(b)) => {
+                            self.retries.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(
+                                delay_ms = d.max(b).as_millis() as u64,
+                                "daily quota refusal; waiting for the reset"
+                            );
+                            tokio::time::sleep(d.max(b)).await;
+                        }
+                        _ => {
+                            let now = Instant::now();
+                            let until = match retry_after {
+                                Some(d) => now + d,
+                                None => {
+                                    let q = self.quota.lock().expect("poisoned");
+                                    q.day
+                                        .frees_at(q.origin)
+                                        .filter(|t| *t > now)
+                                        .unwrap_or(now + self.limits.max_retry_wait)
+                                }
+                            };
+                            return Err(self.park(until, "the ERP refused: daily quota"));
+                        }
+                    }
+                }
                 Err(e) if e.is_retryable() => {
                     if matches!(e, ConnectorError::RateLimited { .. }) {
-                        self.rate_limited.fetch_add(1, Ordering::Relaxed);
-                        *self.last_throttle.lock().expect("poisoned") = Some(chrono::Utc::now());
+                        self.note_throttle();
                     }
                     let Some(delay) = backoff.next() else {
                         return Err(e);
                     };
-                    let delay = delay.max(e.retry_after().unwrap_or(Duration::ZERO));
+                    let wait = e
+                        .retry_after()
+                        .unwrap_or(Duration::ZERO)
+                        .min(self.limits.max_retry_wait);
+                    let delay = delay.max(wait);
                     self.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(error = %e, delay_ms = delay.as_millis() as u64, "retrying upstream request");
                     tokio::time::sleep(delay).await;
@@ -205,6 +492,11 @@ impl Budget {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    fn note_throttle(&self) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
+        *self.last_throttle.lock().expect("poisoned") = Some(chrono::Utc::now());
     }
 
     async fn acquire(&self, lane: Lane) -> Permits<'_> {

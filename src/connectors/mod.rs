@@ -11,49 +11,28 @@
 //! retry policy and `Retry-After` handling.
 
 pub mod budget;
+pub mod credentials;
 pub mod demo;
 pub mod netsuite;
+pub mod oauth;
 pub mod quickbooks;
+pub mod registry;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Customer, Entity, Quarantined, Record};
+use crate::model::{Customer, Entity, Quarantined, Record, Timestamp};
 
-pub use budget::{Budget, Lane};
+pub use budget::{Budget, Lane, QuotaReport, QuotaWindow};
+pub use credentials::CredentialStore;
+pub use registry::{BuildContext, ConnectorKind, Registry};
 
-use std::path::Path;
-use std::sync::Arc;
-
-use crate::config::{ConnectorConfig, ConnectorOptions};
-
-/// Every connector kind this build knows, as written in config.
-pub const KINDS: &[&str] = &["demo", "netsuite"];
-
-/// The native exclusions a connector kind knows, or `None` for an unknown kind.
-pub fn native_exclusions_for(kind: &str) -> Option<&'static [NativeExclusion]> {
-    match kind {
-        "demo" | "netsuite" => Some(&[NATIVE_INACTIVE, NATIVE_INTERCOMPANY]),
-        _ => None,
-    }
-}
-
-/// Builds the connector described by `cfg`; `base_dir` resolves relative
-/// paths (credential files) in its options.
-pub fn build(
-    cfg: &ConnectorConfig,
-    base_dir: &Path,
-    budget: Arc<Budget>,
-) -> Result<Arc<dyn Connector>, String> {
-    Ok(match &cfg.options {
-        ConnectorOptions::Demo(o) => Arc::new(demo::build(o, budget)),
-        ConnectorOptions::Netsuite(o) => {
-            Arc::new(netsuite::NetsuiteConnector::new(o, base_dir, budget)?)
-        }
-    })
-}
+/// Every connector kind this build knows. Adding an ERP is its folder plus
+/// one line here.
+pub static REGISTRY: Registry =
+    Registry::new(&[&demo::Demo, &netsuite::Netsuite, &quickbooks::Quickbooks]);
 
 /// A connector's position in one upstream stream. Opaque to everything but the
 /// connector that made it; the store persists it next to the data it covers.
@@ -125,16 +104,11 @@ pub const NATIVE_INTERCOMPANY: NativeExclusion = NativeExclusion {
     applies: |c| c.intercompany,
 };
 
-/// What every ERP connector implements. Methods take `&self` and may be called
-/// concurrently (polling and resync run side by side).
+/// What every ERP connector implements (its kind, options and native
+/// exclusions are declared by its [`ConnectorKind`]). Methods take `&self`
+/// and may be called concurrently (polling and resync run side by side).
 #[async_trait]
 pub trait Connector: Send + Sync + 'static {
-    /// The `kind` in config, e.g. `demo` or `netsuite`.
-    fn kind(&self) -> &'static str;
-
-    /// Every native exclusion this connector can apply.
-    fn native_exclusions(&self) -> &'static [NativeExclusion];
-
     /// Next page of customers changed since `cursor`.
     async fn fetch_customers(&self, cursor: &Cursor) -> Result<Page<Customer>, ConnectorError>;
 
@@ -190,6 +164,12 @@ pub trait Connector: Send + Sync + 'static {
     ) -> Result<Vec<String>, ConnectorError> {
         Ok(Vec::new())
     }
+
+    /// The connector's OAuth 2.0 client, if it uses one (its state shows
+    /// in `/status`, never its tokens).
+    fn oauth(&self) -> Option<&oauth::OAuthClient> {
+        None
+    }
 }
 
 /// Why an upstream call failed. [`is_retryable`](ConnectorError::is_retryable)
@@ -217,6 +197,26 @@ pub enum ConnectorError {
     /// Local misconfiguration detected at request time.
     #[error("{0}")]
     Config(String),
+    /// The ERP refused the access token of an OAuth 2.0 request (HTTP
+    /// 401). Returned by a connector's request closure inside
+    /// [`OAuthClient::authorized`](oauth::OAuthClient::authorized), which
+    /// refreshes the token once and retries; never retried by the budget.
+    #[error("access token refused (HTTP 401): {0}")]
+    Unauthorized(String),
+    /// The ERP refused the stored refresh token (`invalid_grant`), or none
+    /// was ever stored: only a person can fix it, with `command`. Not
+    /// retried; the connector shows `state: "needs_reconnect"`.
+    #[error("needs reconnecting: {reason}; run `{command}`")]
+    NeedsReconnect { reason: String, command: String },
+    /// The ERP's daily request quota is used up (for example a 429 with
+    /// `X-Rate-Limit-Problem: day`). A `retry_after` up to the budget's
+    /// `max_retry_wait` is waited out; a longer one parks the connector.
+    #[error("daily request quota of the ERP used up{}", retry_after_text(*.retry_after))]
+    DailyQuota { retry_after: Option<Duration> },
+    /// Returned by the budget, never by a connector: requests are parked
+    /// until `resumes_at` because the daily quota is used up. Not retried.
+    #[error("daily request quota used up; requests resume at {resumes_at}")]
+    QuotaExhausted { resumes_at: Timestamp },
 }
 
 fn retry_after_text(d: Option<Duration>) -> String {
@@ -239,9 +239,20 @@ impl ConnectorError {
 
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            ConnectorError::RateLimited { retry_after } => *retry_after,
+            ConnectorError::RateLimited { retry_after }
+            | ConnectorError::DailyQuota { retry_after } => *retry_after,
             _ => None,
         }
+    }
+
+    /// The connector cannot work until something outside it changes (a
+    /// person reconnects it, the daily quota resets): workers pause instead
+    /// of failing their jobs.
+    pub fn pauses_connector(&self) -> bool {
+        matches!(
+            self,
+            ConnectorError::NeedsReconnect { .. } | ConnectorError::QuotaExhausted { .. }
+        )
     }
 
     /// Maps a reqwest failure to the matching variant.
@@ -254,12 +265,14 @@ impl ConnectorError {
     }
 }
 
-/// The longest `Retry-After` honoured: a broken or hostile value must not
-/// stall a connector for days.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// The longest `Retry-After` read from a header: a broken or hostile value
+/// must not park a connector for days. The budget waits out at most
+/// `rate_limit.max_retry_wait` (1 h by default) in place; only a daily-quota
+/// refusal may ask for longer, and parks the connector.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
 
 /// Parses an HTTP `Retry-After` header value (seconds form; the HTTP-date form
-/// is accepted too).
+/// is accepted too), at most [`MAX_RETRY_AFTER`].
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let v = value.trim();
     if let Ok(secs) = v.parse::<u64>() {
@@ -276,7 +289,10 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     }
     chrono::DateTime::parse_from_rfc2822(v).ok().map(|t| {
         let delta = t.with_timezone(&chrono::Utc) - chrono::Utc::now();
-        delta.to_std().unwrap_or(Duration::ZERO)
+        delta
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER)
     })
 }
 

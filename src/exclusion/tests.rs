@@ -11,6 +11,7 @@ use super::manual::{self, Actor, Effect, Selection};
 use super::search::{self, Filter, State};
 use super::{explain, impact, ExclusionError, Policy};
 use crate::connectors::{Cursor, NativeExclusion, Page, NATIVE_INACTIVE, NATIVE_INTERCOMPANY};
+use crate::ingest::{self, Ingest};
 use crate::model::{
     Customer, CustomerKey, ExclusionSource, Invoice, InvoiceStatus, ManualAction, Record,
     Timestamp, Transaction, TransactionKind,
@@ -18,7 +19,6 @@ use crate::model::{
 use crate::resync::queue;
 use crate::rules::{parse_rule, RuleSet};
 use crate::store::Store;
-use crate::sync::ingest::{self, Ingest};
 
 static NATIVE: [NativeExclusion; 2] = [NATIVE_INACTIVE, NATIVE_INTERCOMPANY];
 

@@ -20,6 +20,7 @@ fn parse_cfg(reminders: &str) -> Result<RemindersConfig, String> {
     crate::config::parse(
         Path::new("/etc/erpsync/erpsync.toml"),
         &format!("{MIN}{reminders}"),
+        &crate::connectors::REGISTRY,
     )
     .map(|c| c.reminders)
     .map_err(|e| e.to_string())

@@ -30,10 +30,9 @@ use crate::app::{App, ConnectorHandle};
 use crate::connectors::{ConnectorError, Cursor, Page};
 use crate::model::{Entity, Record};
 use crate::store::StoreError;
-use crate::sync::ingest::{self, Ingest};
 // A batch fails the way a poll pass does: an upstream error for one
 // entity stream, or a store error.
-use crate::sync::SyncError as BatchError;
+use crate::ingest::{self, Ingest, SyncError as BatchError};
 
 use super::queue::{self, Batch, PageCommit};
 
@@ -41,6 +40,10 @@ use super::queue::{self, Batch, PageCommit};
 /// job may be queued by a write that does not notify, e.g. a test or a
 /// notification sent while the worker was busy).
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long the worker waits before looking again while its connector
+/// needs reconnecting.
+const PAUSE_WHILE_DISCONNECTED: Duration = Duration::from_secs(30);
 
 /// How long the worker waits after a store error before trying again.
 const ERROR_PAUSE: Duration = Duration::from_secs(5);
@@ -57,7 +60,8 @@ pub async fn run(app: Arc<App>, h: Arc<ConnectorHandle>) {
             break;
         }
         let pause = match drain(&app, &h).await {
-            Ok(()) => CHECK_INTERVAL,
+            Ok(None) => CHECK_INTERVAL,
+            Ok(Some(paused)) => paused,
             Err(e) => {
                 tracing::error!(connector = %h.id, error = %e, "resync worker: store error; trying again shortly");
                 ERROR_PAUSE
@@ -72,8 +76,10 @@ pub async fn run(app: Arc<App>, h: Arc<ConnectorHandle>) {
 }
 
 /// Resumes checkpointed batches and runs new ones until the connector has
-/// no pending member left (or shutdown).
-async fn drain(app: &App, h: &ConnectorHandle) -> Result<(), StoreError> {
+/// no pending member left (or shutdown). `Some(pause)`: the connector cannot
+/// work now (daily quota used up, needs reconnecting); its batches stay
+/// checkpointed and resume after `pause`.
+async fn drain(app: &App, h: &ConnectorHandle) -> Result<Option<Duration>, StoreError> {
     let batch_size = h.connector.resync_batch_size().max(1);
     let max_batches =
         (h.budget.limits().max_concurrency as usize / queue::RECORD_ENTITIES.len()).max(1);
@@ -97,7 +103,7 @@ async fn drain(app: &App, h: &ConnectorHandle) -> Result<(), StoreError> {
             running.push(run_batch(app, h, b));
         }
         if running.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         // A job queued while batches run may take a free slot: look again
         // on a wake-up or after a while even when no batch finished.
@@ -105,10 +111,10 @@ async fn drain(app: &App, h: &ConnectorHandle) -> Result<(), StoreError> {
             r = running.next() => r,
             _ = app.resync_wakeup.notified(), if running.len() < max_batches => continue,
             _ = tokio::time::sleep(CHECK_INTERVAL), if running.len() < max_batches => continue,
-            _ = app.shutdown.cancelled() => return Ok(()),
+            _ = app.shutdown.cancelled() => return Ok(None),
         };
         let Some((batch, result)) = next else {
-            return Ok(());
+            return Ok(None);
         };
         for m in &batch.members {
             busy.remove(&m.customer);
@@ -116,6 +122,20 @@ async fn drain(app: &App, h: &ConnectorHandle) -> Result<(), StoreError> {
         match result {
             Ok(()) => {}
             Err(BatchError::Store(e)) => return Err(e),
+            Err(BatchError::Connector { source, .. }) if source.pauses_connector() => {
+                // Not the batch's fault: keep it (and every other running
+                // batch) checkpointed and come back later.
+                let pause = match &source {
+                    ConnectorError::QuotaExhausted { resumes_at } => (*resumes_at
+                        - chrono::Utc::now())
+                    .to_std()
+                    .unwrap_or_default()
+                    .max(CHECK_INTERVAL),
+                    _ => PAUSE_WHILE_DISCONNECTED,
+                };
+                tracing::warn!(connector = %h.id, error = %source, pause_s = pause.as_secs(), "resync paused");
+                return Ok(Some(pause));
+            }
             Err(BatchError::Connector { entity, source }) => {
                 let jobs = batch.job_ids();
                 let now = chrono::Utc::now();

@@ -40,6 +40,8 @@ pub mod ns {
     pub const HOLD: u8 = b'H';
     /// schema version
     pub const META: u8 = b'V';
+    /// connector credentials (OAuth token sets): `O conn name`
+    pub const CREDENTIAL: u8 = b'O';
 }
 
 pub fn valid_id(s: &str) -> bool {

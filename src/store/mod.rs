@@ -355,6 +355,23 @@ impl Store {
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
+    /// A connector's credential (an OAuth token set), by name.
+    pub fn credential(&self, connector: &str, name: &str) -> Result<Option<String>> {
+        let k = credential_key(connector, name);
+        Ok(self
+            .raw_get(&k)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Stores a connector's credential; durable when this returns.
+    pub async fn put_credential(&self, connector: &str, name: &str, value: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.put_credential(connector, name, value);
+            Ok(())
+        })
+        .await
+    }
+
     pub fn manual_decision(&self, key: &CustomerKey) -> Result<Option<ManualDecision>> {
         let k = manual_key(&key.connector, &key.external_id);
         self.raw_get(&k)?.map(|v| decode(&k, &v)).transpose()
@@ -464,6 +481,9 @@ pub(crate) fn customer_key(conn: &str, cust: &str) -> Vec<u8> {
 }
 pub(crate) fn manual_key(conn: &str, cust: &str) -> Vec<u8> {
     keys::key(ns::MANUAL, &[conn.as_bytes(), cust.as_bytes()])
+}
+pub(crate) fn credential_key(conn: &str, name: &str) -> Vec<u8> {
+    keys::key(ns::CREDENTIAL, &[conn.as_bytes(), name.as_bytes()])
 }
 pub(crate) fn counter_key(conn: &str, name: &str) -> Vec<u8> {
     keys::key(ns::COUNTER, &[conn.as_bytes(), name.as_bytes()])

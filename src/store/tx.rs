@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::{self, ns};
 use super::{
-    audit_key, counter_key, customer_key, decode, decode_u64, encode, manual_key, AuditEntry,
-    QuarantineEntry, Result, Store, StoredCustomer,
+    audit_key, counter_key, credential_key, customer_key, decode, decode_u64, encode, manual_key,
+    AuditEntry, QuarantineEntry, Result, Store, StoredCustomer,
 };
 use crate::model::{CustomerKey, Entity, ManualDecision, Quarantined, Record, Timestamp};
 
@@ -103,6 +103,13 @@ impl<'a> Tx<'a> {
     /// Aborts the whole transaction with a message (nothing is written).
     pub fn reject<T>(&self, msg: impl Into<String>) -> Result<T> {
         Err(super::StoreError::Rejected(msg.into()))
+    }
+
+    // ----- credentials --------------------------------------------------
+
+    /// Stores a connector's credential (an OAuth token set) in this write.
+    pub fn put_credential(&mut self, connector: &str, name: &str, value: &str) {
+        self.put(credential_key(connector, name), value.as_bytes().to_vec());
     }
 
     // ----- customers ----------------------------------------------------

@@ -9,29 +9,22 @@
 //!
 //! The scheduler does not retry by itself: the connector's
 //! [`Budget`](crate::connectors::Budget) does. A pass that still fails is
-//! recorded in the connector's status and tried again at the next interval.
-
-pub mod ingest;
+//! recorded in the connector's status and tried again at the next interval,
+//! or when asked (`POST /api/v1/connectors/{id}/sync`). A pass stopped by a
+//! used-up daily quota shows `quota_exhausted` with `resumes_at` and the
+//! next one starts at that time; one stopped by a refused refresh token
+//! shows `needs_reconnect` with the reason and the command that fixes it.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::app::{App, ConnectorHandle, LastError, WorkerState};
+use crate::app::{App, ConnectorHandle, ConnectorStatus, LastError, Reconnect, WorkerState};
 use crate::connectors::{ConnectorError, Cursor, Page};
+use crate::ingest::{self, Ingest, PageStats};
 use crate::model::Entity;
 use crate::store::{StoreError, Tx};
-use ingest::{Ingest, PageStats};
 
-#[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    #[error("{entity}: {source}")]
-    Connector {
-        entity: Entity,
-        source: ConnectorError,
-    },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
+pub use crate::ingest::SyncError;
 
 /// Runs the poller of one connector until shutdown.
 pub async fn run_poller(app: Arc<App>, h: Arc<ConnectorHandle>) {
@@ -42,6 +35,7 @@ pub async fn run_poller(app: Arc<App>, h: Arc<ConnectorHandle>) {
         }
         let started = Instant::now();
         let start_ts = chrono::Utc::now();
+        h.set_pass_running(true);
         h.update_status(|s| {
             s.state = WorkerState::Syncing;
             s.last_sync_start = Some(start_ts);
@@ -53,46 +47,95 @@ pub async fn run_poller(app: Arc<App>, h: Arc<ConnectorHandle>) {
                 _ = app.shutdown.cancelled() => None,
             }
         };
+        h.set_pass_running(false);
         let Some(result) = result else { break };
         let end = chrono::Utc::now();
         let ms = started.elapsed().as_millis() as u64;
+        let mut resumes_at = None;
         match &result {
             Ok(stats) => {
                 tracing::info!(connector = %h.id, duration_ms = ms, written = stats.written, dropped = stats.dropped, deleted = stats.deleted, "sync pass finished");
+            }
+            Err(SyncError::Connector {
+                source: ConnectorError::QuotaExhausted { resumes_at: at },
+                ..
+            }) => {
+                resumes_at = Some(*at);
+                tracing::warn!(connector = %h.id, resumes_at = %at, "sync pass parked: daily request quota used up");
             }
             Err(e) => {
                 tracing::error!(connector = %h.id, error = %e, "sync pass failed");
             }
         }
-        h.update_status(|s| {
-            s.passes += 1;
-            s.last_sync_end = Some(end);
-            s.last_sync_duration_ms = Some(ms);
-            match &result {
-                Ok(_) => {
-                    s.state = WorkerState::Idle;
-                    s.last_success = Some(end);
-                    s.consecutive_errors = 0;
-                }
-                Err(e) => {
-                    s.state = WorkerState::Failing;
-                    s.consecutive_errors += 1;
-                    s.last_error = Some(LastError {
-                        at: end,
-                        message: e.to_string(),
-                    });
-                }
-            }
-        });
+        h.update_status(|s| record_outcome(s, &result, end, ms));
         // Resync jobs may have been queued by this pass.
         app.resync_wakeup.notify_waiters();
+        // Parked: nothing is sent before the quota resets, whatever the
+        // interval (a sync-now request is refused meanwhile).
+        let wait = match resumes_at {
+            Some(at) => (at - chrono::Utc::now()).to_std().unwrap_or_default(),
+            None => interval,
+        };
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = h.poll_now.notified() => {}
             _ = app.shutdown.cancelled() => break,
         }
     }
     h.update_status(|s| s.state = WorkerState::Stopped);
+}
+
+/// Records the outcome of one pass in the connector's status.
+fn record_outcome(
+    s: &mut ConnectorStatus,
+    result: &Result<PageStats, SyncError>,
+    end: crate::model::Timestamp,
+    ms: u64,
+) {
+    s.passes += 1;
+    s.last_sync_end = Some(end);
+    s.last_sync_duration_ms = Some(ms);
+    s.resumes_at = None;
+    match result {
+        Ok(_) => {
+            s.state = WorkerState::Idle;
+            s.last_success = Some(end);
+            s.consecutive_errors = 0;
+            s.reconnect = None;
+        }
+        Err(e) => {
+            s.consecutive_errors += 1;
+            s.last_error = Some(LastError {
+                at: end,
+                message: e.to_string(),
+            });
+            match e {
+                SyncError::Connector {
+                    source: ConnectorError::QuotaExhausted { resumes_at },
+                    ..
+                } => {
+                    s.state = WorkerState::QuotaExhausted;
+                    s.resumes_at = Some(*resumes_at);
+                }
+                SyncError::Connector {
+                    source: ConnectorError::NeedsReconnect { reason, command },
+                    ..
+                } => {
+                    s.state = WorkerState::NeedsReconnect;
+                    let since = match &s.reconnect {
+                        Some(r) if &r.reason == reason => r.since,
+                        _ => end,
+                    };
+                    s.reconnect = Some(Reconnect {
+                        since,
+                        reason: reason.clone(),
+                        command: command.clone(),
+                    });
+                }
+                _ => s.state = WorkerState::Failing,
+            }
+        }
+    }
 }
 
 /// One full pass over all entities of a connector.

@@ -296,12 +296,42 @@ fn bad_configs_are_refused_with_file_line_and_key() {
         (
             "demo option out of range",
             "[daemon]\nstate_dir = \"state\"\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\n[connectors.demo]\npage_size = 0\n",
-            &["erpsync.toml:6", "connectors[0].demo", "page_size must be between 1 and 1000"],
+            &["erpsync.toml:7", "key `connectors[0].demo.page_size`", "must be between 1 and 1000"],
         ),
         (
             "wrong type inside a connector's own table",
             "[daemon]\nstate_dir = \"state\"\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\n[connectors.demo]\nseed = 1\ncustomers = \"many\"\n",
-            &["erpsync.toml:8", "key `customers`", "invalid type"],
+            &["erpsync.toml:8", "key `connectors[0].demo.customers`", "invalid type"],
+        ),
+        (
+            "unknown key inside a connector's own table",
+            "[daemon]\nstate_dir = \"state\"\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\n\n[connectors.demo]\nseed = 1\n\npagesize = 3\n",
+            &["erpsync.toml:10", "key `connectors[0].demo.pagesize`", "unknown field `pagesize`"],
+        ),
+        (
+            "unknown key inside the second connector's table",
+            "[daemon]\nstate_dir = \"state\"\n[[connectors]]\nid = \"a\"\nkind = \"demo\"\n[[connectors]]\nid = \"b\"\nkind = \"demo\"\n[connectors.demo]\ntrickle = 0\nlatency = 5\n",
+            &["erpsync.toml:11", "key `connectors[1].demo.latency`", "unknown field `latency`"],
+        ),
+        (
+            "a table of another kind",
+            "[daemon]\nstate_dir = \"state\"\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\n[connectors.netsuite]\naccount_id = \"1\"\n",
+            &["erpsync.toml:6", "key `connectors[0].netsuite`", "does not apply to kind `demo`"],
+        ),
+        (
+            "a NetSuite option in the config's one duration syntax",
+            "[daemon]\nstate_dir = \"state\"\n[[connectors]]\nid = \"n\"\nkind = \"netsuite\"\n[connectors.netsuite]\naccount_id = \"1\"\ntimezone = \"UTC\"\nconsumer_key_credential = \"a\"\nconsumer_secret_credential = \"b\"\ntoken_id_credential = \"c\"\ntoken_secret_credential = \"d\"\noverlap = \"30\"\n",
+            &["erpsync.toml:13", "key `connectors[0].netsuite.overlap`", "`30` has no unit"],
+        ),
+        (
+            "a daemon duration without a unit",
+            "[daemon]\nstate_dir = \"state\"\nshutdown_timeout = \"30\"\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\n",
+            &["erpsync.toml:3", "key `daemon.shutdown_timeout`", "`30` has no unit"],
+        ),
+        (
+            "a daily quota of zero",
+            "[daemon]\nstate_dir = \"state\"\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\nrate_limit = { requests_per_day = 0 }\n",
+            &["erpsync.toml:6", "key `connectors[0].rate_limit.requests_per_day`", "at least 1"],
         ),
         (
             "duration too long",

@@ -8,6 +8,8 @@ mod hardening;
 mod netsuite;
 mod netsuite_daemon;
 mod netsuite_mock;
+mod oauth;
+mod oauth_mock;
 mod quickbooks;
 mod quickbooks_mock;
 mod reminders;

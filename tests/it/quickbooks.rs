@@ -14,10 +14,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use erpsync::connectors::budget::{Budget, Limits};
-use erpsync::connectors::quickbooks::{AccessTokens, QuickbooksConnector, QuickbooksOptions};
-use erpsync::connectors::{Connector, ConnectorError, Cursor, Page};
+use erpsync::config::Limits;
+use erpsync::connectors::credentials::MemoryCredentials;
+use erpsync::connectors::oauth;
+use erpsync::connectors::quickbooks::{QuickbooksConnector, QuickbooksOptions};
+use erpsync::connectors::{Budget, BuildContext, Connector, ConnectorError, Cursor, Page};
 use erpsync::model::{Customer, Entity, InvoiceStatus, Quarantined, Record, TransactionKind};
 use erpsync::secrets::Secret;
 use rust_decimal::Decimal;
@@ -37,114 +38,55 @@ pub fn limits(max_concurrency: u32) -> Limits {
         max_attempts: 8,
         min_backoff: Duration::from_millis(1),
         max_backoff: Duration::from_millis(20),
+        ..Limits::default()
     }
 }
 
-/// Test-only bearer tokens: one refresh at the mock's token endpoint, again
-/// after a 401. The daemon uses the platform's OAuth client instead.
-pub struct TestTokens {
-    http: reqwest::Client,
-    url: String,
-    basic: (String, String),
-    state: tokio::sync::Mutex<(String, Option<String>)>,
-}
-
-impl TestTokens {
-    pub fn new(mock: &MockQbo) -> Arc<TestTokens> {
-        Arc::new(TestTokens {
-            http: reqwest::Client::new(),
-            url: mock.token_url(),
-            basic: (
-                mock.config().client_id.clone(),
-                mock.config().client_secret.clone(),
-            ),
-            state: tokio::sync::Mutex::new((mock.authorize(), None)),
-        })
-    }
-
-    async fn refresh(&self, st: &mut (String, Option<String>)) -> Result<Secret, ConnectorError> {
-        let r = self
-            .http
-            .post(&self.url)
-            .basic_auth(&self.basic.0, Some(&self.basic.1))
-            .header("accept", "application/json")
-            .form(&[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", st.0.as_str()),
-            ])
-            .send()
-            .await
-            .map_err(|e| ConnectorError::Transport(e.to_string()))?;
-        let v: serde_json::Value = r
-            .json()
-            .await
-            .map_err(|e| ConnectorError::Protocol(e.to_string()))?;
-        let (Some(a), Some(rt)) = (v["access_token"].as_str(), v["refresh_token"].as_str()) else {
-            return Err(ConnectorError::Auth(format!("refresh refused: {v}")));
-        };
-        st.0 = rt.to_string();
-        st.1 = Some(a.to_string());
-        Ok(Secret::new(a))
-    }
-}
-
-#[async_trait]
-impl AccessTokens for TestTokens {
-    async fn access_token(&self) -> Result<Secret, ConnectorError> {
-        let mut st = self.state.lock().await;
-        match &st.1 {
-            Some(a) => Ok(Secret::new(a.clone())),
-            None => self.refresh(&mut st).await,
-        }
-    }
-    async fn refreshed(&self, refused: &Secret) -> Result<Secret, ConnectorError> {
-        let mut st = self.state.lock().await;
-        match &st.1 {
-            Some(a) if a != refused.expose() => Ok(Secret::new(a.clone())),
-            _ => self.refresh(&mut st).await,
-        }
-    }
-}
-
-/// Writes the mock's client credentials to files; options for the mock plus
-/// `extra` TOML lines.
+/// Options for the mock plus `extra` TOML lines (top-level keys); the
+/// client credentials are written to files in `dir`.
 pub fn options(mock: &MockQbo, dir: &Path, extra: &str) -> QuickbooksOptions {
-    std::fs::write(
-        dir.join("client_id"),
-        format!("{}\n", mock.config().client_id),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("client_secret"),
-        format!("{}\n", mock.config().client_secret),
-    )
-    .unwrap();
+    mock.tokens.write_client_files(dir);
     let text = format!(
         r#"
         realm_id = "{}"
         api_base_url = "{}"
+        {extra}
+        [oauth]
         token_url = "{}"
         client_id_file = "client_id"
         client_secret_file = "client_secret"
-        {extra}
         "#,
         mock.config().realm_id,
         mock.base_url(),
         mock.token_url(),
     );
-    let o: QuickbooksOptions = toml::from_str(&text).unwrap();
-    assert_eq!(o.validate(dir), Vec::<String>::new());
-    o
+    toml::from_str(&text).unwrap()
 }
 
-fn connector(mock: &MockQbo, dir: &Path, extra: &str, budget: Arc<Budget>) -> QuickbooksConnector {
-    QuickbooksConnector::new(
-        &options(mock, dir, extra),
-        dir,
+/// A build context with in-memory credentials holding a freshly authorized
+/// refresh token (what `erpsync connect` stores).
+pub async fn context(mock: &MockQbo, dir: &Path, budget: Arc<Budget>) -> BuildContext {
+    let creds = Arc::new(MemoryCredentials::default());
+    oauth::connect(&*creds, &Secret::new(mock.authorize()))
+        .await
+        .unwrap();
+    BuildContext {
+        id: "qbo".into(),
+        base_dir: dir.to_path_buf(),
+        config_file: dir.join("erpsync.toml"),
         budget,
-        TestTokens::new(mock),
-    )
-    .unwrap()
+        credentials: creds,
+    }
+}
+
+async fn connector(
+    mock: &MockQbo,
+    dir: &Path,
+    extra: &str,
+    budget: Arc<Budget>,
+) -> QuickbooksConnector {
+    let cx = context(mock, dir, budget).await;
+    QuickbooksConnector::new(&options(mock, dir, extra), &cx).unwrap()
 }
 
 /// What the store would hold after applying pages.
@@ -395,7 +337,7 @@ fn print_rate(label: &str, requests: u64, records: usize) {
 async fn full_and_incremental_sync_equal_the_mock_past_1000_rows() {
     let mock = MockQbo::start(big()).await;
     let dir = tempfile::tempdir().unwrap();
-    let c = connector(&mock, dir.path(), "", Budget::new(limits(4)));
+    let c = connector(&mock, dir.path(), "", Budget::new(limits(4))).await;
     let mut store = Store::default();
     let mut cursors = Cursors::default();
     sync_all(&c, &mut store, &mut cursors).await;
@@ -460,7 +402,7 @@ async fn updates_between_pages_are_neither_lost_nor_duplicated() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let c = connector(&mock, dir.path(), "page_size = 100", Budget::new(limits(2)));
+    let c = connector(&mock, dir.path(), "page_size = 100", Budget::new(limits(2))).await;
     let mut store = Store::default();
     let mut cursor = Cursor::start();
     let mut page_no = 0;
@@ -530,7 +472,7 @@ async fn deletions_beyond_the_cdc_cap_or_window_are_found_by_verification() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let c = connector(&mock, dir.path(), "", Budget::new(limits(2)));
+    let c = connector(&mock, dir.path(), "", Budget::new(limits(2))).await;
     let mut store = Store::default();
     let mut cursors = Cursors::default();
     sync_all(&c, &mut store, &mut cursors).await;
@@ -580,7 +522,8 @@ async fn resync_reads_a_customer_set_with_customer_ref_in() {
         dir.path(),
         "page_size = 200\nresync_batch_size = 150",
         Budget::new(limits(2)),
-    );
+    )
+    .await;
     let ids: Vec<String> = (1..=150u64).map(|i| i.to_string()).collect();
     let mut store = Store::default();
     for entity in [Entity::Invoices, Entity::Transactions] {
@@ -640,7 +583,7 @@ async fn the_request_rate_stays_under_the_limit_and_429s_back_off() {
         max_concurrency: 3,
         ..limits(3)
     });
-    let c = connector(&mock, dir.path(), "page_size = 100", budget.clone());
+    let c = connector(&mock, dir.path(), "page_size = 100", budget.clone()).await;
     let mut store = Store::default();
     let mut cursors = Cursors::default();
     sync_all(&c, &mut store, &mut cursors).await;
@@ -666,7 +609,7 @@ async fn faults_are_retried_and_malformed_records_quarantined() {
     let mock = MockQbo::start(MockConfig::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let budget = Budget::new(limits(2));
-    let c = connector(&mock, dir.path(), "page_size = 300", budget.clone());
+    let c = connector(&mock, dir.path(), "page_size = 300", budget.clone()).await;
     mock.push_faults([
         Fault::ServerError(503),
         Fault::SystemFaultIn200,
@@ -688,11 +631,11 @@ async fn faults_are_retried_and_malformed_records_quarantined() {
     mock.update_txn(inv[1], |t| t.balance = Decimal::ZERO);
     mock.update_txn(inv[2], |t| t.balance = Decimal::ZERO);
     mock.update_customer(9, |c| c.balance = Decimal::new(4200, 2));
-    let refreshes = mock.stats().token_refreshes;
+    let refreshes = mock.tokens.stats().refreshed;
     mock.push_faults([Fault::MalformedRecord]);
     next_second(&mock);
     sync_all(&c, &mut store, &mut cursors).await;
-    assert_eq!(mock.stats().token_refreshes, refreshes + 1);
+    assert_eq!(mock.tokens.stats().refreshed, refreshes + 1);
     // The customer page was corrupted: its first record is quarantined
     // with the reason, the rest went on.
     assert_eq!(store.quarantined.len(), 1, "{:?}", store.quarantined);
@@ -708,13 +651,8 @@ async fn request_errors_are_clear_and_not_retried() {
     // A realm this app is not connected to: the gateway's 403.
     let mut o = options(&mock, dir.path(), "");
     o.realm_id = "1234".into();
-    let c = QuickbooksConnector::new(
-        &o,
-        dir.path(),
-        Budget::new(limits(2)),
-        TestTokens::new(&mock),
-    )
-    .unwrap();
+    let cx = context(&mock, dir.path(), Budget::new(limits(2))).await;
+    let c = QuickbooksConnector::new(&o, &cx).unwrap();
     mock.reset_stats();
     match c.fetch_customers(&Cursor::start()).await {
         Err(ConnectorError::Auth(m)) => {
@@ -726,47 +664,28 @@ async fn request_errors_are_clear_and_not_retried() {
     }
     assert_eq!(mock.stats().requests, 1);
 
-    // A refused access token that a refresh cannot fix.
-    struct Revoked;
-    #[async_trait]
-    impl AccessTokens for Revoked {
-        async fn access_token(&self) -> Result<Secret, ConnectorError> {
-            Ok(Secret::new("revoked-token"))
-        }
-        async fn refreshed(&self, _: &Secret) -> Result<Secret, ConnectorError> {
-            Err(ConnectorError::Auth(
-                "refresh token refused (invalid_grant)".into(),
-            ))
-        }
-    }
-    let c = QuickbooksConnector::new(
-        &options(&mock, dir.path(), ""),
-        dir.path(),
-        Budget::new(limits(2)),
-        Arc::new(Revoked),
-    )
-    .unwrap();
+    // The user disconnected the app: the refresh is refused once, the
+    // connector needs a reconnect and stops asking.
+    let c = connector(&mock, dir.path(), "", Budget::new(limits(2))).await;
+    mock.tokens.revoke_all();
     mock.reset_stats();
-    match c.fetch_records(Entity::Invoices, &Cursor::start()).await {
-        Err(ConnectorError::Auth(m)) => assert!(m.contains("invalid_grant"), "{m}"),
-        other => panic!("{other:?}"),
+    let refused_before = mock.tokens.stats().invalid_grant;
+    for _ in 0..3 {
+        match c.fetch_records(Entity::Invoices, &Cursor::start()).await {
+            Err(ConnectorError::NeedsReconnect { reason, command }) => {
+                assert!(command.contains("erpsync connect qbo"), "{command}");
+                assert!(!reason.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
     }
-    assert_eq!(mock.stats().requests, 1);
-    assert_eq!(
-        mock.stats().last_auth_failure.as_deref(),
-        Some("unknown or expired access token")
-    );
+    assert_eq!(mock.tokens.stats().invalid_grant, refused_before + 1);
+    assert_eq!(mock.stats().requests, 0);
 
     // Invalid options are refused before any request, naming the keys.
     let mut bad = options(&mock, dir.path(), "");
     bad.page_size = 5000;
-    let err = QuickbooksConnector::new(
-        &bad,
-        dir.path(),
-        Budget::new(limits(2)),
-        TestTokens::new(&mock),
-    )
-    .unwrap_err();
+    let err = QuickbooksConnector::new(&bad, &cx).unwrap_err();
     assert!(err.contains("page_size: 5000"), "{err}");
 }
 
@@ -774,40 +693,25 @@ async fn request_errors_are_clear_and_not_retried() {
 async fn the_mock_speaks_intuits_wire_format() {
     let mock = MockQbo::start(MockConfig::default()).await;
     let http = reqwest::Client::new();
-    let rt = mock.authorize();
     let cfg = mock.config().clone();
-    let token = |rt: String| {
-        let http = http.clone();
-        let url = mock.token_url();
-        let (id, secret) = (cfg.client_id.clone(), cfg.client_secret.clone());
-        async move {
-            let r = http
-                .post(url)
-                .basic_auth(id, Some(secret))
-                .form(&[
-                    ("grant_type", "refresh_token"),
-                    ("refresh_token", rt.as_str()),
-                ])
-                .send()
-                .await
-                .unwrap();
-            (
-                r.status().as_u16(),
-                r.json::<serde_json::Value>().await.unwrap(),
-            )
-        }
-    };
-    let (st, v) = token(rt.clone()).await;
-    assert_eq!(st, 200);
-    assert_eq!(v["token_type"], "bearer");
-    assert_eq!(v["expires_in"], 3600);
-    // The used refresh token is dead once a new one was issued.
-    assert_ne!(v["refresh_token"], rt.as_str());
-    let (st, v2) = token(rt).await;
-    assert_eq!(
-        (st, v2),
-        (400, serde_json::json!({"error": "invalid_grant"}))
-    );
+    let rt = mock.authorize();
+    let v: serde_json::Value = http
+        .post(mock.token_url())
+        // RFC 6749 §2.3.1: both parts form-encoded before Basic.
+        .basic_auth(
+            form(crate::oauth_mock::CLIENT_ID),
+            Some(form(crate::oauth_mock::CLIENT_SECRET)),
+        )
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", rt.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let access = v["access_token"].as_str().unwrap().to_string();
     let url = format!("{}/v3/company/{}/query", mock.base_url(), cfg.realm_id);
     let q = |text: &'static str, accept: bool| {
@@ -886,7 +790,7 @@ async fn a_second_swept_while_records_leave_it_is_swept_again() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let c = connector(&mock, dir.path(), "page_size = 100", Budget::new(limits(2)));
+    let c = connector(&mock, dir.path(), "page_size = 100", Budget::new(limits(2))).await;
     let snap = mock.snapshot();
     let mut by_time: BTreeMap<chrono::DateTime<chrono::Utc>, Vec<u64>> = BTreeMap::new();
     for t in snap.of_kind(INVOICE) {
@@ -934,6 +838,10 @@ async fn a_second_swept_while_records_leave_it_is_swept_again() {
         .await
         .unwrap();
     assert_equal_invoices(&mock.snapshot(), &store);
+}
+
+fn form(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 fn assert_equal_invoices(snap: &Snapshot, store: &Store) {

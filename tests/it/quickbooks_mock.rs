@@ -13,11 +13,13 @@
 //! windows older than 30 days refused), Intuit's envelopes (`QueryResponse`
 //! with `startPosition`/`maxResults`, `{"QueryResponse":{}}` when empty,
 //! `Fault` with `Error[]` and the gateway's lower-case `fault`), XML when the
-//! request does not ask for JSON, bearer access tokens that expire, the token
-//! endpoint (`refresh_token` grant, HTTP Basic client authentication,
-//! refresh-token rotation with used tokens refused), throttling (requests per
-//! window and concurrency per realm, 429 without `Retry-After`, measured),
-//! injectable faults, and a seeded data generator.
+//! request does not ask for JSON, bearer access tokens checked by the shared
+//! mock token server ([`MockTokenServer`] with Intuit's rotation policy:
+//! `refresh_token` grant, HTTP Basic client authentication, a new refresh
+//! token about once a day, superseded ones refused after their grace), the
+//! gateway's 401/403 for refused tokens and foreign realms, throttling
+//! (requests per window and concurrency per realm, 429 without
+//! `Retry-After`, measured), injectable faults, and a seeded data generator.
 //!
 //! It must not share code with the connector beyond the public model types,
 //! or it could not catch the connector's mistakes.
@@ -29,7 +31,7 @@
 //! rows by Id.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,9 +42,8 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
-use base64::Engine as _;
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeDelta, TimeZone, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -50,19 +51,11 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use serde_json::{json, Map, Value};
 
+use crate::oauth_mock::{MockTokenServer, TokenPolicy};
+
 // ============================================================================
 // Public handle
 // ============================================================================
-
-/// How the token endpoint rotates refresh tokens.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Rotation {
-    /// Every refresh returns a new refresh token; the one used is dead.
-    EveryRefresh,
-    /// Intuit's documented behaviour: the same refresh token comes back until
-    /// it is this old, then a new one does and the previous one is dead.
-    After(Duration),
-}
 
 #[derive(Clone, Debug)]
 pub struct MockConfig {
@@ -79,10 +72,8 @@ pub struct MockConfig {
     pub window: Duration,
     /// Concurrent API requests allowed per realm.
     pub concurrency_limit: usize,
-    pub client_id: String,
-    pub client_secret: String,
-    pub access_token_ttl: Duration,
-    pub rotation: Rotation,
+    /// The token server's behaviour (Intuit's by default).
+    pub token_policy: TokenPolicy,
     /// Number of invoices that share one `LastUpdatedTime` (a bulk import).
     pub tie_cluster: usize,
     /// Objects per CDC answer.
@@ -102,10 +93,7 @@ impl Default for MockConfig {
             requests_per_window: 500,
             window: Duration::from_secs(60),
             concurrency_limit: 10,
-            client_id: "ABkWq3nFv9mock0client0id".into(),
-            client_secret: "s3cr3t+/mock=client".into(),
-            access_token_ttl: Duration::from_secs(3600),
-            rotation: Rotation::EveryRefresh,
+            token_policy: TokenPolicy::intuit(),
             tie_cluster: 0,
             cdc_cap: 1000,
         }
@@ -135,15 +123,6 @@ pub enum Fault {
     TouchInvoices(Vec<String>),
 }
 
-/// One injected fault of the token endpoint.
-#[derive(Clone, Debug)]
-pub enum TokenFault {
-    ServerError(u16),
-    /// Processes the refresh (rotating the token) but answers with a cut
-    /// body, as when the connection drops after the server committed.
-    LoseResponse,
-}
-
 #[derive(Clone, Debug, Default)]
 pub struct MockStats {
     pub requests: u64,
@@ -160,10 +139,6 @@ pub struct MockStats {
     pub max_in_flight: usize,
     /// Most requests seen in any span of `window` (sliding).
     pub max_in_window: usize,
-    pub token_requests: u64,
-    pub token_refreshes: u64,
-    pub invalid_grants: u64,
-    pub invalid_clients: u64,
     pub minor_versions: Vec<String>,
     pub last_auth_failure: Option<String>,
 }
@@ -224,6 +199,8 @@ impl Snapshot {
 
 pub struct MockQbo {
     addr: SocketAddr,
+    /// The OAuth 2.0 token server whose access tokens the API accepts.
+    pub tokens: Arc<MockTokenServer>,
     state: Arc<MockState>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -237,12 +214,12 @@ impl Drop for MockQbo {
 impl MockQbo {
     pub async fn start(cfg: MockConfig) -> MockQbo {
         let db = generate(&cfg);
+        let tokens = Arc::new(MockTokenServer::start(cfg.token_policy.clone()).await);
         let state = Arc::new(MockState {
+            tokens: Arc::clone(&tokens),
             cfg,
             db: Mutex::new(db),
             faults: Mutex::new(VecDeque::new()),
-            token_faults: Mutex::new(VecDeque::new()),
-            tokens: Mutex::new(Tokens::default()),
             clock_offset: Mutex::new(TimeDelta::zero()),
             in_flight: AtomicUsize::new(0),
             recent: Mutex::new(VecDeque::new()),
@@ -252,7 +229,6 @@ impl MockQbo {
         let app = Router::new()
             .route("/v3/company/{realm}/query", get(query_get).post(query_post))
             .route("/v3/company/{realm}/cdc", get(cdc))
-            .route("/oauth2/v1/tokens/bearer", post(token))
             .fallback(not_found)
             .with_state(Arc::clone(&state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -262,6 +238,7 @@ impl MockQbo {
         });
         MockQbo {
             addr,
+            tokens,
             state,
             server,
         }
@@ -272,9 +249,9 @@ impl MockQbo {
         format!("http://{}", self.addr)
     }
 
-    /// The token endpoint URL (what `token_url` overrides).
+    /// The token endpoint URL (what `oauth.token_url` overrides).
     pub fn token_url(&self) -> String {
-        format!("http://{}/oauth2/v1/tokens/bearer", self.addr)
+        self.tokens.token_url()
     }
 
     pub fn config(&self) -> &MockConfig {
@@ -303,10 +280,6 @@ impl MockQbo {
         self.state.faults.lock().unwrap().len()
     }
 
-    pub fn push_token_faults(&self, faults: impl IntoIterator<Item = TokenFault>) {
-        self.state.token_faults.lock().unwrap().extend(faults);
-    }
-
     /// The server's clock (real time plus [`advance_clock`](Self::advance_clock)).
     pub fn now(&self) -> DateTime<Utc> {
         self.state.now()
@@ -325,44 +298,12 @@ impl MockQbo {
     /// Issues a refresh token as the authorization flow would (what an
     /// operator hands to `erpsync connect`).
     pub fn authorize(&self) -> String {
-        let now = self.now();
-        let mut t = self.state.tokens.lock().unwrap();
-        t.seq += 1;
-        let rt = format!("RT1-{}-mock-{:04}", self.state.cfg.seed, t.seq);
-        t.refresh = Some(RefreshState {
-            current: rt.clone(),
-            issued: now,
-        });
-        rt
+        self.tokens.issue_refresh_token()
     }
 
-    /// The refresh token the server currently accepts.
-    pub fn current_refresh_token(&self) -> Option<String> {
-        self.state
-            .tokens
-            .lock()
-            .unwrap()
-            .refresh
-            .as_ref()
-            .map(|r| r.current.clone())
-    }
-
-    /// Revokes every access token (as if they had expired).
+    /// Every access token issued so far stops working.
     pub fn expire_access_tokens(&self) {
-        self.state.tokens.lock().unwrap().access.clear();
-    }
-
-    /// Access tokens the server accepts right now.
-    pub fn live_access_tokens(&self) -> usize {
-        let now = self.now();
-        self.state
-            .tokens
-            .lock()
-            .unwrap()
-            .access
-            .values()
-            .filter(|e| **e > now)
-            .count()
+        self.tokens.expire_access_tokens();
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -799,25 +740,11 @@ fn to_xml(name: &str, v: &Value, out: &mut String) {
 // HTTP plumbing
 // ============================================================================
 
-#[derive(Default)]
-struct Tokens {
-    seq: u64,
-    refresh: Option<RefreshState>,
-    /// access token → expiry (server clock)
-    access: HashMap<String, DateTime<Utc>>,
-}
-
-struct RefreshState {
-    current: String,
-    issued: DateTime<Utc>,
-}
-
 struct MockState {
     cfg: MockConfig,
+    tokens: Arc<MockTokenServer>,
     db: Mutex<Db>,
     faults: Mutex<VecDeque<Fault>>,
-    token_faults: Mutex<VecDeque<TokenFault>>,
-    tokens: Mutex<Tokens>,
     clock_offset: Mutex<TimeDelta>,
     in_flight: AtomicUsize,
     /// Arrival times of recent API requests, for throttling and measuring.
@@ -992,31 +919,15 @@ async fn gate(
     if now_in_flight > st.cfg.concurrency_limit {
         return Err(throttled(st));
     }
-    // Bearer token.
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .map(str::to_string);
-    let now = st.now();
-    let valid = token.as_ref().is_some_and(|t| {
-        st.tokens
-            .lock()
-            .unwrap()
-            .access
-            .get(t)
-            .is_some_and(|exp| *exp > now)
-    });
-    if !valid {
-        let why = match &token {
-            None => "no bearer token".to_string(),
-            Some(_) => "unknown or expired access token".to_string(),
+    // Bearer token, checked by the token server; refused with the
+    // gateway's own envelope.
+    if st.tokens.check_bearer(headers).is_err() {
+        let why = if headers.contains_key("authorization") {
+            "unknown or expired access token"
+        } else {
+            "no bearer token"
         };
-        st.stats.lock().unwrap().last_auth_failure = Some(why);
+        st.stats.lock().unwrap().last_auth_failure = Some(why.to_string());
         return Err(gateway_fault(
             st,
             401,
@@ -1937,97 +1848,6 @@ async fn cdc(
         finish(&st, body, applied, wants_json(&headers))
     })
     .await
-}
-
-// ============================================================================
-// OAuth 2.0 token endpoint
-// ============================================================================
-
-fn oauth_error(status: u16, error: &str) -> Response {
-    json_response(
-        StatusCode::from_u16(status).unwrap(),
-        json!({ "error": error }).to_string(),
-    )
-}
-
-async fn token(State(st): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
-    st.stats.lock().unwrap().token_requests += 1;
-    let expected = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD
-            .encode(format!("{}:{}", st.cfg.client_id, st.cfg.client_secret))
-    );
-    let auth = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if auth != expected {
-        st.stats.lock().unwrap().invalid_clients += 1;
-        return oauth_error(401, "invalid_client");
-    }
-    let ct = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ct.starts_with("application/x-www-form-urlencoded") {
-        return oauth_error(400, "invalid_request");
-    }
-    let form = query_pairs(std::str::from_utf8(&body).unwrap_or(""));
-    let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    if field("grant_type").as_deref() != Some("refresh_token") {
-        return oauth_error(400, "unsupported_grant_type");
-    }
-    let Some(presented) = field("refresh_token") else {
-        return oauth_error(400, "invalid_request");
-    };
-    let fault_now = st.token_faults.lock().unwrap().pop_front();
-    if let Some(TokenFault::ServerError(code)) = fault_now {
-        return json_response(
-            StatusCode::from_u16(code).unwrap(),
-            "{\"error\":\"server_error\"}".into(),
-        );
-    }
-    let now = st.now();
-    let mut t = st.tokens.lock().unwrap();
-    let ok = t.refresh.as_ref().is_some_and(|r| r.current == presented);
-    if !ok {
-        drop(t);
-        st.stats.lock().unwrap().invalid_grants += 1;
-        return oauth_error(400, "invalid_grant");
-    }
-    let rotate = match st.cfg.rotation {
-        Rotation::EveryRefresh => true,
-        Rotation::After(age) => {
-            now - t.refresh.as_ref().unwrap().issued >= TimeDelta::from_std(age).unwrap()
-        }
-    };
-    t.seq += 1;
-    let seq = t.seq;
-    if rotate {
-        t.refresh = Some(RefreshState {
-            current: format!("RT1-{}-mock-{seq:04}", st.cfg.seed),
-            issued: now,
-        });
-    }
-    let access = format!("eyJ-mock-access-{seq:06}");
-    let ttl = st.cfg.access_token_ttl;
-    t.access
-        .insert(access.clone(), now + TimeDelta::from_std(ttl).unwrap());
-    let refresh = t.refresh.as_ref().unwrap().current.clone();
-    drop(t);
-    st.stats.lock().unwrap().token_refreshes += 1;
-    let body = json!({
-        "token_type": "bearer",
-        "access_token": access,
-        "refresh_token": refresh,
-        "expires_in": ttl.as_secs(),
-        "x_refresh_token_expires_in": 8_726_400,
-    })
-    .to_string();
-    if let Some(TokenFault::LoseResponse) = fault_now {
-        return json_response(StatusCode::OK, body[..body.len() / 3].to_string());
-    }
-    json_response(StatusCode::OK, body)
 }
 
 // ============================================================================

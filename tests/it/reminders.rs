@@ -810,7 +810,9 @@ async fn thresholds_and_scenarios_come_from_config_and_apply_after_reload() {
         format!("{}[reminders]\nminimum_total = \"lots\"\n", &text[..start]),
     )
     .unwrap();
-    let err = erpsync::config::load(&path).unwrap_err().to_string();
+    let err = erpsync::config::load(&path, &erpsync::connectors::REGISTRY)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("key `reminders.minimum_total`: `lots` is not a decimal amount"),
         "{err}"

@@ -259,12 +259,6 @@ impl Scripted {
 
 #[async_trait]
 impl Connector for Scripted {
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-    fn native_exclusions(&self) -> &'static [NativeExclusion] {
-        self.inner.native_exclusions()
-    }
     async fn fetch_customers(&self, cursor: &Cursor) -> Result<Page<Customer>, ConnectorError> {
         self.inner.fetch_customers(cursor).await
     }
@@ -345,7 +339,8 @@ impl Harness {
         );
         let path = dir.path().join("erpsync.toml");
         std::fs::write(&path, text).unwrap();
-        let config = erpsync::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let config = erpsync::config::load(&path, &erpsync::connectors::REGISTRY)
+            .unwrap_or_else(|e| panic!("{e}"));
         std::fs::create_dir_all(&config.daemon.state_dir).unwrap();
         let store = Arc::new(Store::open(&config.daemon.state_dir).unwrap());
         let mut cc = config.connectors[0].clone();

@@ -347,7 +347,8 @@ rate_limit = {{ requests_per_second = 5000, burst = 5000, max_concurrency = 4 }}
         );
         let path = dir.path().join("erpsync.toml");
         std::fs::write(&path, &cfg_text).unwrap();
-        let config = erpsync::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let config = erpsync::config::load(&path, &erpsync::connectors::REGISTRY)
+            .unwrap_or_else(|e| panic!("{e}"));
         std::fs::create_dir_all(&config.daemon.state_dir).unwrap();
         let store = Arc::new(erpsync::store::Store::open(&config.daemon.state_dir).unwrap());
         let cc = config.connectors[0].clone();

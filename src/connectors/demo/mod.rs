@@ -43,9 +43,10 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Budget, Connector, ConnectorError, Cursor, Lane, NativeExclusion, Page, NATIVE_INACTIVE,
-    NATIVE_INTERCOMPANY,
+    Budget, BuildContext, Connector, ConnectorError, ConnectorKind, Cursor, Lane, NativeExclusion,
+    Page, NATIVE_INACTIVE, NATIVE_INTERCOMPANY,
 };
+use crate::config::OptionsCheck;
 use crate::model::{Customer, Entity, Record, Timestamp};
 
 pub use generator::DemoErp;
@@ -94,12 +95,15 @@ impl Default for DemoOptions {
 impl DemoOptions {
     /// Every problem with these options, in words for the person editing the
     /// config; empty when they are usable.
-    pub fn validate(&self) -> Vec<String> {
+    pub fn validate(&self) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
         if !(1..=MAX_PAGE_SIZE).contains(&self.page_size) {
-            problems.push(format!(
-                "page_size must be between 1 and {MAX_PAGE_SIZE} (got {})",
-                self.page_size
+            problems.push((
+                "page_size",
+                format!(
+                    "must be between 1 and {MAX_PAGE_SIZE} (got {})",
+                    self.page_size
+                ),
             ));
         }
         for (key, value) in [
@@ -107,7 +111,7 @@ impl DemoOptions {
             ("intercompany_ratio", self.intercompany_ratio),
         ] {
             if !(0.0..=1.0).contains(&value) {
-                problems.push(format!("{key} must be between 0 and 1 (got {value})"));
+                problems.push((key, format!("must be between 0 and 1 (got {value})")));
             }
         }
         if self.customers == 0 {
@@ -116,8 +120,9 @@ impl DemoOptions {
                 ("transactions", self.transactions),
             ] {
                 if value > 0 {
-                    problems.push(format!(
-                        "{key} need customers to belong to: set customers above 0 or {key} to 0 (got {key} = {value})"
+                    problems.push((
+                        key,
+                        format!("{key} need customers to belong to: set customers above 0 or {key} to 0 (got {key} = {value})"),
                     ));
                 }
             }
@@ -128,16 +133,35 @@ impl DemoOptions {
             ("transactions", self.transactions, 10_000_000),
         ] {
             if value > max {
-                problems.push(format!("{key} must be at most {max} (got {value})"));
+                problems.push((key, format!("must be at most {max} (got {value})")));
             }
         }
         if self.latency_ms > 60_000 {
-            problems.push(format!(
-                "latency_ms must be at most 60000 (got {})",
-                self.latency_ms
+            problems.push((
+                "latency_ms",
+                format!("must be at most 60000 (got {})", self.latency_ms),
             ));
         }
         problems
+    }
+}
+
+/// The `demo` kind: a synthetic ERP, no credentials, every option optional.
+pub struct Demo;
+
+impl ConnectorKind for Demo {
+    const NAME: &'static str = "demo";
+    type Options = DemoOptions;
+    const NATIVE_EXCLUSIONS: &'static [NativeExclusion] = &[NATIVE_INACTIVE, NATIVE_INTERCOMPANY];
+
+    fn check(options: &DemoOptions, check: &mut OptionsCheck<'_>) {
+        for (key, message) in options.validate() {
+            check.problem(key, message);
+        }
+    }
+
+    fn build(options: &DemoOptions, cx: BuildContext) -> Result<Arc<dyn Connector>, String> {
+        Ok(Arc::new(build(options, cx.budget)))
     }
 }
 
@@ -258,14 +282,6 @@ fn record_entity(entity: Entity) -> Result<Entity, ConnectorError> {
 
 #[async_trait]
 impl Connector for DemoConnector {
-    fn kind(&self) -> &'static str {
-        "demo"
-    }
-
-    fn native_exclusions(&self) -> &'static [NativeExclusion] {
-        &[NATIVE_INACTIVE, NATIVE_INTERCOMPANY]
-    }
-
     async fn fetch_customers(&self, cursor: &Cursor) -> Result<Page<Customer>, ConnectorError> {
         let after = stream_position(cursor)?;
         // Opening the pass before the request means a failed first request

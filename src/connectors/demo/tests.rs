@@ -585,7 +585,13 @@ async fn requests_take_the_configured_latency() {
 
 #[test]
 fn options_validation_names_every_problem() {
-    assert_eq!(DemoOptions::default().validate(), Vec::<String>::new());
+    let msgs = |o: &DemoOptions| -> Vec<String> {
+        o.validate()
+            .into_iter()
+            .map(|(k, m)| format!("{k}: {m}"))
+            .collect()
+    };
+    assert_eq!(msgs(&DemoOptions::default()), Vec::<String>::new());
     let bad = DemoOptions {
         page_size: 0,
         inactive_ratio: 1.5,
@@ -596,12 +602,12 @@ fn options_validation_names_every_problem() {
         ..DemoOptions::default()
     };
     assert_eq!(
-        bad.validate(),
+        msgs(&bad),
         [
-            "page_size must be between 1 and 1000 (got 0)",
-            "inactive_ratio must be between 0 and 1 (got 1.5)",
-            "intercompany_ratio must be between 0 and 1 (got NaN)",
-            "invoices need customers to belong to: set customers above 0 or invoices to 0 (got invoices = 10)",
+            "page_size: must be between 1 and 1000 (got 0)",
+            "inactive_ratio: must be between 0 and 1 (got 1.5)",
+            "intercompany_ratio: must be between 0 and 1 (got NaN)",
+            "invoices: invoices need customers to belong to: set customers above 0 or invoices to 0 (got invoices = 10)",
         ]
     );
     let big = DemoOptions {
@@ -610,10 +616,10 @@ fn options_validation_names_every_problem() {
         ..DemoOptions::default()
     };
     assert_eq!(
-        big.validate(),
+        msgs(&big),
         [
-            "page_size must be between 1 and 1000 (got 1001)",
-            "latency_ms must be at most 60000 (got 60001)",
+            "page_size: must be between 1 and 1000 (got 1001)",
+            "latency_ms: must be at most 60000 (got 60001)",
         ]
     );
 

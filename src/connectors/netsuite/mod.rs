@@ -42,16 +42,36 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::config::{duration, OptionsCheck};
 use crate::connectors::{
-    parse_retry_after, Budget, Connector, ConnectorError, Cursor, Lane, NativeExclusion, Page,
-    NATIVE_INACTIVE, NATIVE_INTERCOMPANY,
+    parse_retry_after, Budget, BuildContext, Connector, ConnectorError, ConnectorKind, Cursor,
+    Lane, NativeExclusion, Page, NATIVE_INACTIVE, NATIVE_INTERCOMPANY,
 };
 use crate::model::{Customer, Entity, Record, Timestamp};
 
-pub use options::{parse_duration, NetsuiteOptions};
+pub use options::NetsuiteOptions;
 use suiteql::{QuerySettings, Row, Scope, SuiteqlResponse};
 
-const NATIVE: &[NativeExclusion] = &[NATIVE_INACTIVE, NATIVE_INTERCOMPANY];
+/// The `netsuite` kind.
+pub struct Netsuite;
+
+impl ConnectorKind for Netsuite {
+    const NAME: &'static str = "netsuite";
+    type Options = NetsuiteOptions;
+    const NATIVE_EXCLUSIONS: &'static [NativeExclusion] = &[NATIVE_INACTIVE, NATIVE_INTERCOMPANY];
+
+    fn check(options: &NetsuiteOptions, check: &mut OptionsCheck<'_>) {
+        options.check(check);
+    }
+
+    fn build(options: &NetsuiteOptions, cx: BuildContext) -> Result<Arc<dyn Connector>, String> {
+        Ok(Arc::new(NetsuiteConnector::new(
+            options,
+            &cx.base_dir,
+            cx.budget,
+        )?))
+    }
+}
 
 /// Error codes NetSuite uses when a request is refused for concurrency
 /// rather than for what it asks.
@@ -170,8 +190,9 @@ impl NetsuiteConnector {
             .query_pairs_mut()
             .append_pair("limit", &page_size.to_string())
             .append_pair("offset", "0");
-        let timeout = parse_duration(&options.request_timeout)?;
-        let overlap = parse_duration(&options.overlap)?;
+        let timeout = duration::parse(&options.request_timeout)
+            .map_err(|e| format!("request_timeout: {e}"))?;
+        let overlap = duration::parse(&options.overlap).map_err(|e| format!("overlap: {e}"))?;
         let client = reqwest::Client::builder()
             .use_rustls_tls()
             .timeout(timeout)
@@ -377,14 +398,6 @@ fn classify_failure(
 
 #[async_trait]
 impl Connector for NetsuiteConnector {
-    fn kind(&self) -> &'static str {
-        "netsuite"
-    }
-
-    fn native_exclusions(&self) -> &'static [NativeExclusion] {
-        NATIVE
-    }
-
     async fn fetch_customers(&self, cursor: &Cursor) -> Result<Page<Customer>, ConnectorError> {
         let s = &self.settings;
         self.incremental(

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use chrono::FixedOffset;
 
+use crate::config::{duration, OptionsCheck};
 use crate::secrets::SecretSource;
 
 /// Largest `limit` SuiteQL accepts per page.
@@ -123,94 +124,107 @@ pub(crate) struct SecretSources {
 }
 
 impl NetsuiteOptions {
-    /// Every problem with these options, in words for the person editing the
-    /// config. Empty means valid.
+    /// Every problem with these options as `key: message` lines, in words
+    /// for the person editing the config. Empty means valid.
     pub fn validate(&self, base_dir: &Path) -> Vec<String> {
-        let mut problems = Vec::new();
+        let mut check = OptionsCheck::detached(base_dir);
+        self.check(&mut check);
+        check.messages()
+    }
+
+    /// Reports every problem with these options, each at its key.
+    pub fn check(&self, check: &mut OptionsCheck<'_>) {
         if let Err(e) = validate_account_id(&self.account_id) {
-            problems.push(e);
+            check.problem("account_id", e);
         }
         if let Some(url) = &self.base_url {
             if let Err(e) = parse_base_url(url) {
-                problems.push(e);
+                check.problem("base_url", e);
             }
         }
-        for (name, source) in self.each_secret_source(base_dir) {
-            match source {
-                Ok(SecretSource::File(path)) => {
-                    if !path.is_file() {
-                        problems.push(format!(
-                            "{name}_file: {} does not exist or is not a file",
-                            path.display()
-                        ));
-                    }
-                }
-                Ok(source @ SecretSource::Credential(_)) => {
-                    // Only checkable when running under systemd; otherwise the
-                    // connector reports a missing credential when it starts.
-                    if let Ok(path) = source.path() {
-                        if !path.is_file() {
-                            problems.push(format!(
-                                "{name}_credential: systemd credential {} does not exist",
-                                path.display()
-                            ));
-                        }
-                    }
-                }
-                Err(e) => problems.push(e),
+        for (name, source) in self.each_secret_source(check.base_dir()) {
+            let key = if self.credential_named(name) {
+                format!("{name}_credential")
+            } else {
+                format!("{name}_file")
+            };
+            if let Err(e) = source.and_then(|s| s.check_exists()) {
+                check.problem(&key, e);
             }
         }
         if let Err(e) = parse_timezone(&self.timezone) {
-            problems.push(e);
+            check.problem("timezone", e);
         }
         let mut seen = std::collections::BTreeSet::new();
         for name in &self.custom_fields {
             if !is_identifier(name) {
-                problems.push(format!(
-                    "custom_fields: `{name}` is not a column name (use lower-case letters, digits and _, starting with a letter)"
+                check.problem("custom_fields", format!(
+                    "`{name}` is not a column name (use lower-case letters, digits and _, starting with a letter)"
                 ));
             } else if RESERVED_COLUMNS.contains(&name.as_str()) {
-                problems.push(format!(
-                    "custom_fields: `{name}` is a standard customer column the connector already reads"
-                ));
+                check.problem(
+                    "custom_fields",
+                    format!("`{name}` is a standard customer column the connector already reads"),
+                );
             } else if !seen.insert(name.as_str()) {
-                problems.push(format!("custom_fields: `{name}` is listed twice"));
+                check.problem("custom_fields", format!("`{name}` is listed twice"));
             }
         }
         if !self.intercompany_column.is_empty() && !is_identifier(&self.intercompany_column) {
-            problems.push(format!(
-                "intercompany_column: `{}` is not a column name (lower-case letters, digits and _; empty to disable)",
+            check.problem(
+                "intercompany_column",
+                format!(
+                "`{}` is not a column name (lower-case letters, digits and _; empty to disable)",
                 self.intercompany_column
-            ));
+            ),
+            );
         }
         if let Some(col) = &self.on_hold_column {
             if !is_identifier(col) {
-                problems.push(format!(
-                    "on_hold_column: `{col}` is not a column name (lower-case letters, digits and _)"
-                ));
+                check.problem(
+                    "on_hold_column",
+                    format!("`{col}` is not a column name (lower-case letters, digits and _)"),
+                );
             }
         }
-        if let Err(e) = parse_duration(&self.overlap) {
-            problems.push(format!("overlap: {e}"));
+        if let Err(e) = duration::parse(&self.overlap) {
+            check.problem("overlap", e);
         }
-        match parse_duration(&self.request_timeout) {
-            Ok(d) if d.is_zero() => problems.push("request_timeout: must be more than 0".into()),
-            Ok(_) => {}
-            Err(e) => problems.push(format!("request_timeout: {e}")),
+        if let Err(e) = duration::parse_within(
+            &self.request_timeout,
+            Duration::from_millis(1),
+            duration::MAX,
+        ) {
+            check.problem("request_timeout", e);
         }
         if self.page_size == 0 || self.page_size > MAX_PAGE_SIZE {
-            problems.push(format!(
-                "page_size: {} is out of range; SuiteQL pages hold 1 to {MAX_PAGE_SIZE} rows",
-                self.page_size
-            ));
+            check.problem(
+                "page_size",
+                format!(
+                    "{} is out of range; SuiteQL pages hold 1 to {MAX_PAGE_SIZE} rows",
+                    self.page_size
+                ),
+            );
         }
         if self.resync_batch_size == 0 || self.resync_batch_size > MAX_RESYNC_BATCH {
-            problems.push(format!(
-                "resync_batch_size: {} is out of range; use 1 to {MAX_RESYNC_BATCH} (Oracle's IN-list limit)",
-                self.resync_batch_size
-            ));
+            check.problem(
+                "resync_batch_size",
+                format!(
+                    "{} is out of range; use 1 to {MAX_RESYNC_BATCH} (Oracle's IN-list limit)",
+                    self.resync_batch_size
+                ),
+            );
         }
-        problems
+    }
+
+    fn credential_named(&self, name: &str) -> bool {
+        let (file, cred) = match name {
+            "consumer_key" => (&self.consumer_key_file, &self.consumer_key_credential),
+            "consumer_secret" => (&self.consumer_secret_file, &self.consumer_secret_credential),
+            "token_id" => (&self.token_id_file, &self.token_id_credential),
+            _ => (&self.token_secret_file, &self.token_secret_credential),
+        };
+        file.is_none() && cred.is_some()
     }
 
     fn each_secret_source(
@@ -218,24 +232,7 @@ impl NetsuiteOptions {
         base_dir: &Path,
     ) -> [(&'static str, Result<SecretSource, String>); 4] {
         let pick = |name: &str, file: &Option<PathBuf>, cred: &Option<String>| {
-            match (file, cred)
-        {
-            (Some(f), None) => Ok(SecretSource::File(if f.is_relative() {
-                base_dir.join(f)
-            } else {
-                f.clone()
-            })),
-            (None, Some(c)) if c.is_empty() || c.contains('/') || c == "." || c == ".." => Err(
-                format!("{name}_credential: `{c}` is not a systemd credential name"),
-            ),
-            (None, Some(c)) => Ok(SecretSource::Credential(c.clone())),
-            (Some(_), Some(_)) => Err(format!(
-                "{name}: set either {name}_file or {name}_credential, not both"
-            )),
-            (None, None) => Err(format!(
-                "{name}: missing; set {name}_file (a path) or {name}_credential (a systemd credential)"
-            )),
-        }
+            SecretSource::from_pair(name, file.as_deref(), cred.as_deref(), base_dir)
         };
         [
             (
@@ -273,10 +270,10 @@ impl NetsuiteOptions {
     pub(crate) fn secret_sources(&self, base_dir: &Path) -> Result<SecretSources, Vec<String>> {
         let mut problems = Vec::new();
         let mut ok = Vec::new();
-        for (_, source) in self.each_secret_source(base_dir) {
+        for (name, source) in self.each_secret_source(base_dir) {
             match source {
                 Ok(s) => ok.push(s),
-                Err(e) => problems.push(e),
+                Err(e) => problems.push(format!("{name}: {e}")),
             }
         }
         if !problems.is_empty() {
@@ -316,17 +313,14 @@ fn is_identifier(s: &str) -> bool {
 }
 
 fn parse_base_url(url: &str) -> Result<reqwest::Url, String> {
-    let parsed =
-        reqwest::Url::parse(url).map_err(|e| format!("base_url: `{url}` is not a URL ({e})"))?;
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL ({e})"))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
         return Err(format!(
-            "base_url: `{url}` must be an http:// or https:// URL with a host"
+            "`{url}` must be an http:// or https:// URL with a host"
         ));
     }
     if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(format!(
-            "base_url: `{url}` must not have a query or fragment"
-        ));
+        return Err(format!("`{url}` must not have a query or fragment"));
     }
     Ok(parsed)
 }
@@ -344,7 +338,7 @@ pub fn validate_account_id(id: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "account_id: `{id}` is not a NetSuite account id (e.g. 1234567 or 1234567_SB1)"
+            "`{id}` is not a NetSuite account id (e.g. 1234567 or 1234567_SB1)"
         ))
     }
 }
@@ -359,38 +353,12 @@ pub fn account_host_label(id: &str) -> String {
     id.trim().to_ascii_lowercase().replace('_', "-")
 }
 
-/// Parses `500ms`, `30s`, `5m`, `1h` or `1d` (one number, one unit).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{s}` has no unit; write e.g. 500ms, 30s, 5m, 1h"))?;
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration; write e.g. 500ms, 30s, 5m, 1h"))?;
-    let ms = match unit {
-        "ms" => Some(n),
-        "s" => n.checked_mul(1000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        "d" => n.checked_mul(86_400_000),
-        _ => {
-            return Err(format!(
-                "`{s}` has an unknown unit `{unit}`; use ms, s, m, h or d"
-            ))
-        }
-    };
-    ms.map(Duration::from_millis)
-        .ok_or_else(|| format!("`{s}` is too long"))
-}
-
 /// Parses `UTC`, `Z`, `+02:00`, `-0800` or `+05` into a fixed offset.
 pub fn parse_timezone(s: &str) -> Result<FixedOffset, String> {
     let t = s.trim();
     let bad = || {
         format!(
-            "timezone: `{s}` is not supported; write UTC or a fixed offset like \"-08:00\" \
+            "`{s}` is not supported; write UTC or a fixed offset like \"-08:00\" \
              (for a zone with daylight saving time use its standard, smaller offset)"
         )
     };
@@ -476,14 +444,14 @@ mod tests {
         o.timezone = "Europe/Paris".into();
         o.custom_fields = vec!["custentity_ok".into(), "Bad-Name".into(), "email".into()];
         o.page_size = 5000;
-        o.overlap = "5 minutes".into();
+        o.overlap = "5 parsecs".into();
         o.resync_batch_size = 0;
         o.base_url = Some("ftp://x".into());
         let p = o.validate(dir.path());
         let all = p.join("\n");
         for needle in [
             "account_id: `12 34`",
-            "consumer_key: set either",
+            "consumer_key_file: set either",
             "missing-secret does not exist",
             "timezone: `Europe/Paris`",
             "`Bad-Name` is not a column name",
@@ -497,18 +465,6 @@ mod tests {
         }
         // The missing file is named with its resolved path.
         assert!(all.contains(&dir.path().join("missing-secret").display().to_string()));
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration(" 2d "), Ok(Duration::from_secs(172_800)));
-        for bad in ["", "5", "m", "5 m", "1.5s", "-1s", "5y"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -6,9 +6,10 @@
 //! config ([`options`]), keyset paging by `MetaData.LastUpdatedTime`,
 //! deletions from change data capture, and the mapping of Intuit's answers
 //! (including a `Fault` inside an HTTP 200) to [`ConnectorError`]. Every
-//! request goes through [`Budget::call`] with a bearer token from
-//! [`AccessTokens`]; this module never sleeps, retries or refreshes tokens on
-//! its own, never writes to the store, and never logs a token.
+//! request goes through [`Budget::call`] with a bearer token from the shared
+//! [`OAuthClient`] (which stores and rotates tokens); this module never
+//! sleeps, retries or refreshes tokens on its own, never writes to the store,
+//! and never logs a token.
 //!
 //! # Paging
 //!
@@ -44,8 +45,6 @@ pub mod wire;
 mod tests;
 
 use std::collections::HashSet;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,33 +53,55 @@ use chrono::{FixedOffset, TimeDelta};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::config::{Limits, OptionsCheck};
+use crate::connectors::oauth::{AccessToken, OAuthClient};
 use crate::connectors::{
-    parse_retry_after, Budget, Connector, ConnectorError, Cursor, Lane, NativeExclusion, Page,
-    NATIVE_INACTIVE,
+    parse_retry_after, Budget, BuildContext, Connector, ConnectorError, ConnectorKind, Cursor,
+    Lane, NativeExclusion, Page, NATIVE_INACTIVE,
 };
 use crate::model::{Customer, Entity, Quarantined, Record, Timestamp};
-use crate::secrets::Secret;
 
-pub use options::QuickbooksOptions;
+pub use options::{QuickbooksOptions, TOKEN_URL};
 use wire::{datetime, floor_second, quote};
 
-const NATIVE: &[NativeExclusion] = &[NATIVE_INACTIVE];
+/// The `quickbooks` kind, listed in the connector registry.
+pub struct Quickbooks;
+
+impl ConnectorKind for Quickbooks {
+    const NAME: &'static str = "quickbooks";
+    type Options = QuickbooksOptions;
+    const NATIVE_EXCLUSIONS: &'static [NativeExclusion] = &[NATIVE_INACTIVE];
+
+    /// Intuit allows 500 requests per minute and 10 concurrent requests per
+    /// app and company: 8/s with a burst of 8 is at most 488 in any minute.
+    fn default_limits() -> Limits {
+        Limits {
+            requests_per_second: 8.0,
+            burst: 8,
+            max_concurrency: 5,
+            max_backoff: Duration::from_secs(60),
+            ..Limits::default()
+        }
+    }
+
+    fn check(options: &QuickbooksOptions, check: &mut OptionsCheck<'_>) {
+        options.check(check);
+    }
+
+    fn uses_oauth(_: &QuickbooksOptions) -> bool {
+        true
+    }
+
+    fn build(options: &QuickbooksOptions, cx: BuildContext) -> Result<Arc<dyn Connector>, String> {
+        Ok(Arc::new(QuickbooksConnector::new(options, &cx)?))
+    }
+}
 
 /// Objects one CDC answer holds at most.
 pub const CDC_CAP: usize = 1000;
 
 /// CDC looks back 30 days; a window older than this is not asked for.
 const CDC_WINDOW: TimeDelta = TimeDelta::days(29);
-
-/// Where bearer tokens come from. The connector asks for a token before
-/// each request and, when QuickBooks refuses one with 401, for a fresh one
-/// once; refreshing, storing and rotating are the provider's business.
-#[async_trait]
-pub trait AccessTokens: Send + Sync + 'static {
-    async fn access_token(&self) -> Result<Secret, ConnectorError>;
-    /// `refused` was answered with 401: a token newer than it.
-    async fn refreshed(&self, refused: &Secret) -> Result<Secret, ConnectorError>;
-}
 
 /// One part of a stream's pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,7 +228,7 @@ pub struct QuickbooksConnector {
     /// `<base>/v3/company/<realm>`
     company: String,
     minor_version: u32,
-    tokens: Arc<dyn AccessTokens>,
+    oauth: OAuthClient,
     budget: Arc<Budget>,
     settings: map::MapSettings,
     page_size: u32,
@@ -224,22 +245,25 @@ impl std::fmt::Debug for QuickbooksConnector {
 }
 
 impl QuickbooksConnector {
-    /// Validates the options and builds the HTTP client; tokens come from
-    /// `tokens`. Errors name keys and files, never secret values.
+    /// Checks the options, reads the client credentials and builds the
+    /// HTTP and OAuth clients. Errors name keys and files, never secret
+    /// values.
     pub fn new(
         options: &QuickbooksOptions,
-        base_dir: &Path,
-        budget: Arc<Budget>,
-        tokens: Arc<dyn AccessTokens>,
+        cx: &BuildContext,
     ) -> Result<QuickbooksConnector, String> {
-        let problems = options.validate(base_dir);
-        if !problems.is_empty() {
+        let mut check = OptionsCheck::detached(&cx.base_dir);
+        options.check(&mut check);
+        if !check.is_empty() {
             return Err(format!(
                 "invalid [connectors.quickbooks] options: {}",
-                problems.join("; ")
+                check.messages().join("; ")
             ));
         }
-        let timeout = options.timeout()?;
+        let oauth = options.oauth.client(Some(TOKEN_URL), cx)?;
+        let timeout = options
+            .timeout()
+            .map_err(|e| format!("request_timeout: {e}"))?;
         let client = reqwest::Client::builder()
             .use_rustls_tls()
             .timeout(timeout)
@@ -251,8 +275,8 @@ impl QuickbooksConnector {
             client,
             company: format!("{}/v3/company/{}", options.api_base()?, options.realm_id),
             minor_version: options.minor_version,
-            tokens,
-            budget,
+            oauth,
+            budget: Arc::clone(&cx.budget),
             settings: map::MapSettings {
                 offset: options.offset()?,
                 home_currency: options.home_currency.clone(),
@@ -267,20 +291,17 @@ impl QuickbooksConnector {
     }
 
     /// One request under the budget with a bearer token; a 401 gets one
-    /// fresh token and one more try.
+    /// fresh token and one more try (the OAuth client's `authorized`).
     async fn request<T>(
         &self,
         lane: Lane,
-        build: impl Fn(&Secret) -> reqwest::RequestBuilder,
+        build: impl Fn(&AccessToken) -> reqwest::RequestBuilder,
         parse: impl Fn(&[u8]) -> Result<T, ConnectorError>,
     ) -> Result<T, ConnectorError> {
-        let mut token = self.tokens.access_token().await?;
-        let mut refreshed = false;
-        loop {
-            let unauthorized = AtomicBool::new(false);
-            let result = self
-                .budget
-                .call(lane, || async {
+        let (build, parse) = (&build, &parse);
+        self.budget
+            .call(lane, || {
+                self.oauth.authorized(|token| async move {
                     let response = build(&token)
                         .header(reqwest::header::ACCEPT, "application/json")
                         .send()
@@ -311,22 +332,17 @@ impl QuickbooksConnector {
                         return parse(&bytes);
                     }
                     if status == 401 {
-                        unauthorized.store(true, Ordering::SeqCst);
+                        // The gateway's fault names the problem; its detail
+                        // (which may echo the token) is cut by parse_fault.
+                        let detail = wire::parse_fault(&bytes)
+                            .map(|f| f.text())
+                            .unwrap_or_else(|| "HTTP 401".into());
+                        return Err(ConnectorError::Unauthorized(detail));
                     }
                     Err(wire::classify_failure(status, retry_after, &bytes))
                 })
-                .await;
-            match result {
-                Err(ConnectorError::Auth(_))
-                    if unauthorized.load(Ordering::SeqCst) && !refreshed =>
-                {
-                    tracing::debug!("QuickBooks refused the access token; asking for a fresh one");
-                    token = self.tokens.refreshed(&token).await?;
-                    refreshed = true;
-                }
-                other => return other,
-            }
-        }
+            })
+            .await
     }
 
     /// Runs one query (POST, `application/text`).
@@ -344,7 +360,7 @@ impl QuickbooksConnector {
             |token| {
                 self.client
                     .post(&url)
-                    .bearer_auth(token.expose())
+                    .bearer_auth(token.secret())
                     .header(reqwest::header::CONTENT_TYPE, "application/text")
                     .body(text.to_string())
             },
@@ -381,7 +397,7 @@ impl QuickbooksConnector {
         let offset = self.offset();
         self.request(
             Lane::Poll,
-            |token| self.client.get(url.clone()).bearer_auth(token.expose()),
+            |token| self.client.get(url.clone()).bearer_auth(token.secret()),
             |body| wire::parse_cdc(body, &[entity], offset),
         )
         .await
@@ -670,12 +686,8 @@ fn where_clause(conds: &[String]) -> String {
 
 #[async_trait]
 impl Connector for QuickbooksConnector {
-    fn kind(&self) -> &'static str {
-        "quickbooks"
-    }
-
-    fn native_exclusions(&self) -> &'static [NativeExclusion] {
-        NATIVE
+    fn oauth(&self) -> Option<&OAuthClient> {
+        Some(&self.oauth)
     }
 
     async fn fetch_customers(&self, cursor: &Cursor) -> Result<Page<Customer>, ConnectorError> {

@@ -302,34 +302,40 @@ fn options(dir: &Path, extra: &str) -> QuickbooksOptions {
     std::fs::write(dir.join("id"), "client\n").unwrap();
     std::fs::write(dir.join("secret"), "secret\n").unwrap();
     toml::from_str(&format!(
-        "realm_id = \"9130347596312345\"\nclient_id_file = \"id\"\nclient_secret_file = \"secret\"\n{extra}"
+        "realm_id = \"9130347596312345\"\n{extra}\n[oauth]\nclient_id_file = \"id\"\nclient_secret_file = \"secret\"\n"
     ))
     .unwrap()
+}
+
+fn problems(o: &QuickbooksOptions, dir: &Path) -> Vec<String> {
+    let mut c = crate::config::OptionsCheck::detached(dir);
+    o.check(&mut c);
+    c.messages()
 }
 
 #[test]
 fn options_default_and_derive_endpoints() {
     let dir = tempfile::tempdir().unwrap();
     let o = options(dir.path(), "");
-    assert_eq!(o.validate(dir.path()), Vec::<String>::new());
+    assert_eq!(problems(&o, dir.path()), Vec::<String>::new());
     assert_eq!(o.page_size, 1000);
     assert_eq!(o.minor_version, 75);
     assert_eq!(o.api_base().unwrap(), "https://quickbooks.api.intuit.com");
     assert_eq!(
-        o.token_endpoint().unwrap().as_str(),
+        options::TOKEN_URL,
         "https://oauth.platform.intuit.com/oauth2/v1/tokens/bearer"
     );
-    let s = options(dir.path(), "environment = \"sandbox\"\n");
+    let s = options(dir.path(), "environment = \"sandbox\"");
     assert_eq!(
         s.api_base().unwrap(),
         "https://sandbox-quickbooks.api.intuit.com"
     );
-    let p = options(dir.path(), "api_base_url = \"http://127.0.0.1:9/\"\n");
+    let p = options(dir.path(), "api_base_url = \"http://127.0.0.1:9/\"");
     assert_eq!(p.api_base().unwrap(), "http://127.0.0.1:9");
 }
 
 #[test]
-fn options_validation_collects_every_problem() {
+fn options_check_reports_every_problem_at_its_key() {
     let dir = tempfile::tempdir().unwrap();
     let mut o = options(dir.path(), "");
     o.realm_id = "12ab".into();
@@ -338,25 +344,26 @@ fn options_validation_collects_every_problem() {
     o.timezone = "Pacific".into();
     o.home_currency = "usd".into();
     o.resync_batch_size = 0;
-    o.client_secret_file = Some("missing".into());
-    o.client_id_credential = Some("cid".into());
-    o.token_url = Some("ftp://x".into());
+    o.api_base_url = Some("ftp://x".into());
+    o.oauth.client_secret_file = Some("missing".into());
+    o.oauth.token_url = Some("not a url".into());
     o.request_timeout = "0s".into();
-    let all = o.validate(dir.path()).join("\n");
+    let all = problems(&o, dir.path()).join("\n");
     for needle in [
-        "realm_id: `12ab`",
-        "page_size: 1500",
-        "minor_version: 65",
+        "realm_id: `12ab` is not a QuickBooks company id",
+        "page_size: 1500 is out of range",
+        "minor_version: 65 is ignored",
         "timezone: `Pacific`",
         "home_currency: `usd`",
         "resync_batch_size: 0",
-        "missing does not exist",
-        "client_id: set either",
-        "token_url: `ftp://x`",
-        "request_timeout: must be more than 0",
+        "api_base_url: `ftp://x` must be an http:// or https:// URL",
+        "oauth.client_secret_file:",
+        "oauth.token_url:",
+        "request_timeout:",
     ] {
         assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
     }
-    let unknown: Result<QuickbooksOptions, _> = toml::from_str("realm_id = \"1\"\npage_sise = 5\n");
+    let unknown: Result<QuickbooksOptions, _> =
+        toml::from_str("realm_id = \"1\"\npage_sise = 5\n[oauth]\n");
     assert!(unknown.unwrap_err().to_string().contains("page_sise"));
 }

@@ -1,4 +1,5 @@
-//! Ingest: applies one upstream page to the store inside one write.
+//! Ingest: applies one upstream page to the store inside one write. Shared
+//! by the poller ([`crate::sync`]) and the resync worker ([`crate::resync`]).
 //!
 //! Called from inside [`Store::write`](crate::store::Store::write) closures, so
 //! everything here is synchronous and atomic with the cursor that follows the
@@ -8,12 +9,25 @@
 use serde::Serialize;
 
 use crate::classify;
-use crate::connectors::{NativeExclusion, Page};
+use crate::connectors::{ConnectorError, NativeExclusion, Page};
 use crate::exclusion;
 use crate::model::{Customer, CustomerKey, Entity, ManualAction, Quarantined, Record, Timestamp};
 use crate::resync::queue;
 use crate::rules::RuleSet;
-use crate::store::{keys::valid_id, Result, StoredCustomer, Tx, Upsert};
+use crate::store::{keys::valid_id, Result, StoreError, StoredCustomer, Tx, Upsert};
+
+/// Why fetching and applying a stream of pages stopped (a poll pass or a
+/// resync batch): an upstream error for one entity stream, or a store error.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("{entity}: {source}")]
+    Connector {
+        entity: Entity,
+        source: ConnectorError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// Everything ingest needs besides the page.
 pub struct Ingest<'a> {
