@@ -11,6 +11,7 @@ mod netsuite_mock;
 mod oauth;
 mod oauth_mock;
 mod quickbooks;
+mod quickbooks_daemon;
 mod quickbooks_mock;
 mod reminders;
 mod resync;
