@@ -109,6 +109,44 @@ impl ApiClient {
             .await?)
     }
 
+    /// Sends a request and returns the status and JSON body whatever the
+    /// status; `None` when the daemon does not answer at all (not running).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Option<(reqwest::StatusCode, Value)>> {
+        let mut r = self.req(method, path);
+        if let Some(b) = body {
+            r = r.json(b);
+        }
+        let resp = match r.send().await {
+            Ok(resp) => resp,
+            Err(e) if e.is_connect() => return Ok(None),
+            Err(e) => {
+                return Err(anyhow::Error::new(e.without_url())
+                    .context(format!("cannot reach erpsync at {}", self.base)))
+            }
+        };
+        let status = resp.status();
+        let text = resp.text().await?;
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            let msg = v.get("error").and_then(Value::as_str).unwrap_or_default();
+            match &self.token_problem {
+                Some(p) => bail!("{status}: {msg} ({p})"),
+                None => bail!("{status}: {msg}"),
+            }
+        }
+        Ok(Some((status, v)))
+    }
+
+    /// The address the client talks to.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     pub async fn send_json(
         &self,
         method: reqwest::Method,
@@ -169,6 +207,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Exclusions(c) => super::exclusions::run(c).await,
         Command::Resyncs { command } => super::resyncs::run(command).await,
         Command::Resync(a) => super::resyncs::resync(a).await,
+        Command::Sync(a) => super::connectors::sync(a).await,
+        Command::Connect(a) => super::connectors::connect(a).await,
         Command::Run(_) | Command::CheckConfig(_) => unreachable!("handled in cli::main"),
     }
 }

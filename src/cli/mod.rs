@@ -5,6 +5,7 @@
 //! the listen address and admin token from the same config file.
 
 pub mod client;
+pub mod connectors;
 pub mod exclusions;
 pub mod reminders;
 pub mod resyncs;
@@ -81,6 +82,12 @@ pub enum Command {
     },
     /// Fetch the full history of included customers again (CONNECTOR:ID...).
     Resync(resyncs::ResyncArgs),
+    /// Start a poll pass of a connector now (or say one is running).
+    Sync(connectors::SyncArgs),
+    /// Load the OAuth 2.0 refresh token of a connector (first set-up, or
+    /// after it shows `needs_reconnect`); works with the daemon running or
+    /// stopped.
+    Connect(connectors::ConnectArgs),
 }
 
 /// Parses arguments, runs the command and maps errors to exit codes.

@@ -209,13 +209,16 @@ fn key_path_at(v: &DeValue<'_>, offset: usize) -> Vec<String> {
     let Some(t) = v.as_table() else {
         return Vec::new();
     };
+    // A `[a.b]` header table's span is its header, not its keys: look
+    // inside every nested table, and inside a value whose span holds it.
     for (k, val) in t.iter() {
         if k.span().contains(&offset) {
             return vec![k.get_ref().to_string()];
         }
-        if val.span().contains(&offset) {
+        let inner = key_path_at(val.get_ref(), offset);
+        if !inner.is_empty() || val.span().contains(&offset) {
             let mut path = vec![k.get_ref().to_string()];
-            path.extend(key_path_at(val.get_ref(), offset));
+            path.extend(inner);
             return path;
         }
     }

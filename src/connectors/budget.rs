@@ -360,21 +360,23 @@ impl Budget {
             (a, b) => a.or(b),
         };
         if let Some(left) = left.filter(|l| *l > 0) {
-            let quota = self
-                .limits
-                .requests_per_day
-                .map(u64::from)
-                .or(erp_left)
-                .unwrap_or(left);
-            let low_water = (quota / 20).max(10);
-            if left <= low_water {
-                let back = q
-                    .erp_day
-                    .filter(|d| d.known_reset)
-                    .map(|d| d.until)
-                    .or_else(|| q.day.frees_at(origin))
-                    .unwrap_or(now + DAY);
-                let spacing = back.saturating_duration_since(now) / left as u32;
+            // The last 5% of a configured quota (or the last 10 requests
+            // the ERP says are left) are spread out.
+            let low_water = match self.limits.requests_per_day {
+                Some(n) => u64::from(n) / 20,
+                None => 10,
+            };
+            // When the quota comes back: the ERP's reset, or when our own
+            // oldest requests leave the window. Unknown: no pacing (the
+            // ERP's refusal will say when).
+            let back = q
+                .erp_day
+                .filter(|d| d.known_reset)
+                .map(|d| d.until)
+                .or_else(|| q.day.frees_at(origin));
+            if let Some(back) = back.filter(|_| left <= low_water) {
+                let spacing =
+                    back.saturating_duration_since(now) / (left + 1).min(u32::MAX as u64) as u32;
                 if let Some(last) = q.last_paced {
                     let next = last + spacing;
                     if next > now {
@@ -620,6 +622,177 @@ mod tests {
         assert_eq!(r.unwrap(), 7);
         assert!(start.elapsed() >= Duration::from_secs(30));
         assert_eq!(b.stats().rate_limited, 1);
+    }
+
+    fn daily(n: u32) -> Limits {
+        Limits {
+            requests_per_day: Some(n),
+            ..fast()
+        }
+    }
+
+    async fn ok_call(b: &Budget, calls: &AtomicU32) -> Result<(), ConnectorError> {
+        b.call(Lane::Poll, || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_used_up_daily_quota_parks_until_the_oldest_requests_leave_the_day() {
+        let b = Budget::new(daily(3));
+        let calls = AtomicU32::new(0);
+        for _ in 0..3 {
+            ok_call(&b, &calls).await.unwrap();
+        }
+        let before = chrono::Utc::now();
+        let e = ok_call(&b, &calls).await.unwrap_err();
+        let ConnectorError::QuotaExhausted { resumes_at } = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "nothing sent while parked");
+        let ahead = resumes_at - before;
+        assert!(
+            ahead >= chrono::TimeDelta::hours(24)
+                && ahead <= chrono::TimeDelta::minutes(24 * 60 + 2),
+            "{ahead}"
+        );
+        assert_eq!(b.parked_until(), Some(resumes_at));
+        assert_eq!(b.stats().requests_last_24h, 3);
+        // Parked calls fail at once, again and again, without a request.
+        tokio::time::advance(Duration::from_secs(23 * 3600)).await;
+        assert!(matches!(
+            ok_call(&b, &calls).await,
+            Err(ConnectorError::QuotaExhausted { .. })
+        ));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        // A day later the quota is back.
+        tokio::time::advance(Duration::from_secs(3600 + 120)).await;
+        ok_call(&b, &calls).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        assert_eq!(b.parked_until(), None);
+        assert_eq!(b.stats().requests_last_24h, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_daily_refusal_longer_than_max_retry_wait_parks_until_the_reset() {
+        let b = Budget::new(fast());
+        let calls = AtomicU32::new(0);
+        let r = b
+            .call(Lane::Poll, || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(ConnectorError::DailyQuota {
+                    retry_after: Some(Duration::from_secs(2 * 3600)),
+                })
+            })
+            .await;
+        assert!(
+            matches!(r, Err(ConnectorError::QuotaExhausted { .. })),
+            "{r:?}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "not retried early");
+        assert_eq!(b.stats().rate_limited, 1);
+        assert!(b.stats().parked_until.is_some());
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(ok_call(&b, &calls).await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        ok_call(&b, &calls).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_daily_refusal_is_waited_out_in_place() {
+        let b = Budget::new(fast());
+        let calls = AtomicU32::new(0);
+        let start = tokio::time::Instant::now();
+        let r = b
+            .call(Lane::Poll, || async {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    Err(ConnectorError::DailyQuota {
+                        retry_after: Some(Duration::from_secs(120)),
+                    })
+                } else {
+                    Ok(5)
+                }
+            })
+            .await;
+        assert_eq!(r.unwrap(), 5);
+        assert!(start.elapsed() >= Duration::from_secs(120));
+        assert_eq!(b.parked_until(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn erp_reported_quotas_slow_down_before_a_refusal() {
+        // Nothing left of the day, reset known: park without asking.
+        let b = Budget::new(fast());
+        let calls = AtomicU32::new(0);
+        b.report_quota(QuotaReport {
+            window: QuotaWindow::Day,
+            remaining: 0,
+            resets_in: Some(Duration::from_secs(600)),
+        });
+        assert!(matches!(
+            ok_call(&b, &calls).await,
+            Err(ConnectorError::QuotaExhausted { .. })
+        ));
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        tokio::time::advance(Duration::from_secs(601)).await;
+        ok_call(&b, &calls).await.unwrap();
+
+        // The minute window is used up: wait for it, never park.
+        b.report_quota(QuotaReport {
+            window: QuotaWindow::Minute,
+            remaining: 0,
+            resets_in: Some(Duration::from_secs(20)),
+        });
+        let start = tokio::time::Instant::now();
+        ok_call(&b, &calls).await.unwrap();
+        assert!(start.elapsed() >= Duration::from_secs(20));
+        assert_eq!(b.parked_until(), None);
+
+        // Little left with a known reset: the rest is spread until then.
+        b.report_quota(QuotaReport {
+            window: QuotaWindow::Day,
+            remaining: 4,
+            resets_in: Some(Duration::from_secs(400)),
+        });
+        let start = tokio::time::Instant::now();
+        for _ in 0..4 {
+            ok_call(&b, &calls).await.unwrap();
+        }
+        assert!(
+            start.elapsed() >= Duration::from_secs(200),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(b.stats().erp_daily_remaining, Some(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_of_a_local_daily_quota_is_spread_over_the_window() {
+        let b = Budget::new(daily(200));
+        let calls = AtomicU32::new(0);
+        let start = tokio::time::Instant::now();
+        for _ in 0..190 {
+            ok_call(&b, &calls).await.unwrap();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no pacing above the low water"
+        );
+        // 10 left (5%): spread over the day until the first requests leave
+        // the window, about 24 h / 11 apart.
+        for _ in 0..3 {
+            ok_call(&b, &calls).await.unwrap();
+        }
+        assert!(
+            start.elapsed() >= Duration::from_secs(2 * 2 * 3600),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(b.parked_until().is_none());
     }
 
     #[tokio::test]

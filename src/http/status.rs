@@ -58,6 +58,9 @@ pub struct ConnectorReport {
     pub parked_records: u64,
     pub customers: ClassificationCounts,
     pub requests: BudgetStats,
+    /// OAuth 2.0 state of connectors that use it (never a token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::connectors::oauth::AuthStatus>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -95,6 +98,7 @@ pub fn build_status(app: &App) -> Result<Status, crate::store::StoreError> {
             parked_records: app.store.parked_count(&h.id)?,
             customers: counts,
             requests: h.budget.stats(),
+            auth: h.connector.oauth().map(|o| o.status()),
         });
     }
     let mut resync = ResyncSummary::default();

@@ -10,6 +10,7 @@ mod netsuite_daemon;
 mod netsuite_mock;
 mod oauth;
 mod oauth_mock;
+mod platform;
 mod quickbooks;
 mod quickbooks_daemon;
 mod quickbooks_mock;

@@ -159,7 +159,43 @@ impl Drop for MockTokenServer {
     }
 }
 
+/// A mock token server on its own runtime, for tests that drive the real
+/// binary from plain (blocking) test functions.
+pub struct BackgroundTokenServer {
+    server: Option<MockTokenServer>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl std::ops::Deref for BackgroundTokenServer {
+    type Target = MockTokenServer;
+    fn deref(&self) -> &MockTokenServer {
+        self.server.as_ref().expect("running")
+    }
+}
+
+impl Drop for BackgroundTokenServer {
+    fn drop(&mut self) {
+        drop(self.server.take());
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 impl MockTokenServer {
+    pub fn start_in_background(policy: TokenPolicy) -> BackgroundTokenServer {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let server = rt.block_on(MockTokenServer::start(policy));
+        BackgroundTokenServer {
+            server: Some(server),
+            rt: Some(rt),
+        }
+    }
+
     pub async fn start(policy: TokenPolicy) -> MockTokenServer {
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {

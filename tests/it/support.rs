@@ -496,5 +496,11 @@ pub fn admin_endpoints(k: &str, id: &str) -> Vec<(&'static str, String, Option<V
         ),
         ("GET", format!("{r}/stops"), None),
         ("GET", format!("{r}/holds"), None),
+        ("POST", "/api/v1/connectors/demo/sync".into(), None),
+        (
+            "POST",
+            "/api/v1/connectors/demo/connect".into(),
+            Some(json!({"refresh_token": "rt-x"})),
+        ),
     ]
 }

@@ -35,18 +35,21 @@ mod generator;
 #[cfg(test)]
 mod tests;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use super::oauth::{OAuthClient, OAuthOptions};
 use super::{
     Budget, BuildContext, Connector, ConnectorError, ConnectorKind, Cursor, Lane, NativeExclusion,
     Page, NATIVE_INACTIVE, NATIVE_INTERCOMPANY,
 };
-use crate::config::OptionsCheck;
+use super::{QuotaReport, QuotaWindow};
+use crate::config::{duration, OptionsCheck};
 use crate::model::{Customer, Entity, Record, Timestamp};
 
 pub use generator::DemoErp;
@@ -74,6 +77,19 @@ pub struct DemoOptions {
     pub trickle: usize,
     /// Simulated latency of every request, in milliseconds.
     pub latency_ms: u64,
+    /// Requests the simulated ERP allows per `quota_window` (0: no limit).
+    /// Like Xero's daily limit: each answer says what is left (fed to the
+    /// budget), and a request over it is refused with a `Retry-After` until
+    /// the oldest request leaves the window.
+    pub daily_quota: u64,
+    /// The window of `daily_quota` (a day for a real ERP; shorter to try
+    /// parking and resuming).
+    pub quota_window: String,
+    /// With `[connectors.<id>.oauth]`, every simulated request first gets an
+    /// access token through the shared OAuth 2.0 client (refresh, rotation,
+    /// `needs_reconnect`, `erpsync connect`), so the OAuth set-up can be
+    /// tried without a real ERP account.
+    pub oauth: Option<OAuthOptions>,
 }
 
 impl Default for DemoOptions {
@@ -88,6 +104,9 @@ impl Default for DemoOptions {
             page_size: 500,
             trickle: 20,
             latency_ms: 0,
+            daily_quota: 0,
+            quota_window: "24h".into(),
+            oauth: None,
         }
     }
 }
@@ -136,6 +155,11 @@ impl DemoOptions {
                 problems.push((key, format!("must be at most {max} (got {value})")));
             }
         }
+        if let Err(e) =
+            duration::parse_within(&self.quota_window, Duration::from_secs(1), duration::MAX)
+        {
+            problems.push(("quota_window", e));
+        }
         if self.latency_ms > 60_000 {
             problems.push((
                 "latency_ms",
@@ -158,10 +182,33 @@ impl ConnectorKind for Demo {
         for (key, message) in options.validate() {
             check.problem(key, message);
         }
+        if let Some(o) = &options.oauth {
+            o.check("oauth", None, check);
+        }
+    }
+
+    fn uses_oauth(options: &DemoOptions) -> bool {
+        options.oauth.is_some()
     }
 
     fn build(options: &DemoOptions, cx: BuildContext) -> Result<Arc<dyn Connector>, String> {
-        Ok(Arc::new(build(options, cx.budget)))
+        let oauth = match &options.oauth {
+            Some(o) => Some(o.client(None, &cx)?),
+            None => None,
+        };
+        let mut c = build(options, cx.budget);
+        c.oauth = oauth;
+        if options.daily_quota > 0 {
+            let window =
+                duration::parse(&options.quota_window).map_err(|e| format!("quota_window: {e}"))?;
+            c.quota = Some(Mutex::new(SimulatedQuota {
+                limit: options.daily_quota,
+                window,
+                sent: VecDeque::new(),
+                refused: 0,
+            }));
+        }
+        Ok(Arc::new(c))
     }
 }
 
@@ -184,6 +231,17 @@ pub struct DemoConnector {
     /// A customers pass is under way: the last customers page had more after
     /// it. While false, the next `fetch_customers` starts a pass (and trickles).
     pass_open: AtomicBool,
+    oauth: Option<OAuthClient>,
+    quota: Option<Mutex<SimulatedQuota>>,
+}
+
+/// The simulated ERP's request quota (see [`DemoOptions::daily_quota`]).
+struct SimulatedQuota {
+    limit: u64,
+    window: Duration,
+    /// When each request in the window was answered, oldest first.
+    sent: VecDeque<tokio::time::Instant>,
+    refused: u64,
 }
 
 impl DemoConnector {
@@ -199,7 +257,54 @@ impl DemoConnector {
             page_size: page_size.clamp(1, MAX_PAGE_SIZE),
             latency,
             pass_open: AtomicBool::new(false),
+            oauth: None,
+            quota: None,
         }
+    }
+
+    /// Requests the simulated quota refused so far.
+    pub fn quota_refusals(&self) -> u64 {
+        self.quota
+            .as_ref()
+            .map(|q| q.lock().expect("poisoned").refused)
+            .unwrap_or(0)
+    }
+
+    /// The simulated ERP's quota check for one request: what is left, fed
+    /// to the budget as Xero's `X-DayLimit-Remaining` would be.
+    fn take_quota(&self) -> Result<(), ConnectorError> {
+        let Some(q) = &self.quota else {
+            return Ok(());
+        };
+        let mut q = q.lock().expect("poisoned");
+        let now = tokio::time::Instant::now();
+        let window = q.window;
+        while q
+            .sent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
+            q.sent.pop_front();
+        }
+        if q.sent.len() as u64 >= q.limit {
+            q.refused += 1;
+            let oldest = *q.sent.front().expect("limit is at least 1");
+            // Retry-After has whole seconds: round up.
+            let wait = (oldest + window).duration_since(now);
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            return Err(ConnectorError::DailyQuota {
+                retry_after: Some(Duration::from_secs(secs)),
+            });
+        }
+        q.sent.push_back(now);
+        let remaining = q.limit - q.sent.len() as u64;
+        drop(q);
+        self.budget.report_quota(QuotaReport {
+            window: QuotaWindow::Day,
+            remaining,
+            resets_in: None,
+        });
+        Ok(())
     }
 
     pub fn erp(&self) -> &Arc<DemoErp> {
@@ -214,9 +319,13 @@ impl DemoConnector {
     ) -> Result<T, ConnectorError> {
         self.budget
             .call(lane, || async {
+                if let Some(oauth) = &self.oauth {
+                    oauth.access_token().await?;
+                }
                 if !self.latency.is_zero() {
                     tokio::time::sleep(self.latency).await;
                 }
+                self.take_quota()?;
                 Ok(answer())
             })
             .await
@@ -365,5 +474,9 @@ impl Connector for DemoConnector {
 
     fn page_size(&self) -> usize {
         self.page_size
+    }
+
+    fn oauth(&self) -> Option<&OAuthClient> {
+        self.oauth.as_ref()
     }
 }
