@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use erpsync::connectors::oauth;
-use erpsync::credentials::StoreCredentials;
 use erpsync::model::{CustomerKey, Record};
-use erpsync::secrets::Secret;
 use erpsync::store::Store;
 
 use crate::quickbooks_mock::{MockConfig, MockQbo};
@@ -47,14 +45,24 @@ client_secret_file = "client_secret"
     p
 }
 
-/// Stores a first refresh token for `qbo` (what `erpsync connect` does) while
-/// the daemon is stopped.
-async fn connect(dir: &Path, refresh_token: &str) {
-    let store = Arc::new(Store::open(&dir.join("state")).unwrap());
-    let creds = StoreCredentials::new(Arc::clone(&store), "qbo");
-    oauth::connect(&creds, &Secret::new(refresh_token))
-        .await
+/// `erpsync connect qbo --refresh-token-file F` with the daemon stopped.
+fn connect(config: &Path, refresh_token: &str) {
+    let file = config.with_file_name("refresh-token");
+    std::fs::write(&file, format!("{refresh_token}\n")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_erpsync"))
+        .args(["connect", "qbo", "--refresh-token-file"])
+        .arg(&file)
+        .arg("--config")
+        .arg(config)
+        .output()
         .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains(refresh_token), "the token is echoed: {text}");
 }
 
 fn stored_refresh_token(dir: &Path) -> String {
@@ -88,7 +96,7 @@ async fn inactive_customers_are_excluded_with_no_records_stored() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let cfg = write_config(&mock, dir.path(), port);
-    connect(dir.path(), &mock.authorize()).await;
+    connect(&cfg, &mock.authorize());
     let status = tokio::task::spawn_blocking(move || {
         let d = Daemon::spawn(&cfg, format!("http://127.0.0.1:{port}"));
         let s = d.wait_passes(1);
@@ -157,7 +165,7 @@ async fn token_rotation_survives_restarts_and_kill_9_at_each_step() {
     let port = free_port();
     let cfg = write_config(&mock, dir.path(), port);
     let rt0 = mock.authorize();
-    connect(dir.path(), &rt0).await;
+    connect(&cfg, &rt0);
     let day = Duration::from_secs(24 * 3600 + 60);
     let m = Arc::clone(&mock);
     let d = dir.path().to_path_buf();
