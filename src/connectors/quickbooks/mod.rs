@@ -31,8 +31,8 @@
 //! Customers cannot be deleted in QuickBooks (only made inactive). For
 //! invoices and transactions each pass ends with one CDC request per entity
 //! for deletions since the previous pass. When CDC cannot vouch for every
-//! deletion (an answer at the 1,000-object cap, more than 29 days since the
-//! last pass, or the first pass from an empty cursor), the stream asks for a
+//! deletion (an answer at the 1,000-object cap, or more than 29 days since
+//! the last pass), the stream asks for a
 //! reconciliation ([`Connector::verification`]): the sync engine hands every
 //! stored id back in batches and [`Connector::deleted_among`] reports the
 //! ones QuickBooks no longer has (`Id IN (...)` queries).
@@ -633,9 +633,9 @@ impl QuickbooksConnector {
                             tracing::info!(entity = name, "last pass is older than CDC's window; stored records will be verified");
                             pass.verify = true;
                         }
-                        // First pass from an empty cursor: records stored
-                        // under an older cursor may be gone.
-                        None => pass.verify = true,
+                        // First pass: everything it read existed after
+                        // `until`, and later deletions are the next CDC's.
+                        None => {}
                     }
                 }
             }
