@@ -294,6 +294,22 @@ fn print_status(v: &Value) {
                 .collect()
         })
         .unwrap_or_default();
+    for c in v["connectors"].as_array().into_iter().flatten() {
+        if let Some(at) = c.get("resumes_at").and_then(Value::as_str) {
+            println!(
+                "{}: daily request quota used up; requests resume at {at}",
+                cell(c.get("id"))
+            );
+        }
+        if let Some(r) = c.get("reconnect") {
+            println!(
+                "{}: needs reconnecting: {}\n  fix: {}",
+                cell(c.get("id")),
+                cell(r.get("reason")),
+                cell(r.get("command"))
+            );
+        }
+    }
     print_table(
         &[
             "CONNECTOR",

@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, EX_CONFIG};
 
-pub const DEFAULT_CONFIG: &str = "/etc/erpsync/erpsync.toml";
+pub use crate::config::DEFAULT_FILE as DEFAULT_CONFIG;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -46,6 +46,9 @@ pub const EX_CONFIG: i32 = 78;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8089";
 
+/// Where the CLI and the service look for the config file by default.
+pub const DEFAULT_FILE: &str = "/etc/erpsync/erpsync.toml";
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub file: PathBuf,

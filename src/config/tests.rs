@@ -77,3 +77,99 @@ fn no_connectors_is_an_error() {
     let e = parse_err("[daemon]\nstate_dir = \"x\"\n");
     assert!(e.contains("no [[connectors]] configured"), "{e}");
 }
+
+#[test]
+fn a_kinds_options_reach_it_typed_and_defaults_fill_the_rest() {
+    let c = parse_ok(&format!(
+        "{MIN}[connectors.demo]\nseed = 7\ncustomers = 10\n"
+    ));
+    let o = c.connectors[0]
+        .options
+        .get::<crate::connectors::demo::DemoOptions>()
+        .expect("demo options");
+    assert_eq!((o.seed, o.customers, o.page_size), (7, 10, 500));
+    assert!(c.connectors[0]
+        .options
+        .get::<crate::connectors::netsuite::NetsuiteOptions>()
+        .is_none());
+    // No table: the kind's defaults.
+    let c = parse_ok(MIN);
+    assert_eq!(
+        c.connectors[0]
+            .options
+            .get::<crate::connectors::demo::DemoOptions>()
+            .unwrap()
+            .seed,
+        42
+    );
+}
+
+#[test]
+fn problems_in_a_kinds_table_name_its_key_at_its_line() {
+    let e = parse_err(&format!(
+        "{MIN}[connectors.demo]\nseed = 1\npage_size = 0\ninactive_ratio = 2.0\n"
+    ));
+    assert!(
+        e.contains(
+            "erpsync.toml:6: key `connectors[0].demo.page_size`: must be between 1 and 1000"
+        ),
+        "{e}"
+    );
+    assert!(
+        e.contains("erpsync.toml:7: key `connectors[0].demo.inactive_ratio`"),
+        "{e}"
+    );
+    let e = parse_err(&format!("{MIN}[connectors.demo]\nseed = 1\nseeds = 2\n"));
+    assert!(
+        e.contains("erpsync.toml:6: key `connectors[0].demo.seeds`: unknown field `seeds`"),
+        "{e}"
+    );
+    let e = parse_err(&format!("{MIN}[connectors.netsuite]\naccount_id = \"1\"\n"));
+    assert!(
+        e.contains("key `connectors[0].netsuite`: a [connectors.netsuite] table does not apply to kind `demo`"),
+        "{e}"
+    );
+    let e = parse_err("[[connectors]]\nid = \"n\"\nkind = \"netsuite\"\n");
+    assert!(
+        e.contains("erpsync.toml:2: key `connectors[0].netsuite`: kind `netsuite` needs a [connectors.netsuite] table: missing field `account_id`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn rate_limit_keys_override_the_kinds_defaults_one_by_one() {
+    let c = parse_ok(&format!(
+        "{MIN}rate_limit = {{ requests_per_second = 2.5, requests_per_day = 5000, max_retry_wait = \"90m\" }}\n"
+    ));
+    let l = c.connectors[0].limits;
+    assert_eq!(l.requests_per_second, 2.5);
+    assert_eq!(l.burst, 3, "one second's worth when only the rate is set");
+    assert_eq!(l.max_concurrency, Limits::default().max_concurrency);
+    assert_eq!(l.requests_per_day, Some(5000));
+    assert_eq!(l.max_retry_wait, Duration::from_secs(5400));
+    let e = parse_err(&format!(
+        "{MIN}rate_limit = {{ max_retry_wait = \"2d\" }}\n"
+    ));
+    assert!(
+        e.contains("rate_limit.max_retry_wait") && e.contains("at most 1day"),
+        "{e}"
+    );
+}
+
+#[test]
+fn no_kind_is_named_like_a_common_connector_key() {
+    for k in crate::connectors::REGISTRY.names() {
+        assert!(
+            ![
+                "id",
+                "kind",
+                "poll_interval",
+                "rate_limit",
+                "resync_share",
+                "native_exclusions"
+            ]
+            .contains(&k),
+            "{k}"
+        );
+    }
+}

@@ -1,4 +1,6 @@
-//! Connectors: one module per ERP, each speaking only that ERP's wire protocol.
+//! Connectors: one module per ERP, each speaking only that ERP's wire
+//! protocol, registered once in [`REGISTRY`] (see [`registry`] and
+//! docs/connectors.md).
 //!
 //! A connector turns "give me the next page after this cursor" into requests to
 //! its ERP and maps the answer into the canonical [`model`](crate::model). It

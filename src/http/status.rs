@@ -194,7 +194,21 @@ pub async fn metrics(
     let mut last_success = Vec::new();
     let mut parked = Vec::new();
     let mut overrides = Vec::new();
+    let mut last_24h = Vec::new();
+    let mut parked_gauge = Vec::new();
+    let mut reconnect = Vec::new();
     for c in &s.connectors {
+        last_24h.push((lbl(&c.id, &[]), c.requests.requests_last_24h as f64));
+        parked_gauge.push((
+            lbl(&c.id, &[]),
+            f64::from(u8::from(c.requests.parked_until.is_some())),
+        ));
+        reconnect.push((
+            lbl(&c.id, &[]),
+            f64::from(u8::from(
+                c.worker.state == crate::app::WorkerState::NeedsReconnect,
+            )),
+        ));
         customers.push((
             lbl(&c.id, &[("state", "included")]),
             c.customers.included as f64,
@@ -311,6 +325,27 @@ pub async fn metrics(
         "counter",
         "Upstream answers asking to slow down.",
         throttled,
+    );
+    fam(
+        &mut text,
+        "erpsync_upstream_requests_last_24h",
+        "gauge",
+        "Requests sent in the last 24 hours (counted when a daily quota is set).",
+        last_24h,
+    );
+    fam(
+        &mut text,
+        "erpsync_connector_quota_parked",
+        "gauge",
+        "1 while the connector's requests are parked until its daily quota resets.",
+        parked_gauge,
+    );
+    fam(
+        &mut text,
+        "erpsync_connector_needs_reconnect",
+        "gauge",
+        "1 while the connector's refresh token was refused and `erpsync connect` is needed.",
+        reconnect,
     );
     fam(
         &mut text,

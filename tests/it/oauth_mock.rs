@@ -310,7 +310,7 @@ impl MockTokenServer {
     /// Whether the server would accept `refresh_token` now.
     pub fn refresh_token_valid(&self, refresh_token: &str) -> bool {
         let s = self.shared.inner.lock().unwrap();
-        matches!(check_refresh(&s, refresh_token), Ok(_))
+        check_refresh(&s, refresh_token).is_ok()
     }
 
     /// The current refresh token of the family `refresh_token` belongs to.
@@ -332,7 +332,7 @@ impl MockTokenServer {
 
     /// The bearer check for an ERP mock: `Ok` for a valid access token,
     /// else the 401 answer to send.
-    pub fn check_bearer(&self, headers: &HeaderMap) -> Result<(), Response> {
+    pub fn check_bearer(&self, headers: &HeaderMap) -> Result<(), Box<Response>> {
         check_bearer(&self.shared, headers)
     }
 }
@@ -551,7 +551,7 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
     (StatusCode::OK, headers, answer.to_string()).into_response()
 }
 
-fn check_bearer(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+fn check_bearer(shared: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let mut s = shared.inner.lock().unwrap();
     s.stats.api_requests += 1;
     let token = headers
@@ -567,17 +567,19 @@ fn check_bearer(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
         return Ok(());
     }
     s.stats.api_unauthorized += 1;
-    Err((
-        StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")],
-        "{\"error\":\"invalid_token\"}",
-    )
-        .into_response())
+    Err(Box::new(
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")],
+            "{\"error\":\"invalid_token\"}",
+        )
+            .into_response(),
+    ))
 }
 
 async fn whoami(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     match check_bearer(&shared, &headers) {
         Ok(()) => (StatusCode::OK, "{\"ok\":true}").into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }

@@ -24,6 +24,15 @@
 //! of the named customers keyset-paged by external id; their cursor is
 //! `{"after":"<external id>"}`.
 //!
+//! # Quota and OAuth
+//! With `daily_quota`, the simulated ERP allows that many requests per
+//! `quota_window` and behaves like Xero's daily limit: each answer reports
+//! what is left to the budget, and a request over it is refused with
+//! [`ConnectorError::DailyQuota`] and a `Retry-After`. With an `oauth`
+//! table, every request first gets an access token through the shared
+//! [`OAuthClient`], so the OAuth set-up, `erpsync connect` and
+//! `needs_reconnect` can be tried without an ERP account.
+//!
 //! # Trickle
 //! A poll pass starts with a `fetch_customers` call made while no customer
 //! pass is open: the first call of this connector, or any call after a

@@ -180,7 +180,7 @@ pub async fn connect(store: &dyn CredentialStore, refresh_token: &Secret) -> Res
 /// The command that loads a new refresh token for `connector`.
 pub fn reconnect_command(connector: &str, config_file: &std::path::Path) -> String {
     let mut cmd = format!("erpsync connect {connector} --refresh-token-file <FILE>");
-    if config_file != std::path::Path::new(crate::cli::DEFAULT_CONFIG) {
+    if config_file != std::path::Path::new(crate::config::DEFAULT_FILE) {
         cmd += &format!(" --config {}", config_file.display());
     }
     cmd
