@@ -97,11 +97,34 @@ async fn inactive_customers_are_excluded_with_no_records_stored() {
     let port = free_port();
     let cfg = write_config(&mock, dir.path(), port);
     connect(&cfg, &mock.authorize());
-    let status = tokio::task::spawn_blocking(move || {
+    let m = Arc::clone(&mock);
+    let (status, deleted) = tokio::task::spawn_blocking(move || {
         let d = Daemon::spawn(&cfg, format!("http://127.0.0.1:{port}"));
         let s = d.wait_passes(1);
+        // A month without a sync (past CDC's window), with deletions in it:
+        // the next pass verifies the stored invoices through the engine.
+        m.advance_clock(Duration::from_secs(31 * 86_400));
+        let snap = m.snapshot();
+        let deleted: Vec<u64> = snap
+            .of_kind(crate::quickbooks_mock::INVOICE)
+            .filter(|t| snap.customers[&t.customer].active)
+            .take(5)
+            .map(|t| t.id)
+            .collect();
+        for id in &deleted {
+            m.delete_txn(*id);
+        }
+        d.client
+            .post("/api/v1/connectors/qbo/sync", &serde_json::json!({}));
+        let s2 = d.wait_passes(2);
+        let c = &s2["connectors"][0];
+        assert_eq!(c["last_error"], serde_json::Value::Null, "{c:#}");
+        assert!(
+            c["counters"]["verified_invoices"].as_u64().unwrap() > 0,
+            "{c:#}"
+        );
         assert!(d.terminate().0.success());
-        s
+        (s, deleted)
     })
     .await
     .unwrap();
@@ -119,6 +142,10 @@ async fn inactive_customers_are_excluded_with_no_records_stored() {
     assert_eq!(status["customers"]["excluded"], inactive.len() as u64);
 
     let store = Store::open(&dir.path().join("state")).unwrap();
+    let snap = mock.snapshot();
+    for id in &deleted {
+        assert!(!snap.txns.contains_key(id));
+    }
     for id in &inactive {
         let key = CustomerKey::new("qbo", id.to_string());
         let sc = store
