@@ -55,6 +55,8 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Where the admin token comes from; `None` disables the admin API.
     pub admin_token: Option<SecretSource>,
+    /// Where the read-only viewer token comes from; `None`: no viewer role.
+    pub viewer_token: Option<SecretSource>,
     pub max_body_bytes: usize,
 }
 
@@ -324,29 +326,35 @@ fn compile(
         }),
         None => DEFAULT_LISTEN.parse().expect("default parses"),
     };
-    let admin_token = match (&h.admin_token_file, &h.admin_token_credential) {
-        (Some(_), Some(c)) => {
-            push(
-                at(c.span()),
-                "http.admin_token_credential",
-                "set either admin_token_file or admin_token_credential, not both".into(),
-            );
-            None
-        }
-        (Some(f), None) => {
-            let p = resolve(base, Path::new(f.get_ref()));
-            if !p.is_file() {
+    let mut token_source = |name: &str,
+                            file: &Option<serde_spanned::Spanned<String>>,
+                            credential: &Option<serde_spanned::Spanned<String>>| {
+        match (file, credential) {
+            (Some(_), Some(c)) => {
                 push(
-                    at(f.span()),
-                    "http.admin_token_file",
-                    format!("credential file {} does not exist", p.display()),
+                    at(c.span()),
+                    &format!("http.{name}_token_credential"),
+                    format!("set either {name}_token_file or {name}_token_credential, not both"),
                 );
+                None
             }
-            Some(SecretSource::File(p))
+            (Some(f), None) => {
+                let p = resolve(base, Path::new(f.get_ref()));
+                if !p.is_file() {
+                    push(
+                        at(f.span()),
+                        &format!("http.{name}_token_file"),
+                        format!("credential file {} does not exist", p.display()),
+                    );
+                }
+                Some(SecretSource::File(p))
+            }
+            (None, Some(c)) => Some(SecretSource::Credential(c.get_ref().clone())),
+            (None, None) => None,
         }
-        (None, Some(c)) => Some(SecretSource::Credential(c.get_ref().clone())),
-        (None, None) => None,
     };
+    let admin_token = token_source("admin", &h.admin_token_file, &h.admin_token_credential);
+    let viewer_token = token_source("viewer", &h.viewer_token_file, &h.viewer_token_credential);
     let max_body_bytes = h.max_body_bytes.unwrap_or(1 << 20);
 
     // [exclusions]
@@ -616,6 +624,7 @@ fn compile(
         http: HttpConfig {
             listen,
             admin_token,
+            viewer_token,
             max_body_bytes,
         },
         exclusions: ExclusionsConfig {
@@ -641,6 +650,9 @@ impl Config {
                 "disabled: no admin token configured"
             }
         );
+        if self.http.viewer_token.is_some() {
+            s += "  viewer token: configured (read-only API and console)\n";
+        }
         s += &format!("  connectors: {}\n", self.connectors.len());
         for c in &self.connectors {
             s += &format!(

@@ -2,6 +2,7 @@
 //! (the built `erpsync` binary, or the real server in-process) against real
 //! or mock upstreams. Shared helpers live in `support`.
 
+mod console;
 mod daemon;
 mod exclusion;
 mod hardening;
