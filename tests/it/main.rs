@@ -3,6 +3,7 @@
 //! or mock upstreams. Shared helpers live in `support`.
 
 mod console;
+mod console_e2e;
 mod daemon;
 mod exclusion;
 mod hardening;

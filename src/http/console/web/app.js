@@ -70,6 +70,8 @@ async function show() {
     cleanup = null;
   }
   if (!session.current) return;
+  // A dialog belongs to the page it was opened on.
+  for (const d of document.querySelectorAll('dialog[open]')) d.close();
   if (!main) shell();
   const [name, page, params] = route();
   for (const [n, a] of Object.entries(navLinks)) {

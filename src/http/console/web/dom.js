@@ -29,7 +29,7 @@ export function h(tag, attrs, ...children) {
 }
 
 /** Appends children (see `h`). */
-export function append(el, children) {
+export function append(el, ...children) {
   for (const c of [children].flat(Infinity)) {
     if (c == null || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
