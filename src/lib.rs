@@ -14,7 +14,7 @@
 //! - [`connectors`]: one module per ERP, plus the shared request [`connectors::Budget`].
 //! - [`sync`]: the per-connector scheduler, ingest and the resync worker.
 //! - [`resync`]: durable resync jobs, one worker per connector, progress and ETA.
-//! - [`http`]: health, status, metrics and the admin API.
+//! - [`http`]: health, status, metrics, the admin API and the web console.
 //! - [`daemon`]: wires everything together and runs until shutdown.
 //! - [`cli`]: the `erpsync` command line.
 

@@ -326,33 +326,36 @@ fn compile(
         }),
         None => DEFAULT_LISTEN.parse().expect("default parses"),
     };
-    let mut token_source = |name: &str,
-                            file: &Option<serde_spanned::Spanned<String>>,
-                            credential: &Option<serde_spanned::Spanned<String>>| {
-        match (file, credential) {
-            (Some(_), Some(c)) => {
-                push(
-                    at(c.span()),
-                    &format!("http.{name}_token_credential"),
-                    format!("set either {name}_token_file or {name}_token_credential, not both"),
-                );
-                None
-            }
-            (Some(f), None) => {
-                let p = resolve(base, Path::new(f.get_ref()));
-                if !p.is_file() {
+    let mut token_source =
+        |name: &str,
+         file: &Option<serde_spanned::Spanned<String>>,
+         credential: &Option<serde_spanned::Spanned<String>>| {
+            match (file, credential) {
+                (Some(_), Some(c)) => {
                     push(
-                        at(f.span()),
-                        &format!("http.{name}_token_file"),
-                        format!("credential file {} does not exist", p.display()),
+                        at(c.span()),
+                        &format!("http.{name}_token_credential"),
+                        format!(
+                            "set either {name}_token_file or {name}_token_credential, not both"
+                        ),
                     );
+                    None
                 }
-                Some(SecretSource::File(p))
+                (Some(f), None) => {
+                    let p = resolve(base, Path::new(f.get_ref()));
+                    if !p.is_file() {
+                        push(
+                            at(f.span()),
+                            &format!("http.{name}_token_file"),
+                            format!("credential file {} does not exist", p.display()),
+                        );
+                    }
+                    Some(SecretSource::File(p))
+                }
+                (None, Some(c)) => Some(SecretSource::Credential(c.get_ref().clone())),
+                (None, None) => None,
             }
-            (None, Some(c)) => Some(SecretSource::Credential(c.get_ref().clone())),
-            (None, None) => None,
-        }
-    };
+        };
     let admin_token = token_source("admin", &h.admin_token_file, &h.admin_token_credential);
     let viewer_token = token_source("viewer", &h.viewer_token_file, &h.viewer_token_credential);
     let max_body_bytes = h.max_body_bytes.unwrap_or(1 << 20);

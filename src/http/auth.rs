@@ -160,7 +160,10 @@ pub async fn require_token(State(app): State<Arc<App>>, mut req: Request, next: 
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    if !principal.role.allows(access_of(req.method(), req.uri().path())) {
+    if !principal
+        .role
+        .allows(access_of(req.method(), req.uri().path()))
+    {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
@@ -194,7 +197,10 @@ fn authenticate(app: &App, method: &Method, headers: &HeaderMap) -> Result<Princ
             }),
             None => {
                 app.sessions.failures.record("a wrong bearer token");
-                Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong bearer token"))
+                Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "wrong bearer token",
+                ))
             }
         };
     }

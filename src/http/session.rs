@@ -160,7 +160,9 @@ impl Sessions {
         let map = self.guard.lock().expect("guard lock poisoned");
         match map.get(&ip) {
             Some(f) if f.count >= MAX_FAILURES && now.duration_since(f.first) < FAILURE_WINDOW => {
-                Err((FAILURE_WINDOW - now.duration_since(f.first)).as_secs().max(1))
+                Err((FAILURE_WINDOW - now.duration_since(f.first))
+                    .as_secs()
+                    .max(1))
             }
             _ => Ok(()),
         }
@@ -193,10 +195,7 @@ impl Sessions {
     }
 
     fn login_succeeded(&self, ip: IpAddr) {
-        self.guard
-            .lock()
-            .expect("guard lock poisoned")
-            .remove(&ip);
+        self.guard.lock().expect("guard lock poisoned").remove(&ip);
     }
 }
 
@@ -376,7 +375,8 @@ async fn logout(
     headers: HeaderMap,
     Query(NoQuery {}): Query<NoQuery>,
 ) -> Result<Response, ApiError> {
-    let id = cookie(&headers).ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "not logged in"))?;
+    let id =
+        cookie(&headers).ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "not logged in"))?;
     let s = app
         .sessions
         .get(id)
@@ -393,10 +393,8 @@ async fn logout(
     app.sessions.remove(id);
     tracing::info!(actor = %format!("web:{}", s.role.name()), "console logout");
     let mut r = Json(serde_json::json!({"logged_out": true})).into_response();
-    r.headers_mut().insert(
-        header::SET_COOKIE,
-        set_cookie("", 0, over_tls(&headers)),
-    );
+    r.headers_mut()
+        .insert(header::SET_COOKIE, set_cookie("", 0, over_tls(&headers)));
     Ok(r)
 }
 
@@ -459,7 +457,10 @@ mod tests {
             c.to_str().unwrap(),
             "erpsync_session=xyz; Path=/; HttpOnly; SameSite=Strict; Max-Age=60"
         );
-        assert!(set_cookie("xyz", 60, true).to_str().unwrap().ends_with("; Secure"));
+        assert!(set_cookie("xyz", 60, true)
+            .to_str()
+            .unwrap()
+            .ends_with("; Secure"));
         let mut h = HeaderMap::new();
         assert!(!over_tls(&h));
         h.insert("x-forwarded-proto", HeaderValue::from_static("HTTPS"));

@@ -884,12 +884,20 @@ async fn a_stop_with_an_end_date_lapses_by_itself_and_keeps_its_note() {
     );
     // The last day of the STOP still counts; the day after, it is selected.
     let on = |day: &str| {
-        scan(&store, &c, &Filter::default(), date(day), None, usize::MAX, u64::MAX)
-            .unwrap()
-            .items
-            .into_iter()
-            .find(|r| r.customer == "demo:C1")
-            .unwrap()
+        scan(
+            &store,
+            &c,
+            &Filter::default(),
+            date(day),
+            None,
+            usize::MAX,
+            u64::MAX,
+        )
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|r| r.customer == "demo:C1")
+        .unwrap()
     };
     assert_eq!(on(AS_OF).reasons, [Reason::Stopped]);
     let next = on("2026-03-02");
@@ -927,7 +935,9 @@ async fn a_stop_ending_in_the_past_or_with_a_huge_note_is_refused_and_writes_not
         until: Some(date("2026-02-28")),
         note: None,
     };
-    let err = flags::stop_with(&store, &k1, &now, &past).await.unwrap_err();
+    let err = flags::stop_with(&store, &k1, &now, &past)
+        .await
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         "`until` 2026-02-28 is in the past; a STOP ends today (2026-03-01) or later"
@@ -936,7 +946,9 @@ async fn a_stop_ending_in_the_past_or_with_a_huge_note_is_refused_and_writes_not
         until: None,
         note: Some("n".repeat(flags::MAX_REASON_CHARS + 1)),
     };
-    let err = flags::stop_with(&store, &k1, &now, &long).await.unwrap_err();
+    let err = flags::stop_with(&store, &k1, &now, &long)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("note is longer than"), "{err}");
     assert!(flags::stop_flag(&store, &k1).unwrap().is_none());
     assert_eq!(store.audit(None, 100).unwrap().len(), before);

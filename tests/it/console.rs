@@ -123,7 +123,10 @@ async fn a_login_gives_a_strict_session_cookie_that_authenticates_the_api_with_c
     assert_eq!(a.body["role"], "admin");
     assert_eq!(a.body["actor"], "web:admin");
     assert_eq!(a.header("cache-control"), "no-store");
-    assert!(!a.body.to_string().contains(TOKEN), "the token is not echoed");
+    assert!(
+        !a.body.to_string().contains(TOKEN),
+        "the token is not echoed"
+    );
     // Behind a TLS-terminating proxy the cookie is Secure.
     let tls = send(
         &d.api.base,
@@ -169,7 +172,9 @@ async fn a_login_gives_a_strict_session_cookie_that_authenticates_the_api_with_c
         .await;
     assert_eq!(ok.status, 200, "{}", ok.body);
     let audit = store.audit(Some(&key), 10).unwrap();
-    assert!(audit.iter().any(|e| e.action == "manual_exclude" && e.actor == "web:admin"));
+    assert!(audit
+        .iter()
+        .any(|e| e.action == "manual_exclude" && e.actor == "web:admin"));
     assert!(audit.iter().all(|e| e.actor != "mallory"));
 
     // Logout needs the CSRF token too, then the cookie is dead.
@@ -245,17 +250,38 @@ async fn failed_logins_are_limited_per_address_and_bad_login_requests_say_why() 
         assert!(error_of(&a.body).contains(needle), "{body}: {}", a.body);
         assert!(a.header("set-cookie").is_empty());
     }
-    let a = send(&base, "POST", "/api/v1/session?x=1", &[], Some(json!({"token": TOKEN}))).await;
+    let a = send(
+        &base,
+        "POST",
+        "/api/v1/session?x=1",
+        &[],
+        Some(json!({"token": TOKEN})),
+    )
+    .await;
     assert_eq!(a.status, 400);
     assert!(a.header("set-cookie").is_empty());
     // Malformed requests did not count as failures; five wrong tokens do.
     for i in 0..5 {
-        let a = send(&base, "POST", "/api/v1/session", &[], Some(json!({"token": format!("guess-{i}")}))).await;
+        let a = send(
+            &base,
+            "POST",
+            "/api/v1/session",
+            &[],
+            Some(json!({"token": format!("guess-{i}")})),
+        )
+        .await;
         assert_eq!(a.status, 401, "{}", a.body);
         assert!(error_of(&a.body).starts_with("wrong token"));
     }
     for token in ["guess-6", TOKEN] {
-        let a = send(&base, "POST", "/api/v1/session", &[], Some(json!({ "token": token }))).await;
+        let a = send(
+            &base,
+            "POST",
+            "/api/v1/session",
+            &[],
+            Some(json!({ "token": token })),
+        )
+        .await;
         assert_eq!(a.status, 429, "{}", a.body);
         assert!(error_of(&a.body).contains("too many failed logins"));
         let wait: u64 = a.header("retry-after").parse().unwrap();
@@ -276,7 +302,10 @@ async fn the_console_is_served_with_versioned_immutable_assets_and_a_strict_csp(
     assert_eq!(page.header("content-type"), "text/html; charset=utf-8");
     assert_eq!(page.header("cache-control"), "no-cache");
     let csp = page.header("content-security-policy");
-    assert!(csp.contains("script-src 'self'") && csp.contains("style-src 'self'"), "{csp}");
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("style-src 'self'"),
+        "{csp}"
+    );
     assert!(!csp.contains("unsafe"), "{csp}");
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
     assert_eq!(page.header("x-content-type-options"), "nosniff");
@@ -291,7 +320,10 @@ async fn the_console_is_served_with_versioned_immutable_assets_and_a_strict_csp(
         let a = send(&base, "GET", &format!("/assets/{v}/{file}"), &[], None).await;
         assert_eq!(a.status, 200, "{file}");
         assert_eq!(a.header("content-type"), ctype);
-        assert_eq!(a.header("cache-control"), "public, max-age=31536000, immutable");
+        assert_eq!(
+            a.header("cache-control"),
+            "public, max-age=31536000, immutable"
+        );
     }
     let old = send(&base, "GET", "/assets/0000/app.js", &[], None).await;
     assert_eq!(old.status, 404);
@@ -342,7 +374,9 @@ async fn mass_exclusion_narrows_by_state_and_source_like_the_search() {
             "needs `q` or `condition`",
         ),
     ] {
-        let (st, v) = d.call("POST", "/api/v1/exclusions/mass", Some(body.clone())).await;
+        let (st, v) = d
+            .call("POST", "/api/v1/exclusions/mass", Some(body.clone()))
+            .await;
         assert!((400..500).contains(&st), "{body}: {st} {v}");
         assert!(error_of(&v).contains(needle), "{body}: {v}");
     }
@@ -375,12 +409,20 @@ async fn the_reinclusion_estimate_counts_customers_and_records_and_changes_nothi
         .collect();
     let refs: Vec<String> = included.iter().map(|c| c.key().to_string()).collect();
     let (st, v) = d
-        .call("POST", "/api/v1/exclusions", Some(json!({"customers": refs[..2], "reason": "x"})))
+        .call(
+            "POST",
+            "/api/v1/exclusions",
+            Some(json!({"customers": refs[..2], "reason": "x"})),
+        )
         .await;
     assert_eq!(st, 200, "{v}");
     let before = snapshot(store);
     let (st, e) = d
-        .call("POST", "/api/v1/reinclusions/estimate", Some(json!({"customers": refs})))
+        .call(
+            "POST",
+            "/api/v1/reinclusions/estimate",
+            Some(json!({"customers": refs})),
+        )
         .await;
     assert_eq!(st, 200, "{e}");
     assert_eq!(e["customers"], 3);
@@ -388,20 +430,45 @@ async fn the_reinclusion_estimate_counts_customers_and_records_and_changes_nothi
     assert_eq!(e["already_included"], 1);
     let c = &e["connectors"][0];
     assert_eq!(c["connector"], "demo");
-    assert!(c["basis"].as_str().unwrap().starts_with("a sample of"), "{e}");
+    assert!(
+        c["basis"].as_str().unwrap().starts_with("a sample of"),
+        "{e}"
+    );
     assert!(e["records"].as_u64().unwrap() > 0, "{e}");
     assert!(e["requests"].as_u64().unwrap() >= 2, "{e}");
     let msg = e["message"].as_str().unwrap();
-    assert!(msg.starts_with("re-includes 2 customer(s) and resyncs their full history: roughly"), "{msg}");
-    assert!(msg.ends_with("1 more are already included and only pinned"), "{msg}");
+    assert!(
+        msg.starts_with("re-includes 2 customer(s) and resyncs their full history: roughly"),
+        "{msg}"
+    );
+    assert!(
+        msg.ends_with("1 more are already included and only pinned"),
+        "{msg}"
+    );
     assert_eq!(snapshot(store), before, "an estimate changes nothing");
 
     for (body, status, needle) in [
         (json!({"customers": []}), 400, "`customers` is empty"),
-        (json!({"customers": ["nocolon"]}), 400, "CONNECTOR:EXTERNAL_ID"),
-        (json!({"customers": ["demo:NOPE"]}), 404, "unknown customer demo:NOPE"),
-        (json!({"customers": ["erp:C1"]}), 400, "unknown connector `erp`"),
-        (json!({"customers": ["demo:C1"], "reason": "x"}), 422, "unknown field `reason`"),
+        (
+            json!({"customers": ["nocolon"]}),
+            400,
+            "CONNECTOR:EXTERNAL_ID",
+        ),
+        (
+            json!({"customers": ["demo:NOPE"]}),
+            404,
+            "unknown customer demo:NOPE",
+        ),
+        (
+            json!({"customers": ["erp:C1"]}),
+            400,
+            "unknown connector `erp`",
+        ),
+        (
+            json!({"customers": ["demo:C1"], "reason": "x"}),
+            422,
+            "unknown field `reason`",
+        ),
     ] {
         let (st, v) = d
             .call("POST", "/api/v1/reinclusions/estimate", Some(body.clone()))
@@ -425,7 +492,9 @@ async fn the_rules_in_force_say_what_each_matches_now() {
         .filter(|c| c.customer.name.to_lowercase().contains("group"))
         .count();
     let v = d.api.clone();
-    let r = tokio::task::spawn_blocking(move || v.get("/api/v1/rules")).await.unwrap();
+    let r = tokio::task::spawn_blocking(move || v.get("/api/v1/rules"))
+        .await
+        .unwrap();
     assert_eq!(r["rules"][0]["id"], "big");
     assert_eq!(r["rules"][0]["description"], "Names with Group");
     assert_eq!(r["rules"][0]["when"]["op"], "contains");
@@ -468,7 +537,9 @@ async fn the_reminder_summary_adds_up_the_whole_list() {
         }
     }
     assert_eq!(s["selected_due"]["USD"].as_str().unwrap(), usd.to_string());
-    let (st, f) = d.call("GET", "/api/v1/reminders/summary?selected=false", None).await;
+    let (st, f) = d
+        .call("GET", "/api/v1/reminders/summary?selected=false", None)
+        .await;
     assert_eq!(st, 200);
     assert_eq!(f["selected"], 0);
     assert_eq!(f["listed"], s["unchecked"]);
@@ -478,7 +549,9 @@ async fn the_reminder_summary_adds_up_the_whole_list() {
         ("?selected=maybe", "selected: `maybe` is not true or false"),
         ("?as_of=yesterday", "as_of: `yesterday` is not a date"),
     ] {
-        let (st, v) = d.call("GET", &format!("/api/v1/reminders/summary{q}"), None).await;
+        let (st, v) = d
+            .call("GET", &format!("/api/v1/reminders/summary{q}"), None)
+            .await;
         assert_eq!(st, 400, "{q}: {v}");
         assert!(error_of(&v).contains(needle), "{q}: {v}");
     }
@@ -501,12 +574,34 @@ async fn a_stop_takes_an_end_date_and_a_note_and_bad_terms_change_nothing() {
     let yesterday = today.pred_opt().unwrap();
     let before = snapshot(store);
     for (path, body, needle) in [
-        ("stop", json!({"customer": key, "reason": "x", "until": "soon"}), "until: `soon` is not a date; use YYYY-MM-DD"),
-        ("stop", json!({"customer": key, "reason": "x", "until": yesterday.to_string()}), "is in the past"),
-        ("stop", json!({"customer": key, "reason": "x", "note": "n".repeat(1001)}), "note is longer than 1000"),
-        ("unstop", json!({"customer": key, "reason": "x", "until": today.to_string()}), "`until` and `note` are terms of a STOP"),
+        (
+            "stop",
+            json!({"customer": key, "reason": "x", "until": "soon"}),
+            "until: `soon` is not a date; use YYYY-MM-DD",
+        ),
+        (
+            "stop",
+            json!({"customer": key, "reason": "x", "until": yesterday.to_string()}),
+            "is in the past",
+        ),
+        (
+            "stop",
+            json!({"customer": key, "reason": "x", "note": "n".repeat(1001)}),
+            "note is longer than 1000",
+        ),
+        (
+            "unstop",
+            json!({"customer": key, "reason": "x", "until": today.to_string()}),
+            "`until` and `note` are terms of a STOP",
+        ),
     ] {
-        let (st, v) = d.call("POST", &format!("/api/v1/reminders/{path}"), Some(body.clone())).await;
+        let (st, v) = d
+            .call(
+                "POST",
+                &format!("/api/v1/reminders/{path}"),
+                Some(body.clone()),
+            )
+            .await;
         assert_eq!(st, 400, "{body}: {v}");
         assert!(error_of(&v).contains(needle), "{body}: {v}");
     }
@@ -520,7 +615,10 @@ async fn a_stop_takes_an_end_date_and_a_note_and_bad_terms_change_nothing() {
         )
         .await;
     assert_eq!(st, 200, "{v}");
-    assert!(v["message"].as_str().unwrap().contains(&format!("until {until}")));
+    assert!(v["message"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("until {until}")));
     let (_, stops) = d.call("GET", "/api/v1/reminders/stops", None).await;
     let s = &stops["items"][0];
     assert_eq!(s["customer"], key.as_str());

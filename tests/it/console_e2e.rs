@@ -38,11 +38,17 @@ fn missing() -> Option<String> {
         Ok(o) if o.status.success() => {}
         _ => return Some("node is not installed".into()),
     }
-    if !e2e_dir().join("node_modules/playwright-core/package.json").is_file() {
+    if !e2e_dir()
+        .join("node_modules/playwright-core/package.json")
+        .is_file()
+    {
         return Some("playwright-core is not installed (run `npm ci` in tests/e2e)".into());
     }
     if !chromium().is_file() {
-        return Some(format!("no browser at {} (apt-get install chromium)", chromium().display()));
+        return Some(format!(
+            "no browser at {} (apt-get install chromium)",
+            chromium().display()
+        ));
     }
     None
 }
@@ -122,7 +128,10 @@ async fn the_console_works_end_to_end_in_a_real_browser() {
     assert!(d.erp.update_customer(&hostile, |c| c.name = HOSTILE.into()));
     d.sync_now().await;
     let key = erpsync::model::CustomerKey::new("demo", &hostile);
-    assert_eq!(d.app.store.customer(&key).unwrap().unwrap().customer.name, HOSTILE);
+    assert_eq!(
+        d.app.store.customer(&key).unwrap().unwrap().customer.name,
+        HOSTILE
+    );
     let out = run_spec(&d, "main", &key.to_string()).await;
     assert!(out.contains("ok   a viewer sees everything"), "{out}");
     d.stop().await;
@@ -148,6 +157,9 @@ async fn console_page_load_times_with_20000_customers() {
         20_000
     );
     let out = run_spec(&d, "perf", "").await;
-    assert!(out.contains("page load times with 20000 customers"), "{out}");
+    assert!(
+        out.contains("page load times with 20000 customers"),
+        "{out}"
+    );
     d.stop().await;
 }

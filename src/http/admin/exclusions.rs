@@ -289,8 +289,7 @@ async fn estimate_reinclusion(
     JsonBody(b): JsonBody<EstimateBody>,
 ) -> ApiResult {
     let keys = manual::parse_refs(&b.customers, app.as_ref())?;
-    let estimate =
-        blocking(move || crate::resync::estimate::reinclusion(&app, &keys)).await??;
+    let estimate = blocking(move || crate::resync::estimate::reinclusion(&app, &keys)).await??;
     Ok(Json(estimate).into_response())
 }
 
@@ -572,7 +571,10 @@ async fn preview_rules(
 
 /// The rules in force, each with how many customers it matches now and how
 /// many it excludes (its first match, no manual decision over it).
-async fn rules_in_force(State(app): State<Arc<App>>, Query(NoQuery {}): Query<NoQuery>) -> ApiResult {
+async fn rules_in_force(
+    State(app): State<Arc<App>>,
+    Query(NoQuery {}): Query<NoQuery>,
+) -> ApiResult {
     let rules = app.rules();
     let max_ratio = app.config().exclusions.max_new_exclusion_ratio;
     let app2 = Arc::clone(&app);

@@ -424,7 +424,10 @@ impl Summary {
             self.unchecked += 1;
         }
         for r in &c.reasons {
-            *self.unchecked_by_reason.entry(Reason::as_str(*r)).or_default() += 1;
+            *self
+                .unchecked_by_reason
+                .entry(Reason::as_str(*r))
+                .or_default() += 1;
         }
         for (cur, amount) in &c.total_due {
             *self.total_due.entry(cur.clone()).or_default() += *amount;

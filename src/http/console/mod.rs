@@ -173,7 +173,14 @@ mod tests {
             lower.matches("<script").count(),
             lower.matches("<script type=\"module\" src=").count()
         );
-        for bad in [" onload=", " onclick=", " onerror=", " style=", "<style", "javascript:"] {
+        for bad in [
+            " onload=",
+            " onclick=",
+            " onerror=",
+            " style=",
+            "<style",
+            "javascript:",
+        ] {
             assert!(!lower.contains(bad), "{bad}");
         }
     }
