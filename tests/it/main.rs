@@ -2,6 +2,8 @@
 //! (the built `erpsync` binary, or the real server in-process) against real
 //! or mock upstreams. Shared helpers live in `support`.
 
+mod console;
+mod console_e2e;
 mod daemon;
 mod exclusion;
 mod hardening;
