@@ -18,10 +18,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConnectorConfig};
 use crate::connectors::{Budget, Connector, NativeExclusion, REGISTRY};
 use crate::exclusion::Policy;
+use crate::http::auth::Tokens;
+use crate::http::session::Sessions;
 use crate::ingest::PageStats;
 use crate::model::{Entity, Timestamp};
 use crate::rules::RuleSet;
-use crate::secrets::Secret;
 use crate::store::Store;
 
 pub struct App {
@@ -33,8 +34,10 @@ pub struct App {
     pub started_at: Timestamp,
     ready: AtomicBool,
     pub shutdown: CancellationToken,
-    /// `None`: no token configured, the admin API answers 403.
-    pub admin_token: Option<Secret>,
+    /// The API tokens with their roles; none configured: the API answers 403.
+    pub tokens: Tokens,
+    /// Console sessions and failed-login bookkeeping.
+    pub sessions: Sessions,
     /// Wakes resync workers when a job is queued.
     pub resync_wakeup: Notify,
     /// The outcome of the last rule reload, shown in `/status`.
@@ -53,7 +56,7 @@ impl App {
         config: Config,
         store: Arc<Store>,
         connectors: Vec<Arc<ConnectorHandle>>,
-        admin_token: Option<Secret>,
+        tokens: impl Into<Tokens>,
     ) -> Arc<App> {
         let rules = Arc::new(config.rules.clone());
         Arc::new(App {
@@ -65,7 +68,8 @@ impl App {
             started_at: chrono::Utc::now(),
             ready: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
-            admin_token,
+            tokens: tokens.into(),
+            sessions: Sessions::default(),
             resync_wakeup: Notify::new(),
             last_reload: Mutex::new(None),
         })

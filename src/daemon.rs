@@ -67,6 +67,19 @@ pub fn build(config: Config) -> anyhow::Result<Arc<App>> {
             None
         }
     };
+    let viewer_token = match &config.http.viewer_token {
+        Some(src) => Some(
+            src.load()
+                .map_err(|e| StartupRefused(format!("viewer token: {e}")))?,
+        ),
+        None => None,
+    };
+    if admin_token.is_some() && admin_token == viewer_token {
+        return Err(StartupRefused(
+            "the viewer token is the same as the admin token: give the read-only viewer its own token".into(),
+        )
+        .into());
+    }
     std::fs::create_dir_all(&config.daemon.state_dir).with_context(|| {
         format!(
             "cannot create state_dir {}",
@@ -78,7 +91,12 @@ pub fn build(config: Config) -> anyhow::Result<Arc<App>> {
         config.daemon.store_cache_mb,
     )?);
     let _ = slot.set(Arc::clone(&store));
-    Ok(App::new(config, store, handles, admin_token))
+    Ok(App::new(
+        config,
+        store,
+        handles,
+        crate::http::auth::Tokens::new(admin_token, viewer_token),
+    ))
 }
 
 /// Runs an already built daemon on `listener` until `shutdown` resolves.

@@ -17,7 +17,7 @@
 //! - [`sync`]: the per-connector poll scheduler.
 //! - [`credentials`]: each connector's credentials in the store (OAuth tokens).
 //! - [`resync`]: durable resync jobs, one worker per connector, progress and ETA.
-//! - [`http`]: health, status, metrics and the admin API.
+//! - [`http`]: health, status, metrics, the admin API and the web console.
 //! - [`daemon`]: wires everything together and runs until shutdown.
 //! - [`cli`]: the `erpsync` command line.
 

@@ -11,7 +11,7 @@
 //! new config so other sections (e.g. `[reminders]`) take effect too. The
 //! ratio checked is the one in the new file: raising it is a deliberate edit.
 //!
-//! Changes to connectors, the listener, the admin token, the body limit, the
+//! Changes to connectors, the listener, the admin and viewer tokens, the body limit, the
 //! log level or the state directory need a restart: a reload logs a warning
 //! and says so in its result. Every outcome is recorded in `app.last_reload`
 //! for `/status`. This module does not log reload refusals: its callers do
@@ -360,6 +360,10 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     check(
         "http.admin_token",
         old.http.admin_token != new.http.admin_token,
+    );
+    check(
+        "http.viewer_token",
+        old.http.viewer_token != new.http.viewer_token,
     );
     check(
         "http.max_body_bytes",

@@ -19,6 +19,13 @@ pub struct StopArgs {
     /// Who asks; defaults to cli:$USER.
     #[arg(long)]
     pub actor: Option<String>,
+    /// `stop` only: the last day of the STOP (YYYY-MM-DD); from the day
+    /// after, the customer is selectable again by itself.
+    #[arg(long, value_name = "DATE")]
+    pub until: Option<String>,
+    /// `stop` only: a note kept with the flag.
+    #[arg(long)]
+    pub note: Option<String>,
     #[command(flatten)]
     pub config: ConfigArg,
 }
@@ -95,8 +102,22 @@ fn default_actor() -> String {
 /// Runs one of the reminder commands.
 pub async fn dispatch(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Stop(a) => flag(&a.config, "stop", json!({"customer": a.customer, "reason": a.reason, "actor": a.actor.unwrap_or_else(default_actor)})).await,
-        Command::Unstop(a) => flag(&a.config, "unstop", json!({"customer": a.customer, "reason": a.reason, "actor": a.actor.unwrap_or_else(default_actor)})).await,
+        Command::Stop(a) => {
+            let mut body = json!({"customer": a.customer, "reason": a.reason, "actor": a.actor.unwrap_or_else(default_actor)});
+            if let Some(u) = a.until {
+                body["until"] = json!(u);
+            }
+            if let Some(n) = a.note {
+                body["note"] = json!(n);
+            }
+            flag(&a.config, "stop", body).await
+        }
+        Command::Unstop(a) => {
+            if a.until.is_some() || a.note.is_some() {
+                bail!("--until and --note are terms of a STOP; `unstop` takes neither");
+            }
+            flag(&a.config, "unstop", json!({"customer": a.customer, "reason": a.reason, "actor": a.actor.unwrap_or_else(default_actor)})).await
+        }
         Command::Hold(a) => flag(&a.config, "hold", json!({"invoice": a.invoice, "reason": a.reason, "actor": a.actor.unwrap_or_else(default_actor)})).await,
         Command::Release(a) => flag(&a.config, "release", json!({"invoice": a.invoice, "reason": a.reason, "actor": a.actor.unwrap_or_else(default_actor)})).await,
         Command::Reminders(RemindersCommand::Candidates(a)) => candidates(a).await,
@@ -122,8 +143,8 @@ pub async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Reminders(RemindersCommand::Stops(config)) => {
             let c = ApiClient::from_args(&config)?;
             let v = c.get_json("/api/v1/reminders/stops").await?;
-            let rows = rows_of(&v, &["customer", "actor", "at", "reason"]);
-            print_table(&["CUSTOMER", "BY", "AT", "REASON"], &rows);
+            let rows = rows_of(&v, &["customer", "actor", "at", "reason", "until", "note"]);
+            print_table(&["CUSTOMER", "BY", "AT", "REASON", "UNTIL", "NOTE"], &rows);
             note_truncated(&v);
             Ok(())
         }

@@ -1,4 +1,4 @@
-//! `[http]`: listen address, admin token source, body limit.
+//! `[http]`: listen address, admin and viewer token sources, body limit.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -6,6 +6,7 @@ use std::path::Path;
 use super::raw::RawHttp;
 use super::{resolve, HttpConfig, Problems, DEFAULT_LISTEN};
 use crate::secrets::SecretSource;
+use serde_spanned::Spanned;
 
 pub(super) fn compile(h: RawHttp, base: &Path, p: &mut Problems<'_>) -> HttpConfig {
     let default_listen = || DEFAULT_LISTEN.parse().expect("default parses");
@@ -23,12 +24,43 @@ pub(super) fn compile(h: RawHttp, base: &Path, p: &mut Problems<'_>) -> HttpConf
         }),
         None => default_listen(),
     };
-    let admin_token = match (&h.admin_token_file, &h.admin_token_credential) {
+    let admin_token = token_source(
+        "admin",
+        &h.admin_token_file,
+        &h.admin_token_credential,
+        base,
+        p,
+    );
+    let viewer_token = token_source(
+        "viewer",
+        &h.viewer_token_file,
+        &h.viewer_token_credential,
+        base,
+        p,
+    );
+    HttpConfig {
+        listen,
+        admin_token,
+        viewer_token,
+        max_body_bytes: h.max_body_bytes.unwrap_or(1 << 20),
+    }
+}
+
+/// Where a role's token comes from: `<name>_token_file` or
+/// `<name>_token_credential` (one of the two), or `None` for no such role.
+fn token_source(
+    name: &str,
+    file: &Option<Spanned<String>>,
+    credential: &Option<Spanned<String>>,
+    base: &Path,
+    p: &mut Problems<'_>,
+) -> Option<SecretSource> {
+    match (file, credential) {
         (Some(_), Some(c)) => {
             p.at(
                 Some(c.span()),
-                "http.admin_token_credential",
-                "set either admin_token_file or admin_token_credential, not both",
+                &format!("http.{name}_token_credential"),
+                format!("set either {name}_token_file or {name}_token_credential, not both"),
             );
             None
         }
@@ -37,7 +69,7 @@ pub(super) fn compile(h: RawHttp, base: &Path, p: &mut Problems<'_>) -> HttpConf
             if !path.is_file() {
                 p.at(
                     Some(f.span()),
-                    "http.admin_token_file",
+                    &format!("http.{name}_token_file"),
                     format!("credential file {} does not exist", path.display()),
                 );
             }
@@ -45,10 +77,5 @@ pub(super) fn compile(h: RawHttp, base: &Path, p: &mut Problems<'_>) -> HttpConf
         }
         (None, Some(c)) => Some(SecretSource::Credential(c.get_ref().clone())),
         (None, None) => None,
-    };
-    HttpConfig {
-        listen,
-        admin_token,
-        max_body_bytes: h.max_body_bytes.unwrap_or(1 << 20),
     }
 }

@@ -76,6 +76,8 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Where the admin token comes from; `None` disables the admin API.
     pub admin_token: Option<SecretSource>,
+    /// Where the read-only viewer token comes from; `None`: no viewer role.
+    pub viewer_token: Option<SecretSource>,
     pub max_body_bytes: usize,
 }
 
@@ -297,6 +299,9 @@ impl Config {
                 "disabled: no admin token configured"
             }
         );
+        if self.http.viewer_token.is_some() {
+            s += "  viewer token: configured (read-only API and console)\n";
+        }
         s += &format!("  connectors: {}\n", self.connectors.len());
         for c in &self.connectors {
             s += &format!(

@@ -36,6 +36,8 @@ pub struct RawHttp {
     pub listen: Option<Spanned<String>>,
     pub admin_token_file: Option<Spanned<String>>,
     pub admin_token_credential: Option<Spanned<String>>,
+    pub viewer_token_file: Option<Spanned<String>>,
+    pub viewer_token_credential: Option<Spanned<String>>,
     pub max_body_bytes: Option<usize>,
 }
 

@@ -173,3 +173,27 @@ fn no_kind_is_named_like_a_common_connector_key() {
         );
     }
 }
+
+#[test]
+fn the_viewer_token_comes_from_a_file_or_a_credential_like_the_admin_token() {
+    let c = parse_ok(&format!(
+        "[http]\nviewer_token_credential = \"viewer-token\"\n{MIN}"
+    ));
+    assert_eq!(
+        c.http.viewer_token,
+        Some(SecretSource::Credential("viewer-token".into()))
+    );
+    assert!(c.summary().contains("viewer token: configured"));
+    let err = parse_err(&format!(
+        "[http]\nviewer_token_file = \"v\"\nviewer_token_credential = \"v\"\n{MIN}"
+    ));
+    assert!(
+        err.contains("erpsync.toml:3: key `http.viewer_token_credential`: set either viewer_token_file or viewer_token_credential, not both"),
+        "{err}"
+    );
+    let err = parse_err(&format!("[http]\nviewer_token_file = \"nope/v\"\n{MIN}"));
+    assert!(
+        err.contains("erpsync.toml:2: key `http.viewer_token_file`: credential file /etc/erpsync/nope/v does not exist"),
+        "{err}"
+    );
+}

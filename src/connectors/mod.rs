@@ -17,6 +17,7 @@ pub mod credentials;
 pub mod demo;
 pub mod netsuite;
 pub mod oauth;
+pub mod quickbooks;
 pub mod registry;
 pub mod xero;
 
@@ -33,7 +34,12 @@ pub use registry::{BuildContext, ConnectorKind, Registry};
 
 /// Every connector kind this build knows. Adding an ERP is its folder plus
 /// one line here.
-pub static REGISTRY: Registry = Registry::new(&[&demo::Demo, &netsuite::Netsuite, &xero::Xero]);
+pub static REGISTRY: Registry = Registry::new(&[
+    &demo::Demo,
+    &netsuite::Netsuite,
+    &quickbooks::Quickbooks,
+    &xero::Xero,
+]);
 
 /// A connector's position in one upstream stream. Opaque to everything but the
 /// connector that made it; the store persists it next to the data it covers.
@@ -140,6 +146,30 @@ pub trait Connector: Send + Sync + 'static {
     /// Records per full page, used to estimate request counts for ETAs.
     fn page_size(&self) -> usize {
         1000
+    }
+
+    /// Called with a stream's cursor when a pass ended (`has_more` false).
+    /// `Some(next)` means the connector could not see every upstream
+    /// deletion since the last pass (a change feed that overflowed or
+    /// expired): the sync engine then checks every stored record of `entity`
+    /// with [`deleted_among`](Connector::deleted_among), removes the ones
+    /// that are gone, and stores `next` in the same write as the last batch.
+    fn verification(&self, _entity: Entity, _cursor: &Cursor) -> Option<Cursor> {
+        None
+    }
+
+    /// How many ids one [`deleted_among`](Connector::deleted_among) call may name.
+    fn verify_batch_size(&self) -> usize {
+        100
+    }
+
+    /// Of these stored ids of `entity`, the ones that no longer exist upstream.
+    async fn deleted_among(
+        &self,
+        _entity: Entity,
+        _ids: &[String],
+    ) -> Result<Vec<String>, ConnectorError> {
+        Ok(Vec::new())
     }
 
     /// The connector's OAuth 2.0 client, if it uses one (its state shows

@@ -1,47 +1,235 @@
-//! Bearer-token check for the admin API.
+//! Who may call `/api/v1`, and what they may do there.
 //!
-//! The scheme is matched case-insensitively (`Bearer`, `bearer`: RFC 7235);
-//! the token is compared in constant time. No token configured: the admin
+//! A caller proves who it is in one of two ways:
+//! - a **bearer token** (`Authorization: Bearer <token>`; the scheme is
+//!   matched case-insensitively, RFC 7235) — scripts and the CLI;
+//! - a **console session** cookie obtained by logging in with a token
+//!   ([`super::session`]); every state-changing request of a session must
+//!   also carry its CSRF token in the `X-CSRF-Token` header.
+//!
+//! Each token carries a [`Role`]. The admin may do everything; the viewer
+//! reads everything and changes nothing: the check happens here, before any
+//! handler runs, so a refused request changes nothing. Tokens are compared
+//! in constant time and never logged. With no token configured at all the
 //! API answers 403 and says why; health endpoints are not behind this.
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
+use super::session::{self, CSRF_HEADER};
 use crate::app::App;
+use crate::secrets::Secret;
 
-pub async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let Some(expected) = &app.admin_token else {
+/// What a token lets its holder do. A new role (e.g. a read-only
+/// "consumer" of the synced data for downstream systems) is one more
+/// variant here, with its token source in `[http]` and its answer in
+/// [`Role::allows`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything: reads, manual decisions, flags, reloads, resyncs.
+    Admin,
+    /// Reads everything, changes nothing.
+    Viewer,
+}
+
+/// What an endpoint does, for the role check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reads only (every `GET`, and `POST`s that only compute, like a rule
+    /// preview).
+    Read,
+    /// Changes data or the daemon's state.
+    Change,
+}
+
+impl Role {
+    /// The name used in actors (`web:admin`) and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    pub fn allows(self, access: Access) -> bool {
+        match self {
+            Role::Admin => true,
+            Role::Viewer => access == Access::Read,
+        }
+    }
+}
+
+/// `POST` endpoints (paths under `/api/v1`) that only compute and change
+/// nothing: a viewer may call them.
+const READ_ONLY_POSTS: [&str; 2] = ["/rules/preview", "/reinclusions/estimate"];
+
+/// What a request to `path` (under `/api/v1`) with `method` does.
+pub fn access_of(method: &Method, path: &str) -> Access {
+    let path = path.strip_prefix("/api/v1").unwrap_or(path);
+    if method == Method::GET || method == Method::HEAD {
+        return Access::Read;
+    }
+    if method == Method::POST && READ_ONLY_POSTS.contains(&path) {
+        return Access::Read;
+    }
+    Access::Change
+}
+
+/// How a request was authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Bearer,
+    Session,
+}
+
+/// The authenticated caller, put in the request's extensions for handlers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Principal {
+    pub role: Role,
+    pub via: Via,
+}
+
+impl Principal {
+    /// The actor recorded in the audit trail. A console session is always
+    /// `web:<role>` (whatever the body says); a bearer caller (a script, the
+    /// CLI) may name itself in the request, else gets `default`.
+    pub fn actor(&self, given: Option<&str>, default: &str) -> String {
+        match self.via {
+            Via::Session => format!("web:{}", self.role.name()),
+            Via::Bearer => given.unwrap_or(default).to_string(),
+        }
+    }
+}
+
+/// The configured tokens, each with its role.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    admin: Option<Secret>,
+    viewer: Option<Secret>,
+}
+
+impl Tokens {
+    pub fn new(admin: Option<Secret>, viewer: Option<Secret>) -> Tokens {
+        Tokens { admin, viewer }
+    }
+
+    /// The role of a presented token, comparing against every configured
+    /// token in constant time.
+    pub fn role_of(&self, given: &str) -> Option<Role> {
+        let mut found = None;
+        for (role, secret) in [(Role::Admin, &self.admin), (Role::Viewer, &self.viewer)] {
+            if let Some(s) = secret {
+                if bool::from(given.as_bytes().ct_eq(s.expose().as_bytes())) {
+                    found = found.or(Some(role));
+                }
+            }
+        }
+        found
+    }
+
+    /// Whether any token is configured (else the API is disabled).
+    pub fn any(&self) -> bool {
+        self.admin.is_some() || self.viewer.is_some()
+    }
+
+    pub fn has_viewer(&self) -> bool {
+        self.viewer.is_some()
+    }
+}
+
+impl From<Option<Secret>> for Tokens {
+    /// Only an admin token (no viewer).
+    fn from(admin: Option<Secret>) -> Tokens {
+        Tokens::new(admin, None)
+    }
+}
+
+pub const NO_TOKEN: &str = "the admin API is disabled: no admin token is configured (set http.admin_token_file or http.admin_token_credential)";
+
+/// The middleware in front of every `/api/v1` route but the login itself.
+pub async fn require_token(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    let principal = match authenticate(&app, req.method(), req.headers()) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    if !principal
+        .role
+        .allows(access_of(req.method(), req.uri().path()))
+    {
         return ApiError::new(
             StatusCode::FORBIDDEN,
-            "the admin API is disabled: no admin token is configured (set http.admin_token_file or http.admin_token_credential)",
+            format!(
+                "the {} role is read-only: {} {} changes data; log in with the admin token to do this",
+                principal.role.name(),
+                req.method(),
+                req.uri().path()
+            ),
         )
         .into_response();
-    };
-    let given = req
-        .headers()
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+/// Identifies the caller by its bearer token or its session cookie; a
+/// session's state-changing request must carry the session's CSRF token.
+fn authenticate(app: &App, method: &Method, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    if !app.tokens.any() {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, NO_TOKEN));
+    }
+    let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
-    match given {
-        None => ApiError::new(
+    if let Some(t) = bearer {
+        return match app.tokens.role_of(t) {
+            Some(role) => Ok(Principal {
+                role,
+                via: Via::Bearer,
+            }),
+            None => {
+                app.sessions.failures.record("a wrong bearer token");
+                Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "wrong bearer token",
+                ))
+            }
+        };
+    }
+    let Some(id) = session::cookie(headers) else {
+        return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "missing bearer token: send `Authorization: Bearer <token>`",
-        )
-        .into_response(),
-        Some(t) if bool::from(t.as_bytes().ct_eq(expected.expose().as_bytes())) => {
-            next.run(req).await
-        }
-        Some(_) => {
-            tracing::warn!("admin API request with a wrong token refused");
-            ApiError::new(StatusCode::UNAUTHORIZED, "wrong bearer token").into_response()
+            "missing bearer token: send `Authorization: Bearer <token>` (or log in to the web console)",
+        ));
+    };
+    let Some(s) = app.sessions.get(id) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "your console session has expired or was closed: log in again",
+        ));
+    };
+    if method != Method::GET && method != Method::HEAD {
+        let given = headers.get(CSRF_HEADER).map(|v| v.as_bytes());
+        let ok = given.is_some_and(|g| bool::from(g.ct_eq(s.csrf.as_bytes())));
+        if !ok {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("missing or wrong CSRF token: a console session must send its token in the {CSRF_HEADER} header with every change"),
+            ));
         }
     }
+    Ok(Principal {
+        role: s.role,
+        via: Via::Session,
+    })
 }
 
 /// The token of an `Authorization: Bearer <token>` value; the scheme is
@@ -55,7 +243,7 @@ fn bearer_token(value: &str) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::bearer_token;
+    use super::*;
 
     #[test]
     fn the_bearer_scheme_is_case_insensitive() {
@@ -72,5 +260,59 @@ mod tests {
             assert_eq!(bearer_token(v), None, "{v:?}");
         }
         assert_eq!(bearer_token("Bearer "), Some(""));
+    }
+
+    #[test]
+    fn tokens_map_to_roles_and_unknown_ones_to_none() {
+        let t = Tokens::new(Some(Secret::new("a-token")), Some(Secret::new("v-token")));
+        assert_eq!(t.role_of("a-token"), Some(Role::Admin));
+        assert_eq!(t.role_of("v-token"), Some(Role::Viewer));
+        assert_eq!(t.role_of("a-toke"), None);
+        assert_eq!(t.role_of(""), None);
+        let admin_only = Tokens::from(Some(Secret::new("a")));
+        assert_eq!(admin_only.role_of("v-token"), None);
+        assert!(!Tokens::default().any());
+    }
+
+    #[test]
+    fn gets_and_pure_computations_are_reads_everything_else_a_change() {
+        let read = [
+            (Method::GET, "/api/v1/customers"),
+            (Method::HEAD, "/excluded.csv"),
+            (Method::POST, "/rules/preview"),
+            (Method::POST, "/api/v1/reinclusions/estimate"),
+        ];
+        for (m, p) in read {
+            assert_eq!(access_of(&m, p), Access::Read, "{m} {p}");
+        }
+        let change = [
+            (Method::POST, "/exclusions"),
+            (Method::POST, "/api/v1/reinclusions"),
+            (Method::DELETE, "/customers/demo/C1/decision"),
+            (Method::POST, "/reload"),
+            (Method::POST, "/rules/preview/x"),
+            (Method::PUT, "/rules/preview"),
+        ];
+        for (m, p) in change {
+            assert_eq!(access_of(&m, p), Access::Change, "{m} {p}");
+        }
+        assert!(Role::Admin.allows(Access::Change));
+        assert!(Role::Viewer.allows(Access::Read));
+        assert!(!Role::Viewer.allows(Access::Change));
+    }
+
+    #[test]
+    fn a_session_actor_is_its_role_a_bearer_caller_names_itself() {
+        let web = Principal {
+            role: Role::Admin,
+            via: Via::Session,
+        };
+        assert_eq!(web.actor(Some("mallory"), "api"), "web:admin");
+        let bearer = Principal {
+            role: Role::Admin,
+            via: Via::Bearer,
+        };
+        assert_eq!(bearer.actor(Some("cli:ann"), "api"), "cli:ann");
+        assert_eq!(bearer.actor(None, "api"), "api");
     }
 }

@@ -1,5 +1,10 @@
-//! The HTTP port: health, readiness, status, Prometheus metrics and the
-//! token-protected admin API under `/api/v1`.
+//! The HTTP port: health, readiness, status, Prometheus metrics, the
+//! token-protected admin API under `/api/v1` and the web console at `/`.
+//!
+//! `/api/v1` authenticates by bearer token or console session and checks
+//! the caller's role ([`auth`]); logging in and out is [`session`]; the
+//! console's embedded pages and assets are [`console`], a client of
+//! `/api/v1` like any other.
 //!
 //! Handlers only read the store and call into the library (exclusion, resync,
 //! reminders); they never talk to an ERP. Every error is a JSON body
@@ -12,7 +17,9 @@
 
 pub mod admin;
 pub mod auth;
+pub mod console;
 pub mod error;
+pub mod session;
 pub mod status;
 
 use std::any::Any;
@@ -43,7 +50,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(status::readyz))
         .route("/status", get(status::status))
         .route("/metrics", get(status::metrics))
+        // Logging in needs no token: outside the token check.
+        .merge(session::routes())
         .nest("/api/v1", api)
+        .merge(console::routes())
         .fallback(|| async { error::ApiError::not_found("no such endpoint") })
         .with_state(app);
     harden(router)
@@ -59,6 +69,7 @@ pub fn harden(router: Router) -> Router {
         .fallback_service(router)
         .layer(axum::middleware::from_fn(method_not_allowed_as_json))
         .layer(CatchPanicLayer::custom(panic_as_json))
+        .layer(axum::middleware::from_fn(console::security_headers))
 }
 
 /// Replaces axum's empty 405 with a JSON error; the `Allow` header stays.
@@ -152,9 +163,13 @@ pub async fn serve(
     app: Arc<App>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The client's address is what failed logins are counted by.
+    axum::serve(
+        listener,
+        router(app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 #[cfg(test)]

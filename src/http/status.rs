@@ -50,6 +50,8 @@ pub struct Status {
 pub struct ConnectorReport {
     pub id: String,
     pub kind: String,
+    /// How often the poller runs: a last success much older than this is stale.
+    pub poll_interval_seconds: u64,
     #[serde(flatten)]
     pub worker: ConnectorStatus,
     /// Persistent counters (since the store was created): synced_*, dropped_*,
@@ -93,6 +95,7 @@ pub fn build_status(app: &App) -> Result<Status, crate::store::StoreError> {
         connectors.push(ConnectorReport {
             id: h.id.clone(),
             kind: h.config.kind.clone(),
+            poll_interval_seconds: h.config.poll_interval.as_secs(),
             worker: h.status(),
             counters: app.store.counters(&h.id)?,
             parked_records: app.store.parked_count(&h.id)?,

@@ -219,7 +219,8 @@ fn gather(store: &Store, sc: StoredCustomer, as_of: NaiveDate) -> Result<Gathere
                 }
             }
         }
-        stop = flags::stop_flag(store, &key)?;
+        // A STOP whose end date has passed no longer counts.
+        stop = flags::stop_flag(store, &key)?.filter(|f| f.active_on(as_of));
     }
     Ok(Gathered {
         key,

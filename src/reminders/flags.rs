@@ -14,6 +14,7 @@
 //! exclude a customer (it stays synced and included); it only keeps it out of
 //! the reminder selection.
 
+use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
 use super::ReminderError;
@@ -30,6 +31,67 @@ pub struct StopFlag {
     pub actor: String,
     pub reason: String,
     pub at: Timestamp,
+    /// The last day the STOP holds; from the day after, the customer is
+    /// selectable again by itself. `None`: until cleared.
+    #[serde(default)]
+    pub until: Option<NaiveDate>,
+    /// A free note for colleagues (e.g. the agreed payment plan).
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+impl StopFlag {
+    /// Whether the STOP holds on `day` (an expired flag is ignored).
+    pub fn active_on(&self, day: NaiveDate) -> bool {
+        self.until.is_none_or(|u| day <= u)
+    }
+}
+
+/// The optional terms of a STOP: an end date and a note.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StopTerms {
+    pub until: Option<NaiveDate>,
+    pub note: Option<String>,
+}
+
+impl StopTerms {
+    /// Refuses an end date before today and an over-long note; a blank note
+    /// is no note.
+    fn validate(&self, today: NaiveDate) -> Result<StopTerms, ReminderError> {
+        if let Some(u) = self.until {
+            if u < today {
+                return Err(ReminderError::Invalid(format!(
+                    "`until` {u} is in the past; a STOP ends today ({today}) or later"
+                )));
+            }
+        }
+        let note = self
+            .note
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty());
+        if note.is_some_and(|n| n.chars().count() > MAX_REASON_CHARS) {
+            return Err(ReminderError::Invalid(format!(
+                "the note is longer than {MAX_REASON_CHARS} characters"
+            )));
+        }
+        Ok(StopTerms {
+            until: self.until,
+            note: note.map(str::to_string),
+        })
+    }
+
+    /// The terms as audit text: `; until 2026-06-30; note: ...`.
+    fn describe(&self) -> String {
+        let mut s = String::new();
+        if let Some(u) = self.until {
+            s += &format!("; until {u}");
+        }
+        if let Some(n) = &self.note {
+            s += &format!("; note: {n}");
+        }
+        s
+    }
 }
 
 /// An admin's hold on one invoice.
@@ -109,13 +171,26 @@ pub fn hold_flag(
     Ok(store.get_value(ns::HOLD, &hold_parts(connector, invoice))?)
 }
 
-/// Sets the STOP flag on an included customer.
+/// Sets the STOP flag on an included customer, with no end date.
 pub async fn stop(
     store: &Store,
     key: &CustomerKey,
     req: &Request<'_>,
 ) -> Result<FlagOutcome, ReminderError> {
+    stop_with(store, key, req, &StopTerms::default()).await
+}
+
+/// Sets the STOP flag on an included customer, with optional terms. A flag
+/// whose end date has passed counts as absent and is replaced.
+pub async fn stop_with(
+    store: &Store,
+    key: &CustomerKey,
+    req: &Request<'_>,
+    terms: &StopTerms,
+) -> Result<FlagOutcome, ReminderError> {
     let (actor, reason) = req.validate()?;
+    let today = req.now.date_naive();
+    let terms = terms.validate(today)?;
     let outcome = store
         .write(|tx| {
             let Some(sc) = tx.customer(key)? else {
@@ -129,14 +204,18 @@ pub async fn stop(
                     sc.classification.reason
                 ))));
             }
-            if let Some(f) = tx.get_value::<StopFlag>(ns::STOP, &stop_parts(key))? {
+            if let Some(f) = tx
+                .get_value::<StopFlag>(ns::STOP, &stop_parts(key))?
+                .filter(|f| f.active_on(today))
+            {
+                let until = f.until.map(|u| format!(" until {u}")).unwrap_or_default();
                 return Ok(Ok(FlagOutcome {
                     customer: key.to_string(),
                     invoice: None,
                     active: true,
                     changed: false,
                     message: format!(
-                        "{key} was already stopped by {} at {}: {}; nothing changed",
+                        "{key} was already stopped{until} by {} at {}: {}; nothing changed (clear it first to set other terms)",
                         f.actor, super::when(f.at), f.reason
                     ),
                 }));
@@ -145,15 +224,22 @@ pub async fn stop(
                 actor: actor.clone(),
                 reason: reason.clone(),
                 at: req.now,
+                until: terms.until,
+                note: terms.note.clone(),
             };
             tx.put_value(ns::STOP, &stop_parts(key), &flag);
-            tx.audit(AuditEntry::action(req.now, key.clone(), "stop", actor, reason))?;
+            let why = format!("{reason}{}", terms.describe());
+            tx.audit(AuditEntry::action(req.now, key.clone(), "stop", actor, why))?;
+            let message = match terms.until {
+                Some(u) => format!("{key} is stopped until {u}: it stays synced but is not selected for reminders before {}", u.succ_opt().unwrap_or(u)),
+                None => format!("{key} is stopped: it stays synced but is never selected for reminders"),
+            };
             Ok(Ok(FlagOutcome {
                 customer: key.to_string(),
                 invoice: None,
                 active: true,
                 changed: true,
-                message: format!("{key} is stopped: it stays synced but is never selected for reminders"),
+                message,
             }))
         })
         .await??;

@@ -860,3 +860,97 @@ async fn explain_says_where_a_customer_stands_and_why() {
     let err = explain_in(&store, &c, &CustomerKey::new("demo", "C9"), as_of).unwrap_err();
     assert!(matches!(err, ReminderError::NotFound(_)));
 }
+
+#[tokio::test]
+async fn a_stop_with_an_end_date_lapses_by_itself_and_keeps_its_note() {
+    let (_dir, store) = sample_store().await;
+    let c = cfg(STD);
+    let k1 = CustomerKey::new("demo", "C1");
+    let terms = flags::StopTerms {
+        until: Some(date(AS_OF)),
+        note: Some("  plan: 3 instalments  ".into()),
+    };
+    let out = flags::stop_with(&store, &k1, &req("payment plan"), &terms)
+        .await
+        .unwrap();
+    assert!(out.changed && out.active);
+    assert!(out.message.contains("until 2026-03-01"), "{}", out.message);
+    let flag = flags::stop_flag(&store, &k1).unwrap().unwrap();
+    assert_eq!(flag.note.as_deref(), Some("plan: 3 instalments"));
+    assert_eq!(flag.until, Some(date(AS_OF)));
+    let audit = &store.audit(Some(&k1), 1).unwrap()[0];
+    assert_eq!(
+        audit.reason,
+        "payment plan; until 2026-03-01; note: plan: 3 instalments"
+    );
+    // The last day of the STOP still counts; the day after, it is selected.
+    let on = |day: &str| {
+        scan(
+            &store,
+            &c,
+            &Filter::default(),
+            date(day),
+            None,
+            usize::MAX,
+            u64::MAX,
+        )
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|r| r.customer == "demo:C1")
+        .unwrap()
+    };
+    assert_eq!(on(AS_OF).reasons, [Reason::Stopped]);
+    let next = on("2026-03-02");
+    assert!(next.selected, "{next:?}");
+    let e = explain_in(&store, &c, &k1, date("2026-03-02")).unwrap();
+    assert!(e.stop.is_none() && e.selected, "{e:?}");
+
+    // A flag still in force is not replaced; one that lapsed is.
+    let later = Request {
+        now: Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap(),
+        ..req("again")
+    };
+    let same = flags::stop(&store, &k1, &later).await.unwrap();
+    assert!(!same.changed, "{same:?}");
+    assert!(same.message.contains("already stopped until 2026-03-01"));
+    let after = Request {
+        now: Utc.with_ymd_and_hms(2026, 3, 2, 0, 0, 0).unwrap(),
+        ..req("stopped again")
+    };
+    let again = flags::stop(&store, &k1, &after).await.unwrap();
+    assert!(again.changed, "{again:?}");
+    assert_eq!(flags::stop_flag(&store, &k1).unwrap().unwrap().until, None);
+}
+
+#[tokio::test]
+async fn a_stop_ending_in_the_past_or_with_a_huge_note_is_refused_and_writes_nothing() {
+    let (_dir, store) = sample_store().await;
+    let k1 = CustomerKey::new("demo", "C1");
+    let before = store.audit(None, 100).unwrap().len();
+    let now = Request {
+        now: Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap(),
+        ..req("x")
+    };
+    let past = flags::StopTerms {
+        until: Some(date("2026-02-28")),
+        note: None,
+    };
+    let err = flags::stop_with(&store, &k1, &now, &past)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "`until` 2026-02-28 is in the past; a STOP ends today (2026-03-01) or later"
+    );
+    let long = flags::StopTerms {
+        until: None,
+        note: Some("n".repeat(flags::MAX_REASON_CHARS + 1)),
+    };
+    let err = flags::stop_with(&store, &k1, &now, &long)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("note is longer than"), "{err}");
+    assert!(flags::stop_flag(&store, &k1).unwrap().is_none());
+    assert_eq!(store.audit(None, 100).unwrap().len(), before);
+}

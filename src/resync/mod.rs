@@ -8,9 +8,12 @@
 //!   through the connector's shared budget.
 //! - [`progress`]: per-job progress, rates and ETA for `/status`, the admin
 //!   API and the CLI.
+//! - [`estimate`]: what re-including customers would fetch, before anyone
+//!   confirms it.
 //!
 //! Nothing here classifies customers or retries requests on its own.
 
+pub mod estimate;
 pub mod progress;
 pub mod queue;
 pub mod worker;

@@ -68,6 +68,23 @@ pub struct EtaParams {
     pub allowed_requests_per_second: f64,
 }
 
+/// The estimate's parameters of one connector right now: resync may use
+/// `resync_share` of the request rate while a poll pass runs, all of it
+/// otherwise.
+pub fn eta_params(h: &crate::app::ConnectorHandle) -> EtaParams {
+    let limits = h.budget.limits();
+    let share = if h.budget.poll_is_active() {
+        limits.resync_share.clamp(0.01, 1.0)
+    } else {
+        1.0
+    };
+    EtaParams {
+        page_size: h.connector.page_size(),
+        batch_size: h.connector.resync_batch_size(),
+        allowed_requests_per_second: limits.requests_per_second * share,
+    }
+}
+
 /// Requests needed to fetch `records` more records of `customers` more
 /// customers: per batch, its share of the records in full pages, plus on
 /// average half a page for the last, partial page of each entity stream,
@@ -151,17 +168,7 @@ pub fn views(app: &App, filter: Filter) -> Result<Vec<JobView>, StoreError> {
     let mut out = Vec::new();
     for h in &app.connectors {
         let jobs: Vec<&Job> = all.iter().filter(|j| j.connector == h.id).collect();
-        let limits = h.budget.limits();
-        let share = if h.budget.poll_is_active() {
-            limits.resync_share.clamp(0.01, 1.0)
-        } else {
-            1.0
-        };
-        let p = EtaParams {
-            page_size: h.connector.page_size(),
-            batch_size: h.connector.resync_batch_size(),
-            allowed_requests_per_second: limits.requests_per_second * share,
-        };
+        let p = eta_params(h);
         let etas = estimate(&jobs, &p, now);
         for (j, eta) in jobs.into_iter().zip(etas) {
             out.push(view(j, eta, p.allowed_requests_per_second, now));

@@ -2,6 +2,8 @@
 //! (the built `erpsync` binary, or the real server in-process) against real
 //! or mock upstreams. Shared helpers live in `support`.
 
+mod console;
+mod console_e2e;
 mod daemon;
 mod exclusion;
 mod hardening;
@@ -11,6 +13,9 @@ mod netsuite_mock;
 mod oauth;
 mod oauth_mock;
 mod platform;
+mod quickbooks;
+mod quickbooks_daemon;
+mod quickbooks_mock;
 mod reminders;
 mod resync;
 mod support;

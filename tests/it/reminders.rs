@@ -915,6 +915,20 @@ fn cli(setup: &Setup, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// A selected candidate other than `not`.
+fn page2_selected(d: &crate::support::Daemon, not: &str) -> String {
+    let page = d
+        .client
+        .get("/api/v1/reminders/candidates?selected=true&limit=5");
+    page["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["customer"].as_str().unwrap().to_string())
+        .find(|c| c != not)
+        .expect("a second selected candidate")
+}
+
 #[test]
 fn the_cli_stops_holds_and_lists_candidates_from_the_running_daemon() {
     let setup = Setup::demo(&small_demo(), "1h", &demo_reminders());
@@ -941,6 +955,44 @@ fn the_cli_stops_holds_and_lists_candidates_from_the_running_daemon() {
     );
     assert!(ok, "{err}");
     assert!(out.contains(&format!("{sel} is stopped")), "{out}");
+
+    // A STOP with an end date and a note; unstop refuses those terms.
+    let other = page2_selected(&d, &sel);
+    let until = (chrono::Utc::now().date_naive() + chrono::Duration::days(10)).to_string();
+    let (ok, out, err) = cli(
+        &setup,
+        &[
+            "stop",
+            &other,
+            "--reason",
+            "plan",
+            "--until",
+            &until,
+            "--note",
+            "3 instalments",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("{other} is stopped until {until}")),
+        "{out}"
+    );
+    let (ok, out, _) = cli(&setup, &["reminders", "stops"]);
+    assert!(ok);
+    let line = out.lines().find(|l| l.contains(&other)).unwrap();
+    assert!(
+        line.contains(&until) && line.contains("3 instalments"),
+        "{line}"
+    );
+    let (ok, _, err) = cli(
+        &setup,
+        &["unstop", &other, "--reason", "x", "--until", &until],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("--until and --note are terms of a STOP"),
+        "{err}"
+    );
 
     let (ok, out, err) = cli(&setup, &["reminders", "candidates"]);
     assert!(ok, "{err}");

@@ -14,6 +14,8 @@ use erpsync::connectors::Budget;
 use serde_json::{json, Value};
 
 pub const TOKEN: &str = "test-admin-token";
+/// The read-only viewer token of in-process daemons.
+pub const VIEWER_TOKEN: &str = "test-viewer-token";
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -329,12 +331,14 @@ impl InProcess {
         dir: tempfile::TempDir,
     ) -> InProcess {
         std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+        std::fs::write(dir.path().join("viewer-token"), format!("{VIEWER_TOKEN}\n")).unwrap();
         let cfg_text = format!(
             r#"[daemon]
 state_dir = "state"
 [http]
 listen = "127.0.0.1:0"
 admin_token_file = "token"
+viewer_token_file = "viewer-token"
 [[connectors]]
 id = "demo"
 kind = "demo"
@@ -361,7 +365,13 @@ rate_limit = {{ requests_per_second = 5000, burst = 5000, max_concurrency = 4 }}
         );
         let handle = Arc::new(ConnectorHandle::new(cc, Arc::new(conn), budget));
         let token = config.http.admin_token.as_ref().map(|s| s.load().unwrap());
-        let app = App::new(config, store, vec![handle], token);
+        let viewer = config.http.viewer_token.as_ref().map(|s| s.load().unwrap());
+        let app = App::new(
+            config,
+            store,
+            vec![handle],
+            erpsync::http::auth::Tokens::new(token, viewer),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -454,9 +464,15 @@ pub fn admin_endpoints(k: &str, id: &str) -> Vec<(&'static str, String, Option<V
             "/api/v1/reinclusions".into(),
             Some(json!({"customers": [k]})),
         ),
+        (
+            "POST",
+            "/api/v1/reinclusions/estimate".into(),
+            Some(json!({"customers": [k]})),
+        ),
         ("GET", "/api/v1/excluded".into(), None),
         ("GET", "/api/v1/excluded.csv".into(), None),
         ("GET", "/api/v1/audit".into(), None),
+        ("GET", "/api/v1/rules".into(), None),
         (
             "POST",
             "/api/v1/rules/preview".into(),
@@ -473,6 +489,7 @@ pub fn admin_endpoints(k: &str, id: &str) -> Vec<(&'static str, String, Option<V
         ("POST", "/api/v1/resyncs/1/retry".into(), None),
         ("GET", format!("{r}/candidates"), None),
         ("GET", format!("{r}/candidates.csv"), None),
+        ("GET", format!("{r}/summary"), None),
         ("GET", format!("{r}/customers/{k}"), None),
         (
             "POST",

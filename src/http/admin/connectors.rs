@@ -20,13 +20,14 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::app::{App, ConnectorHandle, PassRefused};
 use crate::connectors::{oauth, REGISTRY};
 use crate::credentials::StoreCredentials;
+use crate::http::auth::Principal;
 use crate::http::error::{bad_path, ApiError, JsonBody, NoQuery, Query};
 use crate::secrets::Secret;
 
@@ -55,13 +56,14 @@ fn connector(
 
 async fn sync(
     State(app): State<Arc<App>>,
+    Extension(principal): Extension<Principal>,
     id: Result<Path<String>, PathRejection>,
     Query(NoQuery {}): Query<NoQuery>,
 ) -> Result<Response, ApiError> {
     let h = connector(&app, id)?;
     Ok(match h.request_pass() {
         Ok(()) => {
-            tracing::info!(connector = %h.id, "sync pass requested");
+            tracing::info!(connector = %h.id, actor = %principal.actor(None, "api"), "sync pass requested");
             (
                 StatusCode::ACCEPTED,
                 Json(json!({"started": true, "connector": h.id})),
@@ -99,6 +101,7 @@ struct ConnectBody {
 
 async fn connect(
     State(app): State<Arc<App>>,
+    Extension(principal): Extension<Principal>,
     id: Result<Path<String>, PathRejection>,
     Query(NoQuery {}): Query<NoQuery>,
     JsonBody(body): JsonBody<ConnectBody>,
@@ -109,7 +112,7 @@ async fn connect(
     oauth::connect(&creds, &Secret::new(body.refresh_token))
         .await
         .map_err(ApiError::bad_request)?;
-    tracing::info!(connector = %h.id, "new OAuth refresh token loaded");
+    tracing::info!(connector = %h.id, actor = %principal.actor(None, "api"), "new OAuth refresh token loaded");
     // Refresh with it now; a pass already running uses it at its next request.
     let _ = h.request_pass();
     Ok((

@@ -18,7 +18,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -26,6 +26,7 @@ use crate::app::App;
 use crate::exclusion::manual::{self, Actor, Selection};
 use crate::exclusion::search::{self, Filter, State as CustomerState, MAX_LIMIT};
 use crate::exclusion::{explain, impact, ExclusionError, Policy};
+use crate::http::auth::Principal;
 use crate::http::error::{ApiError, JsonBody, NoQuery, Query};
 use crate::http::{blocking, blocking_async};
 use crate::model::{CustomerKey, ExclusionSource, Record};
@@ -45,9 +46,11 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/exclusions", post(exclude))
         .route("/exclusions/mass", post(mass_exclude))
         .route("/reinclusions", post(reinclude))
+        .route("/reinclusions/estimate", post(estimate_reinclusion))
         .route("/excluded", get(excluded))
         .route("/excluded.csv", get(excluded_csv))
         .route("/audit", get(audit))
+        .route("/rules", get(rules_in_force))
         .route("/rules/preview", post(preview_rules))
         .route("/reload", post(reload_rules))
 }
@@ -221,10 +224,12 @@ struct ExcludeBody {
 
 async fn exclude(
     State(app): State<Arc<App>>,
+    Extension(principal): Extension<Principal>,
     Query(NoQuery {}): Query<NoQuery>,
     JsonBody(b): JsonBody<ExcludeBody>,
 ) -> ApiResult {
-    let actor = Actor::new(b.actor.as_deref(), Some(&b.reason), "", chrono::Utc::now())?;
+    let name = principal.actor(b.actor.as_deref(), "admin");
+    let actor = Actor::new(Some(&name), Some(&b.reason), "", chrono::Utc::now())?;
     let keys = manual::parse_refs(&b.customers, app.as_ref())?;
     // Up to thousands of customers in one write: on a blocking thread.
     let (app2, actor2) = (Arc::clone(&app), actor.clone());
@@ -246,11 +251,13 @@ struct ReincludeBody {
 
 async fn reinclude(
     State(app): State<Arc<App>>,
+    Extension(principal): Extension<Principal>,
     Query(NoQuery {}): Query<NoQuery>,
     JsonBody(b): JsonBody<ReincludeBody>,
 ) -> ApiResult {
+    let name = principal.actor(b.actor.as_deref(), "admin");
     let actor = Actor::new(
-        b.actor.as_deref(),
+        Some(&name),
         b.reason.as_deref(),
         "re-included by an admin",
         chrono::Utc::now(),
@@ -270,6 +277,24 @@ async fn reinclude(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct EstimateBody {
+    customers: Vec<String>,
+}
+
+/// What re-including these customers would fetch, before confirming it.
+/// Changes nothing.
+async fn estimate_reinclusion(
+    State(app): State<Arc<App>>,
+    Query(NoQuery {}): Query<NoQuery>,
+    JsonBody(b): JsonBody<EstimateBody>,
+) -> ApiResult {
+    let keys = manual::parse_refs(&b.customers, app.as_ref())?;
+    let estimate = blocking(move || crate::resync::estimate::reinclusion(&app, &keys)).await??;
+    Ok(Json(estimate).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ClearParams {
     actor: Option<String>,
     reason: Option<String>,
@@ -277,12 +302,14 @@ struct ClearParams {
 
 async fn clear_decision(
     State(app): State<Arc<App>>,
+    Extension(principal): Extension<Principal>,
     path: Result<Path<(String, String)>, PathRejection>,
     Query(p): Query<ClearParams>,
 ) -> ApiResult {
     let key = path_key(&app, path)?;
+    let name = principal.actor(p.actor.as_deref(), "admin");
     let actor = Actor::new(
-        p.actor.as_deref(),
+        Some(&name),
         p.reason.as_deref(),
         "manual decision cleared",
         chrono::Utc::now(),
@@ -301,6 +328,9 @@ struct MassBody {
     q: Option<String>,
     condition: Option<Value>,
     connector: Option<String>,
+    /// Narrow the search like `/customers` does (the console's filters).
+    state: Option<CustomerState>,
+    source: Option<ExclusionSource>,
     reason: String,
     actor: Option<String>,
     confirm: Option<u64>,
@@ -308,10 +338,12 @@ struct MassBody {
 
 async fn mass_exclude(
     State(app): State<Arc<App>>,
+    Extension(principal): Extension<Principal>,
     Query(NoQuery {}): Query<NoQuery>,
     JsonBody(b): JsonBody<MassBody>,
 ) -> ApiResult {
-    let actor = Actor::new(b.actor.as_deref(), Some(&b.reason), "", chrono::Utc::now())?;
+    let name = principal.actor(b.actor.as_deref(), "admin");
+    let actor = Actor::new(Some(&name), Some(&b.reason), "", chrono::Utc::now())?;
     connector_filter(&app, b.connector.as_deref())?;
     let condition = b
         .condition
@@ -322,7 +354,7 @@ async fn mass_exclude(
         })
         .transpose()?;
     let sel = Selection::new(
-        Filter::new(b.q.as_deref(), b.connector.as_deref(), None, None),
+        Filter::new(b.q.as_deref(), b.connector.as_deref(), b.state, b.source),
         condition,
     )?;
     // Both scan every customer of the selection's connector.
@@ -537,16 +569,53 @@ async fn preview_rules(
     .into_response())
 }
 
-async fn reload_rules(State(app): State<Arc<App>>, Query(NoQuery {}): Query<NoQuery>) -> ApiResult {
+/// The rules in force, each with how many customers it matches now and how
+/// many it excludes (its first match, no manual decision over it).
+async fn rules_in_force(
+    State(app): State<Arc<App>>,
+    Query(NoQuery {}): Query<NoQuery>,
+) -> ApiResult {
+    let rules = app.rules();
+    let max_ratio = app.config().exclusions.max_new_exclusion_ratio;
+    let app2 = Arc::clone(&app);
+    let set = Arc::clone(&rules);
+    // Classifies every stored customer: on a blocking thread.
+    let impact = blocking(move || impact::of_rules(&app2.store, app2.as_ref(), &set)).await??;
+    let list: Vec<Value> = rules
+        .rules()
+        .iter()
+        .map(|r| {
+            let counts = impact.rules.iter().find(|i| i.id == r.id);
+            let mut v = json!(r);
+            v["matching"] = json!(counts.map_or(0, |c| c.matching));
+            v["excluding"] = json!(counts.map_or(0, |c| c.excluding));
+            v
+        })
+        .collect();
+    Ok(Json(json!({
+        "rules": list,
+        "total_customers": impact.total_customers,
+        "max_new_exclusion_ratio": max_ratio,
+        "config_file": app.config().file.display().to_string(),
+    }))
+    .into_response())
+}
+
+async fn reload_rules(
+    State(app): State<Arc<App>>,
+    Extension(principal): Extension<Principal>,
+    Query(NoQuery {}): Query<NoQuery>,
+) -> ApiResult {
+    let actor = principal.actor(None, "api");
     // Computes the impact over every customer and re-classifies them all.
     let app2 = Arc::clone(&app);
     match blocking_async(move || async move { reload::reload(&app2).await }).await? {
         Ok(report) => {
-            tracing::info!(result = %report.message, "reload done (API)");
+            tracing::info!(actor = %actor, result = %report.message, "reload done (API)");
             Ok(Json(report).into_response())
         }
         Err(e) => {
-            tracing::error!(error = %e, "reload refused (API)");
+            tracing::error!(actor = %actor, error = %e, "reload refused (API)");
             let status = match &e {
                 ReloadError::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 ReloadError::TooManyExclusions { .. } => StatusCode::CONFLICT,

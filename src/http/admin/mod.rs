@@ -1,5 +1,8 @@
 //! The admin API under `/api/v1`, one file per feature. Every route here is
-//! behind the bearer-token check (see [`super::auth`]).
+//! behind the authentication and role check of [`super::auth`] (bearer token
+//! or console session; a viewer's changes are refused there). Handlers that
+//! record an actor take it from the request's
+//! [`Principal`](super::auth::Principal).
 
 pub mod connectors;
 pub mod exclusions;

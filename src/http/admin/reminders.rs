@@ -11,7 +11,9 @@
 //! | `GET /reminders/candidates` | a page of the list; `scenario`, `selected`, `as_of`, `connector`, `cursor`, `limit` |
 //! | `GET /reminders/candidates.csv` | the whole list as CSV, streamed; same filters, no paging |
 //! | `GET /reminders/customers/{connector:id}` | one customer's standing (`as_of`) |
-//! | `POST /reminders/stop`, `/reminders/unstop` | `{"customer", "reason", "actor"?}` |
+//! | `GET /reminders/summary` | counts and totals per currency of the whole list; same filters, no paging |
+//! | `POST /reminders/stop` | `{"customer", "reason", "until"?: "YYYY-MM-DD", "note"?, "actor"?}` |
+//! | `POST /reminders/unstop` | `{"customer", "reason", "actor"?}` |
 //! | `POST /reminders/hold`, `/reminders/release` | `{"invoice": "connector:id", "reason", "actor"?}` |
 //! | `GET /reminders/stops`, `/reminders/holds` | the flags set (`limit`) |
 
@@ -23,17 +25,18 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
 use crate::config::Config;
+use crate::http::auth::Principal;
 use crate::http::error::{bad_path, ApiError, JsonBody, NoQuery, Query};
 use crate::http::{blocking, csv_safe};
 use crate::model::CustomerKey;
-use crate::reminders::flags::{self, FlagOutcome, HoldEntry, Request, StopEntry};
-use crate::reminders::{self, Candidate, Explanation, Filter, ReminderError};
+use crate::reminders::flags::{self, FlagOutcome, HoldEntry, Request, StopEntry, StopTerms};
+use crate::reminders::{self, Candidate, Explanation, Filter, Reason, ReminderError};
 use crate::store::keys::valid_id;
 
 /// Default and largest page of the JSON list.
@@ -51,6 +54,7 @@ pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/reminders/candidates", get(candidates))
         .route("/reminders/candidates.csv", get(candidates_csv))
+        .route("/reminders/summary", get(summary))
         .route("/reminders/customers/{customer}", get(customer))
         .route("/reminders/stop", post(stop))
         .route("/reminders/unstop", post(unstop))
@@ -396,6 +400,86 @@ async fn customer(
     Ok(Json(reminders::explain(&app, &key, as_of)?))
 }
 
+/// Counts and money of the whole candidate list (what a page cannot say).
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub as_of: NaiveDate,
+    pub listed: u64,
+    pub selected: u64,
+    pub unchecked: u64,
+    /// Unchecked rows per reason (a row with two reasons counts for both).
+    pub unchecked_by_reason: std::collections::BTreeMap<&'static str, u64>,
+    /// Money due of every listed row, per currency.
+    pub total_due: std::collections::BTreeMap<String, rust_decimal::Decimal>,
+    /// Money due of the selected rows, per currency.
+    pub selected_due: std::collections::BTreeMap<String, rust_decimal::Decimal>,
+}
+
+impl Summary {
+    fn add(&mut self, c: &Candidate) {
+        self.listed += 1;
+        if c.selected {
+            self.selected += 1;
+        } else {
+            self.unchecked += 1;
+        }
+        for r in &c.reasons {
+            *self
+                .unchecked_by_reason
+                .entry(Reason::as_str(*r))
+                .or_default() += 1;
+        }
+        for (cur, amount) in &c.total_due {
+            *self.total_due.entry(cur.clone()).or_default() += *amount;
+            if c.selected {
+                *self.selected_due.entry(cur.clone()).or_default() += *amount;
+            }
+        }
+    }
+}
+
+/// Customers looked at per store pass of the summary.
+const SUMMARY_CHUNK: u64 = 2000;
+
+async fn summary(
+    State(app): State<Arc<App>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Summary>, ApiError> {
+    if q.limit.is_some() || q.cursor.is_some() {
+        return Err(ApiError::bad_request(
+            "the summary covers the whole list: it takes no `limit` or `cursor`",
+        ));
+    }
+    let cfg = app.config();
+    let (filter, as_of, _) = list_params(&cfg, &q)?;
+    // Every customer with its records, one chunk at a time: memory stays flat.
+    let out = blocking(move || {
+        let mut out = Summary {
+            as_of,
+            ..Summary::default()
+        };
+        let mut after: Option<CustomerKey> = None;
+        loop {
+            let s = reminders::scan(
+                &app.store,
+                &cfg.reminders,
+                &filter,
+                as_of,
+                after.as_ref(),
+                usize::MAX,
+                SUMMARY_CHUNK,
+            )?;
+            s.items.iter().for_each(|c| out.add(c));
+            if s.done {
+                return Ok::<_, ReminderError>(out);
+            }
+            after = s.last.or(after);
+        }
+    })
+    .await??;
+    Ok(Json(out))
+}
+
 // ----- flags ---------------------------------------------------------------------
 
 #[derive(Debug, Deserialize)]
@@ -406,6 +490,12 @@ pub struct StopBody {
     reason: String,
     #[serde(default)]
     actor: Option<String>,
+    /// `stop` only: the last day of the STOP (`YYYY-MM-DD`).
+    #[serde(default)]
+    until: Option<String>,
+    /// `stop` only: a note kept with the flag.
+    #[serde(default)]
+    note: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -418,9 +508,9 @@ pub struct HoldBody {
     actor: Option<String>,
 }
 
-fn request<'a>(reason: &'a str, actor: &'a Option<String>) -> Request<'a> {
+fn request<'a>(reason: &'a str, actor: &'a str) -> Request<'a> {
     Request {
-        actor: actor.as_deref().unwrap_or(DEFAULT_ACTOR),
+        actor,
         reason,
         now: chrono::Utc::now(),
     }
@@ -428,45 +518,74 @@ fn request<'a>(reason: &'a str, actor: &'a Option<String>) -> Request<'a> {
 
 async fn stop(
     State(app): State<Arc<App>>,
+    Extension(principal): Extension<Principal>,
     Query(NoQuery {}): Query<NoQuery>,
     JsonBody(b): JsonBody<StopBody>,
 ) -> Result<Json<FlagOutcome>, ApiError> {
     let key = parse_customer(&b.customer, "customer")?;
+    let until = b
+        .until
+        .as_deref()
+        .map(|u| {
+            u.parse::<NaiveDate>().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "until: `{}` is not a date; use YYYY-MM-DD, e.g. 2026-06-30",
+                    u.escape_debug()
+                ))
+            })
+        })
+        .transpose()?;
+    let terms = StopTerms {
+        until,
+        note: b.note.clone(),
+    };
+    let actor = principal.actor(b.actor.as_deref(), DEFAULT_ACTOR);
     Ok(Json(
-        flags::stop(&app.store, &key, &request(&b.reason, &b.actor)).await?,
+        flags::stop_with(&app.store, &key, &request(&b.reason, &actor), &terms).await?,
     ))
 }
 
 async fn unstop(
     State(app): State<Arc<App>>,
+    Extension(principal): Extension<Principal>,
     Query(NoQuery {}): Query<NoQuery>,
     JsonBody(b): JsonBody<StopBody>,
 ) -> Result<Json<FlagOutcome>, ApiError> {
+    if b.until.is_some() || b.note.is_some() {
+        return Err(ApiError::bad_request(
+            "`until` and `note` are terms of a STOP; unstop takes only `customer`, `reason` and `actor`",
+        ));
+    }
     let key = parse_customer(&b.customer, "customer")?;
+    let actor = principal.actor(b.actor.as_deref(), DEFAULT_ACTOR);
     Ok(Json(
-        flags::unstop(&app.store, &key, &request(&b.reason, &b.actor)).await?,
+        flags::unstop(&app.store, &key, &request(&b.reason, &actor)).await?,
     ))
 }
 
 async fn hold(
     State(app): State<Arc<App>>,
+    Extension(principal): Extension<Principal>,
     Query(NoQuery {}): Query<NoQuery>,
     JsonBody(b): JsonBody<HoldBody>,
 ) -> Result<Json<FlagOutcome>, ApiError> {
     let (conn, inv) = parse_invoice(&b.invoice)?;
+    let actor = principal.actor(b.actor.as_deref(), DEFAULT_ACTOR);
     Ok(Json(
-        flags::hold(&app.store, &conn, &inv, &request(&b.reason, &b.actor)).await?,
+        flags::hold(&app.store, &conn, &inv, &request(&b.reason, &actor)).await?,
     ))
 }
 
 async fn release(
     State(app): State<Arc<App>>,
+    Extension(principal): Extension<Principal>,
     Query(NoQuery {}): Query<NoQuery>,
     JsonBody(b): JsonBody<HoldBody>,
 ) -> Result<Json<FlagOutcome>, ApiError> {
     let (conn, inv) = parse_invoice(&b.invoice)?;
+    let actor = principal.actor(b.actor.as_deref(), DEFAULT_ACTOR);
     Ok(Json(
-        flags::release(&app.store, &conn, &inv, &request(&b.reason, &b.actor)).await?,
+        flags::release(&app.store, &conn, &inv, &request(&b.reason, &actor)).await?,
     ))
 }
 

@@ -24,11 +24,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
 use crate::exclusion::manual::check_list_len;
+use crate::http::auth::{Principal, Via};
 use crate::http::error::{bad_path, ApiError, JsonBody, NoQuery, Query};
 use crate::model::CustomerKey;
 use crate::resync::progress::{self, Filter, JobView};
@@ -159,6 +160,7 @@ fn names(items: &[String]) -> String {
 
 async fn create(
     State(app): State<Arc<App>>,
+    Extension(principal): Extension<Principal>,
     Query(NoQuery {}): Query<NoQuery>,
     JsonBody(req): JsonBody<CreateRequest>,
 ) -> Result<Response, ApiError> {
@@ -168,14 +170,20 @@ async fn create(
         ));
     }
     check_list_len(req.customers.len()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    // A console session names itself in the job's reason (scripts say
+    // what they want in `reason`).
+    let by = match principal.via {
+        Via::Session => format!(" by {}", principal.actor(None, "")),
+        Via::Bearer => String::new(),
+    };
     let reason = match req.reason.as_deref().map(str::trim) {
-        None | Some("") => "on demand".to_string(),
+        None | Some("") => format!("on demand{by}"),
         Some(r) if r.chars().count() > MAX_REASON_CHARS => {
             return Err(ApiError::bad_request(format!(
                 "`reason` is longer than {MAX_REASON_CHARS} characters"
             )))
         }
-        Some(r) => format!("on demand: {r}"),
+        Some(r) => format!("on demand{by}: {r}"),
     };
     let mut bad = Vec::new();
     let mut by_connector: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -291,6 +299,7 @@ async fn create(
 
 async fn retry(
     State(app): State<Arc<App>>,
+    Extension(principal): Extension<Principal>,
     id: Result<Path<String>, PathRejection>,
     Query(NoQuery {}): Query<NoQuery>,
 ) -> Result<Json<JobView>, ApiError> {
@@ -303,7 +312,7 @@ async fn retry(
             RetryError::NotFound(_) => ApiError::not_found(e.to_string()),
             RetryError::NotFailed { .. } => ApiError::conflict(e.to_string()),
         })?;
-    tracing::info!(job = id, "resync job retried");
+    tracing::info!(job = id, actor = %principal.actor(None, "api"), "resync job retried");
     app.resync_wakeup.notify_waiters();
     let view = progress::view_of(&app, id)?
         .ok_or_else(|| ApiError::not_found(format!("no resync job {id}")))?;
