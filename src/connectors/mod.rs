@@ -19,6 +19,7 @@ pub mod netsuite;
 pub mod oauth;
 pub mod quickbooks;
 pub mod registry;
+pub mod xero;
 
 use std::time::Duration;
 
@@ -33,8 +34,12 @@ pub use registry::{BuildContext, ConnectorKind, Registry};
 
 /// Every connector kind this build knows. Adding an ERP is its folder plus
 /// one line here.
-pub static REGISTRY: Registry =
-    Registry::new(&[&demo::Demo, &netsuite::Netsuite, &quickbooks::Quickbooks]);
+pub static REGISTRY: Registry = Registry::new(&[
+    &demo::Demo,
+    &netsuite::Netsuite,
+    &quickbooks::Quickbooks,
+    &xero::Xero,
+]);
 
 /// A connector's position in one upstream stream. Opaque to everything but the
 /// connector that made it; the store persists it next to the data it covers.

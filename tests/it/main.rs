@@ -19,3 +19,6 @@ mod quickbooks_mock;
 mod reminders;
 mod resync;
 mod support;
+mod xero;
+mod xero_daemon;
+mod xero_mock;
