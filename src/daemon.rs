@@ -60,10 +60,11 @@ pub fn build(config: Config) -> anyhow::Result<Arc<App>> {
             config.daemon.state_dir.display()
         )
     })?;
-    let store = Arc::new(Store::open_with_cache(
-        &config.daemon.state_dir,
+    let store = Arc::new(Store::open_location(
+        &config.daemon.store,
         config.daemon.store_cache_mb,
     )?);
+    tracing::info!(store = %store.describe(), "store open");
     Ok(App::new(config, store, handles, admin_token))
 }
 

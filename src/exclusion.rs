@@ -109,7 +109,7 @@ pub fn apply(
         sc.classified_at = now;
     }
     sc.classification = new;
-    tx.put_customer(sc);
+    tx.put_customer(sc)?;
     Ok(t)
 }
 

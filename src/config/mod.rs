@@ -46,8 +46,15 @@ pub struct DaemonConfig {
     pub log_level: String,
     /// How long shutdown waits for in-flight work before giving up.
     pub shutdown_timeout: Duration,
-    /// The store's page cache in MiB: the main knob for the daemon's memory.
+    /// SQLite's page cache of the writer connection in MiB (readers get a
+    /// quarter each): the main knob for the daemon's memory. Refused with
+    /// PostgreSQL, whose cache is the server's `shared_buffers`.
     pub store_cache_mb: u64,
+    /// Where the store lives: `store.db` in `state_dir` unless `store` says
+    /// otherwise.
+    pub store: crate::store::StoreLocation,
+    /// How long tombstones, audit entries and finished resync jobs are kept.
+    pub retention: crate::store::Retention,
 }
 
 #[derive(Debug, Clone)]
@@ -294,6 +301,116 @@ fn compile(
         }
         None => crate::store::DEFAULT_CACHE_MB,
     };
+    let password = match (&d.store_password_file, &d.store_password_credential) {
+        (Some(_), Some(c)) => {
+            push(
+                at(c.span()),
+                "daemon.store_password_credential",
+                "set either store_password_file or store_password_credential, not both".into(),
+            );
+            None
+        }
+        (Some(f), None) => {
+            let p = resolve(base, Path::new(f.get_ref()));
+            if !p.is_file() {
+                push(
+                    at(f.span()),
+                    "daemon.store_password_file",
+                    format!("password file {} does not exist", p.display()),
+                );
+            }
+            Some((f.span(), SecretSource::File(p)))
+        }
+        (None, Some(c)) => Some((c.span(), SecretSource::Credential(c.get_ref().clone()))),
+        (None, None) => None,
+    };
+    let store = match &d.store {
+        Some(v)
+            if v.get_ref().starts_with("postgres://")
+                || v.get_ref().starts_with("postgresql://") =>
+        {
+            if let Err(e) = crate::store::pg::parse_url(v.get_ref()) {
+                push(at(v.span()), "daemon.store", e);
+            }
+            if let Some(c) = &d.store_cache_mb {
+                push(
+                    at(c.span()),
+                    "daemon.store_cache_mb",
+                    "has no effect with a PostgreSQL store (its cache is the server's shared_buffers); remove it".into(),
+                );
+            }
+            crate::store::StoreLocation::Postgres {
+                url: v.get_ref().clone(),
+                password: password.map(|(_, s)| s),
+            }
+        }
+        other => {
+            if let Some((span, _)) = &password {
+                push(
+                    at(span.clone()),
+                    "daemon.store_password_file",
+                    "a store password only applies to a PostgreSQL store (store = \"postgres://...\")".into(),
+                );
+            }
+            match other {
+                Some(v) if v.get_ref().trim().is_empty() => {
+                    push(
+                        at(v.span()),
+                        "daemon.store",
+                        "must not be empty; omit it for store.db in state_dir".into(),
+                    );
+                    crate::store::StoreLocation::in_state_dir(&state_dir)
+                }
+                Some(v) if v.get_ref().contains("://") && !v.get_ref().starts_with("sqlite://") => {
+                    push(
+                        at(v.span()),
+                        "daemon.store",
+                        format!(
+                            "`{}` is neither a postgres:// URL nor a SQLite file path",
+                            v.get_ref()
+                        ),
+                    );
+                    crate::store::StoreLocation::in_state_dir(&state_dir)
+                }
+                Some(v) => {
+                    let path = v.get_ref().strip_prefix("sqlite://").unwrap_or(v.get_ref());
+                    crate::store::StoreLocation::Sqlite(resolve(base, Path::new(path)))
+                }
+                None => crate::store::StoreLocation::in_state_dir(&state_dir),
+            }
+        }
+    };
+    let mut retention = crate::store::Retention::default();
+    for (v, key, slot) in [
+        (
+            &d.tombstone_retention_days,
+            "daemon.tombstone_retention_days",
+            &mut retention.tombstones,
+        ),
+        (
+            &d.audit_retention_days,
+            "daemon.audit_retention_days",
+            &mut retention.audit,
+        ),
+        (
+            &d.resync_job_retention_days,
+            "daemon.resync_job_retention_days",
+            &mut retention.finished_jobs,
+        ),
+    ] {
+        if let Some(v) = v {
+            let days = *v.get_ref();
+            if !(1..=36_500).contains(&days) {
+                push(
+                    at(v.span()),
+                    key,
+                    format!("must be between 1 and 36500 (days), got {days}"),
+                );
+            } else {
+                *slot = chrono::Duration::days(days as i64);
+            }
+        }
+    }
     let log_level = match &d.log_level {
         Some(v) => {
             if let Err(e) = tracing_subscriber::EnvFilter::try_new(v.get_ref()) {
@@ -612,6 +729,8 @@ fn compile(
             log_level,
             shutdown_timeout,
             store_cache_mb,
+            store,
+            retention,
         },
         http: HttpConfig {
             listen,
@@ -632,6 +751,13 @@ impl Config {
     pub fn summary(&self) -> String {
         let mut s = format!("config {} is valid\n", self.file.display());
         s += &format!("  state_dir: {}\n", self.daemon.state_dir.display());
+        s += &format!(
+            "  store: {}\n",
+            match &self.daemon.store {
+                crate::store::StoreLocation::Sqlite(p) => format!("sqlite {}", p.display()),
+                crate::store::StoreLocation::Postgres { url, .. } => url.clone(),
+            }
+        );
         s += &format!(
             "  listen: {} (admin API {})\n",
             self.http.listen,

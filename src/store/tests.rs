@@ -114,8 +114,8 @@ async fn purge_removes_everything_of_one_customer_only() {
     let store = Store::open(dir.path()).unwrap();
     store
         .write(|tx| {
-            tx.put_customer(&customer("A"));
-            tx.put_customer(&customer("A1"));
+            tx.put_customer(&customer("A"))?;
+            tx.put_customer(&customer("A1"))?;
             tx.upsert_record("demo", &inv("I1", "A", 1, 1), false)?;
             tx.upsert_record("demo", &inv("I2", "A", 1, 1), false)?;
             tx.upsert_record("demo", &pmt("P1", "A", 1), false)?;
@@ -143,8 +143,8 @@ async fn failed_write_changes_nothing() {
     let store = Store::open(dir.path()).unwrap();
     let r: Result<()> = store
         .write(|tx| {
-            tx.put_customer(&customer("A"));
-            tx.set_cursor("demo", Entity::Customers, "x");
+            tx.put_customer(&customer("A"))?;
+            tx.set_cursor("demo", Entity::Customers, "x")?;
             tx.reject("no")
         })
         .await;
@@ -160,8 +160,8 @@ async fn data_survives_reopen_and_second_open_is_locked() {
         let store = Store::open(dir.path()).unwrap();
         store
             .write(|tx| {
-                tx.put_customer(&customer("A"));
-                tx.set_cursor("demo", Entity::Customers, "c1");
+                tx.put_customer(&customer("A"))?;
+                tx.set_cursor("demo", Entity::Customers, "c1")?;
                 tx.add_counter("demo", "dropped_invoices", 3)?;
                 tx.add_counter("demo", "dropped_invoices", 2)?;
                 Ok(())
@@ -231,7 +231,7 @@ async fn customers_page_after_a_key() {
     store
         .write(|tx| {
             for id in ["A", "B", "C"] {
-                tx.put_customer(&customer(id));
+                tx.put_customer(&customer(id))?;
             }
             Ok(())
         })
@@ -251,7 +251,7 @@ async fn paging_after_a_key_keeps_ids_that_extend_it() {
     store
         .write(|tx| {
             for id in ["1", "10", "100", "11", "2"] {
-                tx.put_customer(&customer(id));
+                tx.put_customer(&customer(id))?;
             }
             Ok(())
         })

@@ -13,7 +13,7 @@ use crate::exclusion;
 use crate::model::{Customer, CustomerKey, Entity, ManualAction, Quarantined, Record, Timestamp};
 use crate::resync::queue;
 use crate::rules::RuleSet;
-use crate::store::{keys::valid_id, Result, StoredCustomer, Tx, Upsert};
+use crate::store::{valid_id, Result, StoredCustomer, Tx, Upsert};
 
 /// Everything ingest needs besides the page.
 pub struct Ingest<'a> {
@@ -161,7 +161,7 @@ pub fn customers(tx: &mut Tx<'_>, ctx: &Ingest<'_>, page: &Page<Customer>) -> Re
         if tx.customer(&key)?.is_some() {
             let (i, t) = tx.purge_customer_records(&key)?;
             queue::remove_customer(tx, ctx.connector, id)?;
-            tx.delete_customer(&key);
+            tx.delete_customer(&key)?;
             stats.deleted += 1;
             stats.purged += i + t;
         }
@@ -499,7 +499,7 @@ mod tests {
                         reason: "test account".into(),
                         at: ts(0),
                     }),
-                );
+                )?;
                 Ok(())
             })
             .await

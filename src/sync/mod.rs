@@ -158,7 +158,7 @@ async fn commit_page<T>(
                 now: chrono::Utc::now(),
             };
             let stats = apply(tx, &ctx, page)?;
-            tx.set_cursor(&h.id, entity, &page.next.0);
+            tx.set_cursor(&h.id, entity, &page.next.0)?;
             Ok(stats)
         })
         .await
