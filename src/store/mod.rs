@@ -33,6 +33,7 @@ pub mod pg;
 mod schema;
 mod sql;
 mod sqlite;
+pub mod testing;
 mod tx;
 
 use std::collections::{BTreeMap, VecDeque};
