@@ -5,6 +5,7 @@
 mod daemon;
 mod exclusion;
 mod hardening;
+mod kill9;
 mod netsuite;
 mod netsuite_daemon;
 mod netsuite_mock;

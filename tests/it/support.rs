@@ -153,7 +153,19 @@ impl Daemon {
         Self::spawn_with_env(config, base, &[])
     }
 
+    /// Starts the binary without waiting for it to be ready (to kill it at
+    /// any instant of its start-up).
+    pub fn spawn_unready(config: &Path, base: String) -> Daemon {
+        Self::launch(config, base, &[])
+    }
+
     pub fn spawn_with_env(config: &Path, base: String, env: &[(&str, &str)]) -> Daemon {
+        let d = Self::launch(config, base, env);
+        d.wait_ready();
+        d
+    }
+
+    fn launch(config: &Path, base: String, env: &[(&str, &str)]) -> Daemon {
         let log = config.with_file_name(format!(
             "daemon-{}.log",
             Instant::now().elapsed().as_nanos() ^ rand_u32()
@@ -167,21 +179,19 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let d = Daemon {
+        Daemon {
             child,
             client: Api::new(&base),
             base,
             log,
-        };
-        d.wait_ready();
-        d
+        }
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn wait_ready(&self) {
+    pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Ok(r) = ureq_get(&format!("{}/readyz", self.base)) {
