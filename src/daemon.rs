@@ -65,6 +65,9 @@ pub fn build(config: Config) -> anyhow::Result<Arc<App>> {
         config.daemon.store_cache_mb,
     )?);
     tracing::info!(store = %store.describe(), "store open");
+    if let Some(why) = crate::migrate::old_store_left_behind(&config.daemon.state_dir, &store)? {
+        return Err(StartupRefused(why).into());
+    }
     Ok(App::new(config, store, handles, admin_token))
 }
 

@@ -10,7 +10,9 @@
 //!   admin operations on it: manual decisions, rule impact, search, explain.
 //! - [`reload`]: puts new rules in force (SIGHUP, API, start-up), with the
 //!   new-exclusion ratio guard.
-//! - [`store`]: the only module that knows sled.
+//! - [`store`]: the only module that knows the database engine (SQLite or
+//!   PostgreSQL): schema, migrations, transactions.
+//! - [`migrate`]: imports a dump of an earlier install's store.
 //! - [`connectors`]: one module per ERP, plus the shared request [`connectors::Budget`].
 //! - [`sync`]: the per-connector scheduler, ingest and the resync worker.
 //! - [`resync`]: durable resync jobs, one worker per connector, progress and ETA.
@@ -27,6 +29,7 @@ pub mod daemon;
 pub mod exclusion;
 pub mod export;
 pub mod http;
+pub mod migrate;
 pub mod model;
 pub mod reload;
 pub mod reminders;

@@ -169,7 +169,9 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Exclusions(c) => super::exclusions::run(c).await,
         Command::Resyncs { command } => super::resyncs::run(command).await,
         Command::Resync(a) => super::resyncs::resync(a).await,
-        Command::Run(_) | Command::CheckConfig(_) => unreachable!("handled in cli::main"),
+        Command::Run(_) | Command::CheckConfig(_) | Command::MigrateStore(_) => {
+            unreachable!("handled in cli::main")
+        }
     }
 }
 

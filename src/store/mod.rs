@@ -411,6 +411,25 @@ impl Store {
         })
     }
 
+    /// Whether the store holds no synced or admin data yet (no customer,
+    /// decision, audit entry, resync job or cursor).
+    pub fn is_empty(&self) -> Result<bool> {
+        self.read(|c| {
+            for sql in [
+                "SELECT 1 FROM customers LIMIT 1",
+                "SELECT 1 FROM decisions LIMIT 1",
+                "SELECT 1 FROM audit LIMIT 1",
+                "SELECT 1 FROM resync_jobs LIMIT 1",
+                "SELECT 1 FROM cursors LIMIT 1",
+            ] {
+                if c.query_opt(sql, &[])?.is_some() {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+    }
+
     // ----- customers, decisions, records --------------------------------
 
     pub fn customer(&self, key: &CustomerKey) -> Result<Option<StoredCustomer>> {

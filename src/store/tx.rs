@@ -661,6 +661,33 @@ impl<'a> Tx<'a> {
         Ok(())
     }
 
+    /// Writes a tombstone as it is (imports of an earlier store).
+    pub fn put_tombstone(
+        &mut self,
+        conn: &str,
+        e: Entity,
+        id: &str,
+        at: Timestamp,
+        deleted: bool,
+    ) -> Result<()> {
+        self.conn.exec(
+            UPSERT_TOMBSTONE,
+            &params![conn, e.as_str(), id, at, deleted, chrono::Utc::now()],
+        )?;
+        Ok(())
+    }
+
+    /// Makes [`Tx::next_id`] return more than `n` from now on (imports).
+    pub fn ensure_next_id_above(&mut self, n: u64) -> Result<()> {
+        self.conn.exec(
+            "INSERT INTO id_sequence (name, value) VALUES ('ids', ?) \
+             ON CONFLICT (name) DO UPDATE SET value = CASE WHEN id_sequence.value < excluded.value \
+             THEN excluded.value ELSE id_sequence.value END",
+            &params![n],
+        )?;
+        Ok(())
+    }
+
     /// A fresh id, unique in this store (resync jobs and batches).
     pub fn next_id(&mut self) -> Result<u64> {
         let row = self.conn.query_opt(

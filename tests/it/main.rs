@@ -6,6 +6,7 @@ mod daemon;
 mod exclusion;
 mod hardening;
 mod kill9;
+mod migrate;
 mod netsuite;
 mod netsuite_daemon;
 mod netsuite_mock;
