@@ -38,6 +38,7 @@ use crate::secrets::Secret;
 const WRITE_LOCK_KEY: i64 = 0x0065_7270_7379_6e63; // "erpsync"
 const READERS: usize = 4;
 
+/// Which connection a request goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Lane {
     Writer,
@@ -46,21 +47,22 @@ pub(crate) enum Lane {
 
 enum Req {
     Run {
-        lane: Lane,
         sql: String,
         params: Vec<Value>,
         reply: SyncSender<Result<Vec<Row>>>,
     },
     /// Several statements without parameters (simple query protocol).
     Batch {
-        lane: Lane,
         sql: String,
         reply: SyncSender<Result<()>>,
     },
 }
 
 pub(crate) struct Pg {
-    tx: tokio::sync::mpsc::UnboundedSender<Req>,
+    /// Requests for the writer connection, served strictly in order.
+    writer_tx: tokio::sync::mpsc::UnboundedSender<Req>,
+    /// Requests for the reader connections.
+    reader_tx: tokio::sync::mpsc::UnboundedSender<Req>,
     label: String,
 }
 
@@ -130,7 +132,8 @@ impl Pg {
             config.password(p.expose());
         }
         let label = describe(&config);
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (writer_tx, wrx) = tokio::sync::mpsc::unbounded_channel();
+        let (reader_tx, rrx) = tokio::sync::mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = sync_channel::<Result<()>>(1);
         let thread_label = label.clone();
         std::thread::Builder::new()
@@ -148,11 +151,15 @@ impl Pg {
                         return;
                     }
                 };
-                rt.block_on(actor(config, thread_label, rx, ready_tx));
+                rt.block_on(actor(config, thread_label, wrx, rrx, ready_tx));
             })
             .map_err(|e| StoreError::Backend(format!("cannot start a thread: {e}")))?;
         ready_rx.recv().map_err(|_| closed())??;
-        let pg = Pg { tx, label };
+        let pg = Pg {
+            writer_tx,
+            reader_tx,
+            label,
+        };
         pg.migrate()?;
         Ok(pg)
     }
@@ -161,11 +168,17 @@ impl Pg {
         &self.label
     }
 
+    fn lane(&self, lane: Lane) -> &tokio::sync::mpsc::UnboundedSender<Req> {
+        match lane {
+            Lane::Writer => &self.writer_tx,
+            Lane::Reader => &self.reader_tx,
+        }
+    }
+
     fn run(&self, lane: Lane, sql: String, params: &[Value]) -> Result<Vec<Row>> {
         let (reply, rx) = sync_channel(1);
-        self.tx
+        self.lane(lane)
             .send(Req::Run {
-                lane,
                 sql,
                 params: params.to_vec(),
                 reply,
@@ -176,9 +189,8 @@ impl Pg {
 
     pub(crate) fn batch(&self, lane: Lane, sql: &str) -> Result<()> {
         let (reply, rx) = sync_channel(1);
-        self.tx
+        self.lane(lane)
             .send(Req::Batch {
-                lane,
                 sql: sql.to_string(),
                 reply,
             })
@@ -348,7 +360,8 @@ impl Slot {
 async fn actor(
     config: tokio_postgres::Config,
     label: String,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Req>,
+    mut wrx: tokio::sync::mpsc::UnboundedReceiver<Req>,
+    mut rrx: tokio::sync::mpsc::UnboundedReceiver<Req>,
     ready: SyncSender<Result<()>>,
 ) {
     let new_slot = || Slot {
@@ -365,39 +378,25 @@ async fn actor(
         return;
     }
     let _ = ready.send(Ok(()));
-    let readers: Arc<Vec<tokio::sync::Mutex<Slot>>> = Arc::new(
-        (0..READERS)
-            .map(|_| tokio::sync::Mutex::new(new_slot()))
-            .collect(),
-    );
-    let next = Arc::new(AtomicUsize::new(0));
     // The writer's requests run in order on their own task.
-    let (wtx, mut wrx) = tokio::sync::mpsc::unbounded_channel::<Req>();
     let writer_task = tokio::spawn(async move {
         while let Some(req) = wrx.recv().await {
             writer.serve(req).await;
         }
     });
-    while let Some(req) = rx.recv().await {
-        let lane = match &req {
-            Req::Run { lane, .. } | Req::Batch { lane, .. } => *lane,
-        };
-        match lane {
-            Lane::Writer => {
-                if wtx.send(req).is_err() {
-                    break;
-                }
-            }
-            Lane::Reader => {
-                let readers = Arc::clone(&readers);
-                let i = next.fetch_add(1, Ordering::Relaxed) % READERS;
-                tokio::spawn(async move {
-                    readers[i].lock().await.serve(req).await;
-                });
-            }
-        }
+    let readers: Arc<Vec<tokio::sync::Mutex<Slot>>> = Arc::new(
+        (0..READERS)
+            .map(|_| tokio::sync::Mutex::new(new_slot()))
+            .collect(),
+    );
+    let next = AtomicUsize::new(0);
+    while let Some(req) = rrx.recv().await {
+        let readers = Arc::clone(&readers);
+        let i = next.fetch_add(1, Ordering::Relaxed) % READERS;
+        tokio::spawn(async move {
+            readers[i].lock().await.serve(req).await;
+        });
     }
-    drop(wtx);
     let _ = writer_task.await;
 }
 

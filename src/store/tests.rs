@@ -675,6 +675,58 @@ async fn reopen_keeps_everything(store: &Store, reopen: impl Fn() -> Store) {
     assert_eq!(again.classification_counts(None).unwrap().total, 1);
 }
 
+async fn batched_upserts_match_one_by_one(store: &Store) {
+    // Prepare the same history under two connectors: a tombstone, a
+    // dropped version, a parked copy and a stored newer copy.
+    for conn in ["one", "many"] {
+        store
+            .write(|tx| {
+                tx.remove_record(conn, Entity::Invoices, "DEL", Some(ts(50)))?;
+                tx.drop_record(conn, &inv("DROP", "X", 30, 1))?;
+                tx.upsert_record(conn, &pmt("PARK", "A", 10), true)?;
+                tx.upsert_record(conn, &inv("NEW", "A", 40, 1), false)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+    let page = [
+        inv("DEL", "A", 49, 1),  // refused by the deletion
+        inv("DEL", "A", 51, 1),  // newer than the deletion
+        inv("DROP", "A", 30, 1), // the dropped version itself is accepted
+        pmt("PARK", "A", 11),    // leaves the parking
+        inv("NEW", "A", 39, 1),  // older than stored
+        inv("FRESH", "A", 1, 1), // new
+        inv("FRESH", "B", 2, 1), // twice in one page: moves
+        inv("FRESH", "C", 1, 1), // older than the one just written
+    ];
+    let refs: Vec<&Record> = page.iter().collect();
+    let batched = store
+        .write(|tx| tx.upsert_records("many", &refs))
+        .await
+        .unwrap();
+    let single = store
+        .write(|tx| {
+            page.iter()
+                .map(|r| tx.upsert_record("one", r, false))
+                .collect::<Result<Vec<_>>>()
+        })
+        .await
+        .unwrap();
+    assert_eq!(batched, single);
+    let norm = |conn: &str| {
+        let mut v: Vec<String> = store
+            .records(Some(conn))
+            .map(|r| format!("{:?}", r.unwrap().1))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(norm("many"), norm("one"));
+    assert_eq!(store.parked_count("many").unwrap(), 0);
+    assert_eq!(store.parked_count("one").unwrap(), 0);
+}
+
 // ----- running the suite on both backends --------------------------------
 
 /// Fields drop in order: the store's connections close before its
@@ -746,6 +798,7 @@ on_both_backends!(
     compaction_drops_only_history_past_its_retention,
     a_panicking_writer_writes_nothing_and_the_store_goes_on,
     reads_inside_a_write_see_its_own_writes,
+    batched_upserts_match_one_by_one,
 );
 
 #[tokio::test]

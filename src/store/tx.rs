@@ -191,21 +191,59 @@ const UPSERT_CUSTOMER: &str = "INSERT INTO customers (connector, id, name, email
      exclusion_source = excluded.exclusion_source, exclusion_reason = excluded.exclusion_reason, \
      classified_at = excluded.classified_at, first_seen = excluded.first_seen";
 
-const UPSERT_INVOICE: &str =
-    "INSERT INTO invoices (connector, id, customer_id, number, issue_date, \
-     due_date, currency, total, amount_due, status, on_hold, last_modified) \
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-     ON CONFLICT (connector, id) DO UPDATE SET customer_id = excluded.customer_id, \
-     number = excluded.number, issue_date = excluded.issue_date, due_date = excluded.due_date, \
-     currency = excluded.currency, total = excluded.total, amount_due = excluded.amount_due, \
-     status = excluded.status, on_hold = excluded.on_hold, last_modified = excluded.last_modified";
+macro_rules! invoice_head {
+    () => {
+        "INSERT INTO invoices (connector, id, customer_id, number, issue_date, due_date, currency, \
+         total, amount_due, status, on_hold, last_modified) VALUES "
+    };
+}
+macro_rules! invoice_tail {
+    () => {
+        " ON CONFLICT (connector, id) DO UPDATE SET customer_id = excluded.customer_id, \
+         number = excluded.number, issue_date = excluded.issue_date, due_date = excluded.due_date, \
+         currency = excluded.currency, total = excluded.total, amount_due = excluded.amount_due, \
+         status = excluded.status, on_hold = excluded.on_hold, last_modified = excluded.last_modified"
+    };
+}
+macro_rules! transaction_head {
+    () => {
+        "INSERT INTO transactions (connector, id, customer_id, kind, date, amount, currency, \
+         last_modified) VALUES "
+    };
+}
+macro_rules! transaction_tail {
+    () => {
+        " ON CONFLICT (connector, id) DO UPDATE SET customer_id = excluded.customer_id, \
+         kind = excluded.kind, date = excluded.date, amount = excluded.amount, \
+         currency = excluded.currency, last_modified = excluded.last_modified"
+    };
+}
+const INVOICE_HEAD: &str = invoice_head!();
+const INVOICE_TAIL: &str = invoice_tail!();
+const UPSERT_INVOICE: &str = concat!(
+    invoice_head!(),
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    invoice_tail!()
+);
+const TRANSACTION_HEAD: &str = transaction_head!();
+const TRANSACTION_TAIL: &str = transaction_tail!();
+const UPSERT_TRANSACTION: &str = concat!(
+    transaction_head!(),
+    "(?, ?, ?, ?, ?, ?, ?, ?)",
+    transaction_tail!()
+);
 
-const UPSERT_TRANSACTION: &str =
-    "INSERT INTO transactions (connector, id, customer_id, kind, date, \
-     amount, currency, last_modified) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
-     ON CONFLICT (connector, id) DO UPDATE SET customer_id = excluded.customer_id, \
-     kind = excluded.kind, date = excluded.date, amount = excluded.amount, \
-     currency = excluded.currency, last_modified = excluded.last_modified";
+/// Rows per multi-row insert and ids per `IN` list.
+const CHUNK: usize = 100;
+
+fn marks(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+fn value_rows(rows: usize, cols: usize) -> String {
+    let one = format!("({})", marks(cols));
+    vec![one; rows].join(", ")
+}
 
 const UPSERT_PARKED: &str = "INSERT INTO parked (connector, entity, id, customer_id, last_modified, record) \
      VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (connector, entity, id) DO UPDATE SET \
@@ -485,6 +523,186 @@ impl<'a> Tx<'a> {
         }
         self.write_record(conn, rec, parked)?;
         Ok(outcome)
+    }
+
+    /// [`Tx::upsert_record`] for many records of one connector at once (not
+    /// parked), with the same outcome as calling it for each in order, in a
+    /// few statements per chunk: one lookup each of tombstones, stored and
+    /// parked copies, then multi-row upserts.
+    pub fn upsert_records(&mut self, conn: &str, recs: &[&Record]) -> Result<Vec<Upsert>> {
+        type Key = (Entity, String);
+        let mut tombs: HashMap<Key, (Timestamp, bool)> = HashMap::new();
+        // where each id is now: (parked, last_modified)
+        let mut located: HashMap<Key, (bool, Timestamp)> = HashMap::new();
+        for e in [Entity::Invoices, Entity::Transactions] {
+            let mut ids: Vec<&str> = recs
+                .iter()
+                .filter(|r| r.entity() == e)
+                .map(|r| r.external_id())
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let table = if e == Entity::Invoices {
+                "invoices"
+            } else {
+                "transactions"
+            };
+            for chunk in ids.chunks(CHUNK) {
+                let m = marks(chunk.len());
+                let mut p: Vec<Value> = vec![Value::from(conn), Value::from(e.as_str())];
+                p.extend(chunk.iter().map(|id| Value::from(*id)));
+                for r in self.conn.query_dyn(
+                    &format!("SELECT id, at, deleted FROM tombstones WHERE connector = ? AND entity = ? AND id IN ({m})"),
+                    &p,
+                )? {
+                    tombs.insert((e, r.text(0)?), (r.time(1)?, r.bool(2)?));
+                }
+                for r in self.conn.query_dyn(
+                    &format!("SELECT id, last_modified FROM parked WHERE connector = ? AND entity = ? AND id IN ({m})"),
+                    &p,
+                )? {
+                    located.insert((e, r.text(0)?), (true, r.time(1)?));
+                }
+                p.remove(1);
+                for r in self.conn.query_dyn(
+                    &format!(
+                        "SELECT id, last_modified FROM {table} WHERE connector = ? AND id IN ({m})"
+                    ),
+                    &p,
+                )? {
+                    located.insert((e, r.text(0)?), (false, r.time(1)?));
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(recs.len());
+        let mut drop_tombs: Vec<Key> = Vec::new();
+        let mut unpark: Vec<Key> = Vec::new();
+        let mut writes: HashMap<Key, &Record> = HashMap::new();
+        let mut order: Vec<Key> = Vec::new();
+        for r in recs {
+            let key = (r.entity(), r.external_id().to_string());
+            let ts = r.last_modified();
+            if let Some(&(at, deleted)) = tombs.get(&key) {
+                let refused = if deleted { at >= ts } else { at > ts };
+                if refused {
+                    out.push(Upsert::Stale);
+                    continue;
+                }
+                tombs.remove(&key);
+                drop_tombs.push(key.clone());
+            }
+            let mut outcome = Upsert::Inserted;
+            if let Some(&(parked, lm)) = located.get(&key) {
+                if lm > ts {
+                    out.push(Upsert::Stale);
+                    continue;
+                }
+                outcome = Upsert::Updated;
+                if parked {
+                    unpark.push(key.clone());
+                }
+            }
+            located.insert(key.clone(), (false, ts));
+            if writes.insert(key.clone(), r).is_none() {
+                order.push(key);
+            }
+            out.push(outcome);
+        }
+        for (keys, sql) in [
+            (
+                &drop_tombs,
+                "DELETE FROM tombstones WHERE connector = ? AND entity = ? AND id IN",
+            ),
+            (
+                &unpark,
+                "DELETE FROM parked WHERE connector = ? AND entity = ? AND id IN",
+            ),
+        ] {
+            for e in [Entity::Invoices, Entity::Transactions] {
+                let ids: Vec<&str> = keys
+                    .iter()
+                    .filter(|k| k.0 == e)
+                    .map(|k| k.1.as_str())
+                    .collect();
+                for chunk in ids.chunks(CHUNK) {
+                    let mut p: Vec<Value> = vec![Value::from(conn), Value::from(e.as_str())];
+                    p.extend(chunk.iter().map(|id| Value::from(*id)));
+                    self.conn
+                        .exec_dyn(&format!("{sql} ({})", marks(chunk.len())), &p)?;
+                }
+            }
+        }
+        for e in [Entity::Invoices, Entity::Transactions] {
+            let rows: Vec<&Record> = order
+                .iter()
+                .filter(|k| k.0 == e)
+                .map(|k| writes[k])
+                .collect();
+            let (head, tail, cols) = if e == Entity::Invoices {
+                (INVOICE_HEAD, INVOICE_TAIL, 12)
+            } else {
+                (TRANSACTION_HEAD, TRANSACTION_TAIL, 8)
+            };
+            for chunk in rows.chunks(CHUNK) {
+                let mut p: Vec<Value> = Vec::with_capacity(chunk.len() * cols);
+                for r in chunk {
+                    match r {
+                        Record::Invoice(i) => p.extend(invoice_values(conn, i)),
+                        Record::Transaction(t) => p.extend(transaction_values(conn, t)),
+                    }
+                }
+                self.conn.exec_dyn(
+                    &format!("{head}{}{tail}", value_rows(chunk.len(), cols)),
+                    &p,
+                )?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads the customers of `ids` (one connector) into this
+    /// transaction's cache in a few queries, so the per-record lookups of a
+    /// page cost nothing.
+    pub fn prefetch_customers(&mut self, conn: &str, ids: &[&str]) -> Result<()> {
+        let mut want: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !self.customers.contains_key(&CustomerKey::new(conn, *id)))
+            .collect();
+        want.sort_unstable();
+        want.dedup();
+        if self.customers.len() + want.len() > CACHE_MAX {
+            self.customers.clear();
+        }
+        for chunk in want.chunks(CHUNK) {
+            let mut p: Vec<Value> = vec![Value::from(conn)];
+            p.extend(chunk.iter().map(|id| Value::from(*id)));
+            let rows = self.conn.query_dyn(
+                &format!(
+                    "SELECT {} FROM customers WHERE connector = ? AND id IN ({})",
+                    codec::CUSTOMER_COLS,
+                    marks(chunk.len())
+                ),
+                &p,
+            )?;
+            for id in chunk {
+                self.customers.insert(CustomerKey::new(conn, *id), None);
+            }
+            for r in &rows {
+                let sc = customer_from_row(r)?;
+                self.customers.insert(sc.key(), Some(sc));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a customer is stored and excluded: `None` when it is not
+    /// stored. Served from the cache when possible.
+    pub fn customer_excluded(&mut self, key: &CustomerKey) -> Result<Option<bool>> {
+        if let Some(v) = self.customers.get(key) {
+            return Ok(v.as_ref().map(|s| s.classification.excluded));
+        }
+        Ok(self.stored_class(key)?.map(|c| c.excluded))
     }
 
     /// Removes a record wherever it is (stored or parked). With `tombstone`,

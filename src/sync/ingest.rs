@@ -184,6 +184,26 @@ pub fn customers(tx: &mut Tx<'_>, ctx: &Ingest<'_>, page: &Page<Customer>) -> Re
     Ok(stats)
 }
 
+/// Stores the records waiting in `pending` (all of included customers).
+fn store_pending(
+    tx: &mut Tx<'_>,
+    ctx: &Ingest<'_>,
+    pending: &mut Vec<&Record>,
+    stats: &mut PageStats,
+) -> Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    for outcome in tx.upsert_records(ctx.connector, pending)? {
+        match outcome {
+            Upsert::Stale => stats.stale += 1,
+            _ => stats.written += 1,
+        }
+    }
+    pending.clear();
+    Ok(())
+}
+
 fn count_dropped(tx: &mut Tx<'_>, conn: &str, e: Entity) -> Result<()> {
     tx.add_counter(conn, &format!("dropped_{e}"), 1)
 }
@@ -201,8 +221,19 @@ pub fn records(
         received: page.items.len() as u64,
         ..Default::default()
     };
+    let ids: Vec<&str> = page
+        .items
+        .iter()
+        .map(|r| r.customer_id())
+        .filter(|id| valid_id(id))
+        .collect();
+    tx.prefetch_customers(ctx.connector, &ids)?;
+    // Records of included customers are stored together; anything else
+    // first writes what is pending, so the outcome is as if one by one.
+    let mut pending: Vec<&Record> = Vec::new();
     for r in &page.items {
         if !valid_id(r.external_id()) {
+            store_pending(tx, ctx, &mut pending, &mut stats)?;
             quarantine(
                 tx,
                 ctx,
@@ -212,6 +243,7 @@ pub fn records(
             continue;
         }
         if !valid_id(r.customer_id()) {
+            store_pending(tx, ctx, &mut pending, &mut stats)?;
             quarantine(
                 tx,
                 ctx,
@@ -221,8 +253,10 @@ pub fn records(
             continue;
         }
         let key = CustomerKey::new(ctx.connector, r.customer_id());
-        match tx.customer(&key)? {
+        match tx.customer_excluded(&key)? {
+            Some(false) => pending.push(r),
             None => {
+                store_pending(tx, ctx, &mut pending, &mut stats)?;
                 // A customer excluded by hand before its first sync never has
                 // data stored, not even parked.
                 let excluded_by_hand = tx
@@ -237,19 +271,17 @@ pub fn records(
                     stats.parked += 1;
                 }
             }
-            Some(sc) if sc.classification.excluded => {
+            Some(true) => {
+                store_pending(tx, ctx, &mut pending, &mut stats)?;
                 // Not stored; a copy held under the customer it belonged to
                 // before goes too, unless that copy is newer.
                 tx.drop_record(ctx.connector, r)?;
                 count_dropped(tx, ctx.connector, r.entity())?;
                 stats.dropped += 1;
             }
-            Some(_) => match tx.upsert_record(ctx.connector, r, false)? {
-                Upsert::Stale => stats.stale += 1,
-                _ => stats.written += 1,
-            },
         }
     }
+    store_pending(tx, ctx, &mut pending, &mut stats)?;
     for id in &page.deleted {
         if tx.remove_record(ctx.connector, entity, id, Some(ctx.now))? {
             stats.deleted += 1;
