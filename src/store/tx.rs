@@ -25,6 +25,9 @@ pub struct Tx<'a> {
     conn: &'a mut (dyn Conn + 'a),
     /// Customers read or written by this transaction (write-through).
     customers: HashMap<CustomerKey, Option<StoredCustomer>>,
+    /// Whether customers are excluded (`None`: not stored), for ingest's
+    /// per-record lookups (write-through).
+    excluded: HashMap<CustomerKey, Option<bool>>,
     counters: BTreeMap<(String, String), i64>,
     /// Classification buckets changed by this transaction.
     classes: BTreeMap<(String, bool, String, String), i64>,
@@ -234,7 +237,32 @@ const UPSERT_TRANSACTION: &str = concat!(
 );
 
 /// Rows per multi-row insert and ids per `IN` list.
-const CHUNK: usize = 100;
+const CHUNK: usize = 128;
+
+/// Splits `items` into pieces of 100, 10 and 1 rows, so the multi-row
+/// statements come in three shapes per table and stay prepared.
+fn shaped<T>(items: &[T]) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let mut rest = items;
+    for size in [100, 10, 1] {
+        while rest.len() >= size {
+            let (a, b) = rest.split_at(size);
+            out.push(a);
+            rest = b;
+        }
+    }
+    out
+}
+
+/// Pads an `IN` list to a power of two (repeating its last id, which
+/// changes nothing), so lookups come in a few shapes and stay prepared.
+fn padded<'a>(ids: &[&'a str]) -> Vec<&'a str> {
+    let mut v = ids.to_vec();
+    if let Some(&last) = ids.last() {
+        v.resize(ids.len().next_power_of_two().min(CHUNK.next_power_of_two()), last);
+    }
+    v
+}
 
 fn marks(n: usize) -> String {
     vec!["?"; n].join(", ")
@@ -259,6 +287,7 @@ impl<'a> Tx<'a> {
         Tx {
             conn,
             customers: HashMap::new(),
+            excluded: HashMap::new(),
             counters: BTreeMap::new(),
             classes: BTreeMap::new(),
         }
@@ -304,6 +333,11 @@ impl<'a> Tx<'a> {
         if self.customers.len() >= CACHE_MAX {
             self.customers.clear();
         }
+        if self.excluded.len() >= CACHE_MAX {
+            self.excluded.clear();
+        }
+        self.excluded
+            .insert(key.clone(), v.as_ref().map(|s| s.classification.excluded));
         self.customers.insert(key, v);
     }
 
@@ -548,6 +582,7 @@ impl<'a> Tx<'a> {
                 "transactions"
             };
             for chunk in ids.chunks(CHUNK) {
+                let chunk = padded(chunk);
                 let m = marks(chunk.len());
                 let mut p: Vec<Value> = vec![Value::from(conn), Value::from(e.as_str())];
                 p.extend(chunk.iter().map(|id| Value::from(*id)));
@@ -625,6 +660,7 @@ impl<'a> Tx<'a> {
                     .map(|k| k.1.as_str())
                     .collect();
                 for chunk in ids.chunks(CHUNK) {
+                    let chunk = padded(chunk);
                     let mut p: Vec<Value> = vec![Value::from(conn), Value::from(e.as_str())];
                     p.extend(chunk.iter().map(|id| Value::from(*id)));
                     self.conn
@@ -643,7 +679,7 @@ impl<'a> Tx<'a> {
             } else {
                 (TRANSACTION_HEAD, TRANSACTION_TAIL, 8)
             };
-            for chunk in rows.chunks(CHUNK) {
+            for chunk in shaped(&rows) {
                 let mut p: Vec<Value> = Vec::with_capacity(chunk.len() * cols);
                 for r in chunk {
                     match r {
@@ -660,37 +696,37 @@ impl<'a> Tx<'a> {
         Ok(out)
     }
 
-    /// Loads the customers of `ids` (one connector) into this
-    /// transaction's cache in a few queries, so the per-record lookups of a
-    /// page cost nothing.
+    /// Loads whether the customers of `ids` (one connector) are stored and
+    /// excluded into this transaction's cache in a few queries, so the
+    /// per-record lookups of a page ([`Tx::customer_excluded`]) cost nothing.
     pub fn prefetch_customers(&mut self, conn: &str, ids: &[&str]) -> Result<()> {
         let mut want: Vec<&str> = ids
             .iter()
             .copied()
-            .filter(|id| !self.customers.contains_key(&CustomerKey::new(conn, *id)))
+            .filter(|id| !self.excluded.contains_key(&CustomerKey::new(conn, *id)))
             .collect();
         want.sort_unstable();
         want.dedup();
-        if self.customers.len() + want.len() > CACHE_MAX {
-            self.customers.clear();
+        if self.excluded.len() + want.len() > CACHE_MAX {
+            self.excluded.clear();
         }
         for chunk in want.chunks(CHUNK) {
+            let chunk = padded(chunk);
             let mut p: Vec<Value> = vec![Value::from(conn)];
             p.extend(chunk.iter().map(|id| Value::from(*id)));
             let rows = self.conn.query_dyn(
                 &format!(
-                    "SELECT {} FROM customers WHERE connector = ? AND id IN ({})",
-                    codec::CUSTOMER_COLS,
+                    "SELECT id, excluded FROM customers WHERE connector = ? AND id IN ({})",
                     marks(chunk.len())
                 ),
                 &p,
             )?;
-            for id in chunk {
-                self.customers.insert(CustomerKey::new(conn, *id), None);
+            for id in &chunk {
+                self.excluded.insert(CustomerKey::new(conn, *id), None);
             }
             for r in &rows {
-                let sc = customer_from_row(r)?;
-                self.customers.insert(sc.key(), Some(sc));
+                self.excluded
+                    .insert(CustomerKey::new(conn, r.text(0)?), Some(r.bool(1)?));
             }
         }
         Ok(())
@@ -699,10 +735,15 @@ impl<'a> Tx<'a> {
     /// Whether a customer is stored and excluded: `None` when it is not
     /// stored. Served from the cache when possible.
     pub fn customer_excluded(&mut self, key: &CustomerKey) -> Result<Option<bool>> {
-        if let Some(v) = self.customers.get(key) {
-            return Ok(v.as_ref().map(|s| s.classification.excluded));
+        if let Some(v) = self.excluded.get(key) {
+            return Ok(*v);
         }
-        Ok(self.stored_class(key)?.map(|c| c.excluded))
+        let v = self.stored_class(key)?.map(|c| c.excluded);
+        if self.excluded.len() >= CACHE_MAX {
+            self.excluded.clear();
+        }
+        self.excluded.insert(key.clone(), v);
+        Ok(v)
     }
 
     /// Removes a record wherever it is (stored or parked). With `tombstone`,
