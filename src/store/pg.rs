@@ -309,6 +309,13 @@ impl Slot {
                     tracing::warn!(error = %e, "store connection to postgres closed");
                 }
             });
+            // Plan each execution with the tables' current size: a plan
+            // cached while a table was empty (the first sync) would scan it
+            // whole once it is large.
+            client
+                .batch_execute("SET plan_cache_mode = force_custom_plan")
+                .await
+                .map_err(err)?;
             self.client = Some(client);
         }
         Ok(self.client.as_ref().expect("just connected"))
