@@ -50,7 +50,7 @@ use sql::{params, Conn, Value};
 pub use tx::{Tx, Upsert};
 
 /// Default SQLite page cache of the writer connection (`daemon.store_cache_mb`).
-pub const DEFAULT_CACHE_MB: u64 = 64;
+pub const DEFAULT_CACHE_MB: u64 = 32;
 
 /// The SQLite file inside the state directory.
 pub const SQLITE_FILE: &str = "store.db";

@@ -51,6 +51,20 @@ impl Sqlite {
             }
         }
         let lock = lock_file(path)?;
+        if !path.exists() {
+            // It will hold connector credentials: readable by the service
+            // user only (the log and shared-memory files copy this mode).
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| StoreError::Open {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+        }
         let cache_kib = (cache_mb.max(1) * 1024) as i64;
         let mut writer = connect(path, cache_kib)?;
         migrate(&mut writer)?;

@@ -177,6 +177,12 @@ async fn sqlite_data_survives_reopen_and_second_open_is_locked() {
     assert_eq!(again.customers(None, None).count(), 1);
     assert_eq!(again.classification_counts(None).unwrap().total, 1);
     assert_eq!(again.path(), Some(dir.path().join(SQLITE_FILE).as_path()));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join(SQLITE_FILE))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the store holds credentials");
 }
 
 async fn audit_is_newest_first_and_filterable(store: &Store) {

@@ -259,7 +259,10 @@ fn shaped<T>(items: &[T]) -> Vec<&[T]> {
 fn padded<'a>(ids: &[&'a str]) -> Vec<&'a str> {
     let mut v = ids.to_vec();
     if let Some(&last) = ids.last() {
-        v.resize(ids.len().next_power_of_two().min(CHUNK.next_power_of_two()), last);
+        v.resize(
+            ids.len().next_power_of_two().min(CHUNK.next_power_of_two()),
+            last,
+        );
     }
     v
 }
