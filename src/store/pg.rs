@@ -297,11 +297,21 @@ struct Slot {
     config: tokio_postgres::Config,
     client: Option<Client>,
     statements: HashMap<String, Statement>,
+    /// A transaction is open on this connection: if the connection is lost
+    /// now, later statements must fail rather than run on a new connection
+    /// outside the transaction.
+    in_tx: bool,
 }
 
 impl Slot {
     async fn client(&mut self) -> Result<&Client> {
-        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+        let lost = self.client.as_ref().is_none_or(|c| c.is_closed());
+        if lost && self.in_tx {
+            return Err(StoreError::Backend(
+                "postgres: the connection was lost inside a transaction; it is rolled back".into(),
+            ));
+        }
+        if lost {
             self.statements.clear();
             let (client, connection) = self.config.connect(NoTls).await.map_err(err)?;
             tokio::spawn(async move {
@@ -347,7 +357,25 @@ impl Slot {
     }
 
     async fn batch(&mut self, sql: &str) -> Result<()> {
-        self.client().await?.batch_execute(sql).await.map_err(err)
+        let ends = sql.starts_with("COMMIT") || sql.starts_with("ROLLBACK");
+        if ends {
+            let lost = self.client.as_ref().is_none_or(|c| c.is_closed());
+            self.in_tx = false;
+            if lost && sql.starts_with("ROLLBACK") {
+                return Ok(()); // the server rolled it back with the connection
+            }
+            if lost {
+                return Err(StoreError::Backend(
+                    "postgres: the connection was lost before the commit; nothing was written"
+                        .into(),
+                ));
+            }
+        }
+        let res = self.client().await?.batch_execute(sql).await.map_err(err);
+        if sql.starts_with("BEGIN") && res.is_ok() {
+            self.in_tx = true;
+        }
+        res
     }
 
     async fn serve(&mut self, req: Req) {
@@ -375,6 +403,7 @@ async fn actor(
         config: config.clone(),
         client: None,
         statements: HashMap::new(),
+        in_tx: false,
     };
     let mut writer = new_slot();
     if let Err(e) = writer.client().await {

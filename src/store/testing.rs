@@ -82,6 +82,20 @@ impl TestPg {
         }
     }
 
+    /// Ends every connection to the test database (a server restart, as
+    /// clients see it).
+    pub fn terminate_connections(&self) {
+        super::pg::admin_exec(
+            &self.admin_url,
+            &format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = '{}' AND pid <> pg_backend_pid()",
+                self.name
+            ),
+        )
+        .expect("terminate connections");
+    }
+
     pub fn location(&self) -> StoreLocation {
         StoreLocation::Postgres {
             url: self.url.clone(),

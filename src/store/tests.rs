@@ -845,3 +845,38 @@ async fn postgres_refuses_a_password_in_the_url_and_names_an_unreachable_server(
     .to_string();
     assert!(err.contains("postgres://u@127.0.0.1:1/db"), "{err}");
 }
+
+#[tokio::test]
+async fn postgres_a_connection_lost_inside_a_write_writes_nothing_and_the_store_reconnects() {
+    let Some(f) = Fixture::postgres("store::postgres_a_connection_lost_inside_a_write") else {
+        return;
+    };
+    let pg = f.pg.as_ref().unwrap();
+    let r = f
+        .store
+        .write(|tx| {
+            tx.put_customer(&customer("A"))?;
+            pg.terminate_connections();
+            tx.put_customer(&customer("B"))?;
+            tx.set_cursor("demo", Entity::Customers, "c1")
+        })
+        .await;
+    let err = r.unwrap_err().to_string();
+    assert!(err.contains("postgres"), "{err}");
+    // Reads and writes reconnect; a read may see the lost connection once.
+    let mut first = f.store.customer(&key("A"));
+    if first.is_err() {
+        first = f.store.customer(&key("A"));
+    }
+    assert!(
+        first.unwrap().is_none(),
+        "nothing of the broken write is kept"
+    );
+    assert!(f.store.cursor("demo", Entity::Customers).unwrap().is_none());
+    f.store
+        .write(|tx| tx.put_customer(&customer("C")))
+        .await
+        .unwrap();
+    assert!(f.store.customer(&key("C")).unwrap().is_some());
+    assert_eq!(f.store.classification_counts(None).unwrap().total, 1);
+}
