@@ -470,8 +470,8 @@ impl Store {
                     &params![k, PAGE],
                 )?,
                 (None, Some((k, id))) => c.query_dyn(
-                    &format!("SELECT {CUSTOMER_COLS} FROM customers WHERE (connector = ? AND id > ?) OR connector > ? ORDER BY connector, id LIMIT ?"),
-                    &params![k, id, k, PAGE],
+                    &format!("SELECT {CUSTOMER_COLS} FROM customers WHERE (connector, id) > (?, ?) ORDER BY connector, id LIMIT ?"),
+                    &params![k, id, PAGE],
                 )?,
                 (None, None) => c.query_dyn(
                     &format!("SELECT {CUSTOMER_COLS} FROM customers ORDER BY connector, id LIMIT ?"),
@@ -546,9 +546,9 @@ impl Store {
             let rows = match &last {
                 Some((k, id)) => c.query(
                     "SELECT connector, customer_id, action, actor, reason, at FROM decisions \
-                     WHERE (connector = ? AND customer_id > ?) OR connector > ? \
+                     WHERE (connector, customer_id) > (?, ?) \
                      ORDER BY connector, customer_id LIMIT ?",
-                    &params![k, id, k, PAGE],
+                    &params![k, id, PAGE],
                 )?,
                 None => c.query(
                     "SELECT connector, customer_id, action, actor, reason, at FROM decisions \
@@ -689,9 +689,9 @@ impl Store {
             let rows = match after {
                 Some(a) => c.query(
                     "SELECT connector, customer_id, flag FROM reminder_stops \
-                     WHERE (connector = ? AND customer_id > ?) OR connector > ? \
+                     WHERE (connector, customer_id) > (?, ?) \
                      ORDER BY connector, customer_id LIMIT ?",
-                    &params![&a.connector, &a.external_id, &a.connector, limit],
+                    &params![&a.connector, &a.external_id, limit],
                 )?,
                 None => c.query(
                     "SELECT connector, customer_id, flag FROM reminder_stops \
@@ -726,9 +726,9 @@ impl Store {
             let rows = match after {
                 Some((k, id)) => c.query(
                     "SELECT connector, invoice_id, flag FROM reminder_holds \
-                     WHERE (connector = ? AND invoice_id > ?) OR connector > ? \
+                     WHERE (connector, invoice_id) > (?, ?) \
                      ORDER BY connector, invoice_id LIMIT ?",
-                    &params![k, id, k, limit],
+                    &params![k, id, limit],
                 )?,
                 None => c.query(
                     "SELECT connector, invoice_id, flag FROM reminder_holds \
@@ -832,8 +832,8 @@ fn fill(
             p.push(Value::from(k));
         }
         if let Some((lc, lid)) = last.as_ref() {
-            sql += " AND ((connector = ? AND id > ?) OR connector > ?)";
-            p.extend(params![lc, lid, lc]);
+            sql += " AND (connector, id) > (?, ?)";
+            p.extend(params![lc, lid]);
         }
         let want = PAGE - out.len() as i64;
         sql += " ORDER BY connector, id LIMIT ?";
