@@ -5,6 +5,8 @@
 //! page. Rules are passed in by the caller, who reads them under the store's
 //! writer lock, so a concurrent rule reload never races a page.
 
+use std::collections::HashSet;
+
 use serde::Serialize;
 
 use crate::classify;
@@ -228,12 +230,14 @@ pub fn records(
         .filter(|id| valid_id(id))
         .collect();
     tx.prefetch_customers(ctx.connector, &ids)?;
-    // Records of included customers are stored together; anything else
-    // first writes what is pending, so the outcome is as if one by one.
+    // Records of included customers are stored together at the end. Other
+    // records are handled as they come; they commute with the pending ones
+    // unless they carry the same id, which first writes what is pending, so
+    // the outcome is the same as one by one.
     let mut pending: Vec<&Record> = Vec::new();
+    let mut pending_ids: HashSet<(Entity, &str)> = HashSet::new();
     for r in &page.items {
         if !valid_id(r.external_id()) {
-            store_pending(tx, ctx, &mut pending, &mut stats)?;
             quarantine(
                 tx,
                 ctx,
@@ -243,7 +247,6 @@ pub fn records(
             continue;
         }
         if !valid_id(r.customer_id()) {
-            store_pending(tx, ctx, &mut pending, &mut stats)?;
             quarantine(
                 tx,
                 ctx,
@@ -253,10 +256,18 @@ pub fn records(
             continue;
         }
         let key = CustomerKey::new(ctx.connector, r.customer_id());
-        match tx.customer_excluded(&key)? {
-            Some(false) => pending.push(r),
+        let excluded = tx.customer_excluded(&key)?;
+        if excluded == Some(false) {
+            pending_ids.insert((r.entity(), r.external_id()));
+            pending.push(r);
+            continue;
+        }
+        if pending_ids.contains(&(r.entity(), r.external_id())) {
+            store_pending(tx, ctx, &mut pending, &mut stats)?;
+            pending_ids.clear();
+        }
+        match excluded {
             None => {
-                store_pending(tx, ctx, &mut pending, &mut stats)?;
                 // A customer excluded by hand before its first sync never has
                 // data stored, not even parked.
                 let excluded_by_hand = tx
@@ -271,8 +282,7 @@ pub fn records(
                     stats.parked += 1;
                 }
             }
-            Some(true) => {
-                store_pending(tx, ctx, &mut pending, &mut stats)?;
+            _ => {
                 // Not stored; a copy held under the customer it belonged to
                 // before goes too, unless that copy is newer.
                 tx.drop_record(ctx.connector, r)?;
@@ -384,6 +394,38 @@ mod tests {
 
     fn key(id: &str) -> CustomerKey {
         CustomerKey::new("d", id)
+    }
+
+    #[tokio::test]
+    async fn one_record_twice_in_a_page_ends_as_if_applied_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        apply_customers(&store, vec![cust("A", false, 0), cust("X", true, 0)]).await;
+        // stored for A, then a newer version under the excluded X: dropped,
+        // and the copy under A goes too
+        let s = apply_records(
+            &store,
+            vec![inv("I1", "A", 10), inv("I2", "A", 10), inv("I1", "X", 20)],
+            vec![],
+        )
+        .await;
+        assert_eq!((s.written, s.dropped), (2, 1));
+        assert_eq!(
+            store.records_of(&key("A")).unwrap(),
+            vec![inv("I2", "A", 10)]
+        );
+        // dropped for X, then an older copy for A is refused, a newer one kept
+        let s = apply_records(
+            &store,
+            vec![inv("I3", "X", 20), inv("I3", "A", 15), inv("I3", "A", 25)],
+            vec![],
+        )
+        .await;
+        assert_eq!((s.dropped, s.stale, s.written), (1, 1, 1));
+        assert_eq!(
+            store.records_of(&key("A")).unwrap(),
+            vec![inv("I2", "A", 10), inv("I3", "A", 25)]
+        );
     }
 
     #[tokio::test]
