@@ -733,6 +733,62 @@ async fn batched_upserts_match_one_by_one(store: &Store) {
     assert_eq!(store.parked_count("one").unwrap(), 0);
 }
 
+async fn batched_drops_match_one_by_one(store: &Store) {
+    for conn in ["one", "many"] {
+        store
+            .write(|tx| {
+                tx.upsert_record(conn, &inv("OLD", "A", 10, 1), false)?;
+                tx.upsert_record(conn, &inv("NEWER", "A", 50, 1), false)?;
+                tx.upsert_record(conn, &pmt("PARK", "N", 10), true)?;
+                tx.remove_record(conn, Entity::Invoices, "GONE", Some(ts(40)))?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+    let page = [
+        inv("OLD", "X", 20, 1),   // removes the stored copy
+        inv("NEWER", "X", 20, 1), // the stored copy is newer: kept
+        pmt("PARK", "X", 20),     // removes the parked copy
+        inv("GONE", "X", 30, 1),  // a newer deletion is known: no tombstone change
+        inv("FRESH", "X", 5, 1),  // nothing stored: remembered
+    ];
+    let refs: Vec<&Record> = page.iter().collect();
+    let batched = store
+        .write(|tx| tx.drop_records("many", &refs))
+        .await
+        .unwrap();
+    let single = store
+        .write(|tx| {
+            page.iter()
+                .map(|r| tx.drop_record("one", r))
+                .collect::<Result<Vec<_>>>()
+        })
+        .await
+        .unwrap();
+    assert_eq!(batched, vec![true, false, true, false, false]);
+    assert_eq!(batched, single);
+    // the same later copies are refused or accepted alike
+    for conn in ["one", "many"] {
+        let later = store
+            .write(|tx| {
+                Ok([
+                    tx.upsert_record(conn, &inv("OLD", "A", 15, 1), false)?,
+                    tx.upsert_record(conn, &inv("GONE", "A", 35, 1), false)?,
+                    tx.upsert_record(conn, &inv("FRESH", "A", 5, 1), false)?,
+                ])
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            later,
+            [Upsert::Stale, Upsert::Stale, Upsert::Inserted],
+            "{conn}"
+        );
+        assert_eq!(store.parked_count(conn).unwrap(), 0);
+    }
+}
+
 // ----- running the suite on both backends --------------------------------
 
 /// Fields drop in order: the store's connections close before its
@@ -805,6 +861,7 @@ on_both_backends!(
     a_panicking_writer_writes_nothing_and_the_store_goes_on,
     reads_inside_a_write_see_its_own_writes,
     batched_upserts_match_one_by_one,
+    batched_drops_match_one_by_one,
 );
 
 #[tokio::test]

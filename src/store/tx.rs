@@ -21,6 +21,9 @@ use crate::model::{
 /// re-classification touches every customer in one transaction).
 const CACHE_MAX: usize = 4096;
 
+/// A record's identity within one connector.
+type RecKey = (Entity, String);
+
 pub struct Tx<'a> {
     conn: &'a mut (dyn Conn + 'a),
     /// Customers read or written by this transaction (write-through).
@@ -562,15 +565,20 @@ impl<'a> Tx<'a> {
         Ok(outcome)
     }
 
-    /// [`Tx::upsert_record`] for many records of one connector at once (not
-    /// parked), with the same outcome as calling it for each in order, in a
-    /// few statements per chunk: one lookup each of tombstones, stored and
-    /// parked copies, then multi-row upserts.
-    pub fn upsert_records(&mut self, conn: &str, recs: &[&Record]) -> Result<Vec<Upsert>> {
-        type Key = (Entity, String);
-        let mut tombs: HashMap<Key, (Timestamp, bool)> = HashMap::new();
+    /// The tombstones and current copies (stored or parked) of `recs`, in a
+    /// few `IN` queries per chunk of ids.
+    #[allow(clippy::type_complexity)]
+    fn look_up(
+        &mut self,
+        conn: &str,
+        recs: &[&Record],
+    ) -> Result<(
+        HashMap<RecKey, (Timestamp, bool)>,
+        HashMap<RecKey, (bool, Timestamp)>,
+    )> {
+        let mut tombs: HashMap<RecKey, (Timestamp, bool)> = HashMap::new();
         // where each id is now: (parked, last_modified)
-        let mut located: HashMap<Key, (bool, Timestamp)> = HashMap::new();
+        let mut located: HashMap<RecKey, (bool, Timestamp)> = HashMap::new();
         for e in [Entity::Invoices, Entity::Transactions] {
             let mut ids: Vec<&str> = recs
                 .iter()
@@ -612,11 +620,105 @@ impl<'a> Tx<'a> {
                 }
             }
         }
+        Ok((tombs, located))
+    }
+
+    /// Deletes records by id from the stored tables or the parking.
+    fn delete_many(&mut self, conn: &str, keys: &[(RecKey, bool)]) -> Result<()> {
+        for e in [Entity::Invoices, Entity::Transactions] {
+            for parked in [false, true] {
+                let ids: Vec<&str> = keys
+                    .iter()
+                    .filter(|(k, p)| k.0 == e && *p == parked)
+                    .map(|(k, _)| k.1.as_str())
+                    .collect();
+                for chunk in ids.chunks(CHUNK) {
+                    let chunk = padded(chunk);
+                    let mut p: Vec<Value> = vec![Value::from(conn)];
+                    let sql = if parked {
+                        p.push(Value::from(e.as_str()));
+                        format!(
+                            "DELETE FROM parked WHERE connector = ? AND entity = ? AND id IN ({})",
+                            marks(chunk.len())
+                        )
+                    } else {
+                        let table = if e == Entity::Invoices {
+                            "invoices"
+                        } else {
+                            "transactions"
+                        };
+                        format!(
+                            "DELETE FROM {table} WHERE connector = ? AND id IN ({})",
+                            marks(chunk.len())
+                        )
+                    };
+                    p.extend(chunk.iter().map(|id| Value::from(*id)));
+                    self.conn.exec_dyn(&sql, &p)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Tx::drop_record`] for many records of one connector at once, with
+    /// the same outcome as calling it for each in order.
+    pub fn drop_records(&mut self, conn: &str, recs: &[&Record]) -> Result<Vec<bool>> {
+        let (mut tombs, mut located) = self.look_up(conn, recs)?;
         let mut out = Vec::with_capacity(recs.len());
-        let mut drop_tombs: Vec<Key> = Vec::new();
-        let mut unpark: Vec<Key> = Vec::new();
-        let mut writes: HashMap<Key, &Record> = HashMap::new();
-        let mut order: Vec<Key> = Vec::new();
+        let mut deletes: Vec<(RecKey, bool)> = Vec::new();
+        let mut tomb_writes: HashMap<RecKey, Timestamp> = HashMap::new();
+        for r in recs {
+            let key = (r.entity(), r.external_id().to_string());
+            let ts = r.last_modified();
+            let mut removed = false;
+            if let Some(&(parked, lm)) = located.get(&key) {
+                if lm > ts {
+                    out.push(false);
+                    continue;
+                }
+                located.remove(&key);
+                deletes.push((key.clone(), parked));
+                removed = true;
+            }
+            let newer_known = tombs.get(&key).is_some_and(|&(at, _)| at >= ts);
+            if !newer_known {
+                tombs.insert(key.clone(), (ts, false));
+                tomb_writes.insert(key, ts);
+            }
+            out.push(removed);
+        }
+        self.delete_many(conn, &deletes)?;
+        let rows: Vec<(&RecKey, &Timestamp)> = tomb_writes.iter().collect();
+        let now = chrono::Utc::now();
+        for chunk in shaped(&rows) {
+            let mut p: Vec<Value> = Vec::with_capacity(chunk.len() * 6);
+            for ((e, id), at) in chunk {
+                p.extend(params![conn, e.as_str(), id.as_str(), **at, false, now]);
+            }
+            self.conn.exec_dyn(
+                &format!(
+                    "INSERT INTO tombstones (connector, entity, id, at, deleted, recorded_at) VALUES {} \
+                     ON CONFLICT (connector, entity, id) DO UPDATE SET at = excluded.at, \
+                     deleted = excluded.deleted, recorded_at = excluded.recorded_at",
+                    value_rows(chunk.len(), 6)
+                ),
+                &p,
+            )?;
+        }
+        Ok(out)
+    }
+
+    /// [`Tx::upsert_record`] for many records of one connector at once (not
+    /// parked), with the same outcome as calling it for each in order, in a
+    /// few statements per chunk: one lookup each of tombstones, stored and
+    /// parked copies, then multi-row upserts.
+    pub fn upsert_records(&mut self, conn: &str, recs: &[&Record]) -> Result<Vec<Upsert>> {
+        let (mut tombs, mut located) = self.look_up(conn, recs)?;
+        let mut out = Vec::with_capacity(recs.len());
+        let mut drop_tombs: Vec<RecKey> = Vec::new();
+        let mut unpark: Vec<RecKey> = Vec::new();
+        let mut writes: HashMap<RecKey, &Record> = HashMap::new();
+        let mut order: Vec<RecKey> = Vec::new();
         for r in recs {
             let key = (r.entity(), r.external_id().to_string());
             let ts = r.last_modified();

@@ -206,6 +206,25 @@ fn store_pending(
     Ok(())
 }
 
+/// Drops the records waiting in `dropping` (all of excluded customers).
+fn drop_pending(
+    tx: &mut Tx<'_>,
+    ctx: &Ingest<'_>,
+    dropping: &mut Vec<&Record>,
+    stats: &mut PageStats,
+) -> Result<()> {
+    if dropping.is_empty() {
+        return Ok(());
+    }
+    tx.drop_records(ctx.connector, dropping)?;
+    for r in dropping.iter() {
+        count_dropped(tx, ctx.connector, r.entity())?;
+    }
+    stats.dropped += dropping.len() as u64;
+    dropping.clear();
+    Ok(())
+}
+
 fn count_dropped(tx: &mut Tx<'_>, conn: &str, e: Entity) -> Result<()> {
     tx.add_counter(conn, &format!("dropped_{e}"), 1)
 }
@@ -230,11 +249,13 @@ pub fn records(
         .filter(|id| valid_id(id))
         .collect();
     tx.prefetch_customers(ctx.connector, &ids)?;
-    // Records of included customers are stored together at the end. Other
-    // records are handled as they come; they commute with the pending ones
-    // unless they carry the same id, which first writes what is pending, so
-    // the outcome is the same as one by one.
+    // Records of included customers are stored together, those of excluded
+    // customers dropped together, at the end; records of customers not seen
+    // yet are handled as they come. Records with different ids commute; a
+    // repeated id first writes what is pending, so the outcome is the same
+    // as one by one.
     let mut pending: Vec<&Record> = Vec::new();
+    let mut dropping: Vec<&Record> = Vec::new();
     let mut pending_ids: HashSet<(Entity, &str)> = HashSet::new();
     for r in &page.items {
         if !valid_id(r.external_id()) {
@@ -257,16 +278,18 @@ pub fn records(
         }
         let key = CustomerKey::new(ctx.connector, r.customer_id());
         let excluded = tx.customer_excluded(&key)?;
-        if excluded == Some(false) {
-            pending_ids.insert((r.entity(), r.external_id()));
-            pending.push(r);
-            continue;
-        }
-        if pending_ids.contains(&(r.entity(), r.external_id())) {
+        if !pending_ids.insert((r.entity(), r.external_id())) {
+            // The same record again: what is pending goes first.
             store_pending(tx, ctx, &mut pending, &mut stats)?;
+            drop_pending(tx, ctx, &mut dropping, &mut stats)?;
             pending_ids.clear();
+            pending_ids.insert((r.entity(), r.external_id()));
         }
         match excluded {
+            Some(false) => pending.push(r),
+            // Not stored; a copy held under the customer it belonged to
+            // before goes too, unless that copy is newer.
+            Some(true) => dropping.push(r),
             None => {
                 // A customer excluded by hand before its first sync never has
                 // data stored, not even parked.
@@ -282,16 +305,10 @@ pub fn records(
                     stats.parked += 1;
                 }
             }
-            _ => {
-                // Not stored; a copy held under the customer it belonged to
-                // before goes too, unless that copy is newer.
-                tx.drop_record(ctx.connector, r)?;
-                count_dropped(tx, ctx.connector, r.entity())?;
-                stats.dropped += 1;
-            }
         }
     }
     store_pending(tx, ctx, &mut pending, &mut stats)?;
+    drop_pending(tx, ctx, &mut dropping, &mut stats)?;
     for id in &page.deleted {
         if tx.remove_record(ctx.connector, entity, id, Some(ctx.now))? {
             stats.deleted += 1;
