@@ -111,7 +111,7 @@ async fn decide_all(app: &App, ids: &[String], action: ManualAction) -> Option<u
                     reason: "bench".into(),
                     at: now,
                 };
-                tx.set_manual_decision(&key, Some(&d));
+                tx.set_manual_decision(&key, Some(&d))?;
                 if let Some(mut sc) = tx.customer(&key)? {
                     let was = sc.classification.clone();
                     let new = classify::classify(&sc.customer, Some(&d), &rules, &native);

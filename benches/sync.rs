@@ -1,9 +1,13 @@
-//! Sync throughput and memory: a full first sync of the demo ERP at two
-//! sizes, through the real connector, ingest and store (with a flush per
-//! page), then an incremental pass. Prints records/s and the resident-memory
-//! growth during the sync, which should not grow with the data size.
+//! Sync throughput and memory: a full first sync of the demo ERP at 72k,
+//! 288k and 1M records, on SQLite and on PostgreSQL, through the real
+//! connector, ingest and store (one durable transaction per page), then an
+//! incremental pass. Prints records/s and the resident-memory growth during
+//! the sync, which should not grow with the data size.
 //!
-//! Run: `cargo bench --bench sync`
+//! Run: `cargo bench --bench sync` (every size on both backends, one process
+//! each), or `cargo bench --bench sync -- SCALE [sqlite|postgres]` for one
+//! (SCALE 1 = 72k records). PostgreSQL is the server of `ERPSYNC_TEST_PG`
+//! (a database is created and dropped); without one it is skipped.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,7 +16,8 @@ use erpsync::app::{App, ConnectorHandle};
 use erpsync::config;
 use erpsync::connectors::demo::{DemoConnector, DemoErp, DemoOptions};
 use erpsync::connectors::Budget;
-use erpsync::store::Store;
+use erpsync::store::testing::TestPg;
+use erpsync::store::{Store, DEFAULT_CACHE_MB};
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -25,7 +30,7 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-async fn run(customers: usize, invoices: usize, transactions: usize) {
+async fn run(customers: usize, invoices: usize, transactions: usize, postgres: bool) {
     let dir = tempfile::tempdir().unwrap();
     let cfg_text = format!(
         "[daemon]\nstate_dir = \"state\"\n[[connectors]]\nid = \"demo\"\nkind = \"demo\"\nrate_limit = {{ requests_per_second = 100000, burst = 100000, max_concurrency = 4 }}\n[connectors.demo]\ncustomers = {customers}\ninvoices = {invoices}\ntransactions = {transactions}\npage_size = 1000\ntrickle = 0\n"
@@ -43,7 +48,19 @@ async fn run(customers: usize, invoices: usize, transactions: usize) {
     };
     let erp = DemoErp::new(&opts);
     std::fs::create_dir_all(&cfg.daemon.state_dir).unwrap();
-    let store = Arc::new(Store::open(&cfg.daemon.state_dir).unwrap());
+    let pg = if postgres {
+        match TestPg::create("bench sync") {
+            Some(p) => Some(p),
+            None => return,
+        }
+    } else {
+        None
+    };
+    let store = match &pg {
+        Some(p) => Store::open_location(&p.location(), DEFAULT_CACHE_MB).unwrap(),
+        None => Store::open(&cfg.daemon.state_dir).unwrap(),
+    };
+    let store = Arc::new(store);
     let cc = cfg.connectors[0].clone();
     let budget = Budget::new(cc.limits);
     let conn = DemoConnector::new(erp, Arc::clone(&budget), 1000, std::time::Duration::ZERO);
@@ -60,7 +77,8 @@ async fn run(customers: usize, invoices: usize, transactions: usize) {
     let incr = t.elapsed();
     let total = customers + invoices + transactions;
     println!(
-        "{:>9} records  full sync {:>7.2} s  {:>8.0} records/s  {:>5} requests  RSS growth {:>7} KiB  | incremental pass {:>6.1} ms, {} records read",
+        "{:<8} {:>9} records  full sync {:>7.2} s  {:>8.0} records/s  {:>5} requests  RSS growth {:>7} KiB  | incremental pass {:>6.1} ms, {} records read",
+        if postgres { "postgres" } else { "sqlite" },
         total,
         full.as_secs_f64(),
         stats.received as f64 / full.as_secs_f64(),
@@ -69,37 +87,42 @@ async fn run(customers: usize, invoices: usize, transactions: usize) {
         incr.as_secs_f64() * 1000.0,
         again.received
     );
+    drop(app);
+    drop(pg);
 }
 
 fn main() {
-    if std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse::<usize>().ok())
-        .is_none()
-    {
-        println!("erpsync sync benchmark (demo connector, page size 1000, flush per page, one process per size)");
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    // One size per process, so one run's freed memory does not hide the
-    // next one's growth: `cargo bench --bench sync -- 4` runs 4x the default.
-    let scale: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(0);
-    let scales = if scale == 0 { vec![1, 4] } else { vec![scale] };
-    if scales.len() > 1 {
-        for s in scales {
-            let status = std::process::Command::new(std::env::current_exe().unwrap())
-                .arg(s.to_string())
-                .status()
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let scale: Option<usize> = args.iter().find_map(|a| a.parse().ok());
+    let backend = args
+        .iter()
+        .find(|a| *a == "sqlite" || *a == "postgres")
+        .cloned();
+    match (scale, backend) {
+        (Some(s), Some(b)) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
                 .unwrap();
-            assert!(status.success());
+            rt.block_on(run(2_000 * s, 40_000 * s, 30_000 * s, b == "postgres"));
         }
-        return;
+        _ => {
+            println!("erpsync sync benchmark (demo connector, page size 1000, one transaction per page, one process per size)");
+            // One size per process, so one run's freed memory does not hide
+            // the next one's growth.
+            let scales = match scale {
+                Some(s) => vec![s],
+                None => vec![1, 4, 14],
+            };
+            for b in ["sqlite", "postgres"] {
+                for s in &scales {
+                    let status = std::process::Command::new(std::env::current_exe().unwrap())
+                        .args([s.to_string(), b.to_string()])
+                        .status()
+                        .unwrap();
+                    assert!(status.success());
+                }
+            }
+        }
     }
-    let s = scales[0];
-    rt.block_on(run(2_000 * s, 40_000 * s, 30_000 * s));
 }

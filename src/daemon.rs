@@ -86,10 +86,14 @@ pub fn build(config: Config) -> anyhow::Result<Arc<App>> {
             config.daemon.state_dir.display()
         )
     })?;
-    let store = Arc::new(Store::open_with_cache(
-        &config.daemon.state_dir,
+    let store = Arc::new(Store::open_location(
+        &config.daemon.store,
         config.daemon.store_cache_mb,
     )?);
+    tracing::info!(store = %store.describe(), "store open");
+    if let Some(why) = crate::migrate::old_store_left_behind(&config.daemon.state_dir, &store)? {
+        return Err(StartupRefused(why).into());
+    }
     let _ = slot.set(Arc::clone(&store));
     Ok(App::new(
         config,
@@ -128,6 +132,7 @@ pub async fn run_with(
     crate::resync::spawn_workers(&app, &tracker);
     tracker.spawn(hangup_reloads(Arc::clone(&app)));
     tracker.spawn(watchdog(token.clone()));
+    tracker.spawn(compact_store(Arc::clone(&app)));
     app.set_ready(true);
     notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(connectors = app.connectors.len(), "erpsync ready");
@@ -157,6 +162,33 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
     if std::env::var_os("NOTIFY_SOCKET").is_some() {
         if let Err(e) = sd_notify::notify(false, states) {
             tracing::warn!(error = %e, "cannot notify systemd");
+        }
+    }
+}
+
+/// How often history past its retention is dropped from the store.
+const COMPACT_EVERY: Duration = Duration::from_secs(6 * 3600);
+
+/// Drops tombstones, audit entries and finished resync jobs past their
+/// retention (`[daemon] *_retention_days`): at start-up, then every 6 hours.
+async fn compact_store(app: Arc<App>) {
+    loop {
+        let retention = app.config().daemon.retention;
+        match app.store.compact(&retention, chrono::Utc::now()).await {
+            Ok(c) if c != crate::store::Compacted::default() => {
+                tracing::info!(
+                    tombstones = c.tombstones,
+                    audit = c.audit,
+                    resync_jobs = c.jobs,
+                    "store compacted"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "store compaction failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(COMPACT_EVERY) => {}
+            _ = app.shutdown.cancelled() => return,
         }
     }
 }

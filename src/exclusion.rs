@@ -108,7 +108,7 @@ pub fn apply(
         sc.classified_at = now;
     }
     sc.classification = new;
-    tx.put_customer(sc);
+    tx.put_customer(sc)?;
     Ok(t)
 }
 

@@ -6,6 +6,8 @@
 //! page. Rules are passed in by the caller, who reads them under the store's
 //! writer lock, so a concurrent rule reload never races a page.
 
+use std::collections::HashSet;
+
 use serde::Serialize;
 
 use crate::classify;
@@ -14,7 +16,7 @@ use crate::exclusion;
 use crate::model::{Customer, CustomerKey, Entity, ManualAction, Quarantined, Record, Timestamp};
 use crate::resync::queue;
 use crate::rules::RuleSet;
-use crate::store::{keys::valid_id, Result, StoreError, StoredCustomer, Tx, Upsert};
+use crate::store::{valid_id, Result, StoreError, StoredCustomer, Tx, Upsert};
 
 /// Why fetching and applying a stream of pages stopped (a poll pass or a
 /// resync batch): an upstream error for one entity stream, or a store error.
@@ -175,7 +177,7 @@ pub fn customers(tx: &mut Tx<'_>, ctx: &Ingest<'_>, page: &Page<Customer>) -> Re
         if tx.customer(&key)?.is_some() {
             let (i, t) = tx.purge_customer_records(&key)?;
             queue::remove_customer(tx, ctx.connector, id)?;
-            tx.delete_customer(&key);
+            tx.delete_customer(&key)?;
             stats.deleted += 1;
             stats.purged += i + t;
         }
@@ -198,6 +200,45 @@ pub fn customers(tx: &mut Tx<'_>, ctx: &Ingest<'_>, page: &Page<Customer>) -> Re
     Ok(stats)
 }
 
+/// Stores the records waiting in `pending` (all of included customers).
+fn store_pending(
+    tx: &mut Tx<'_>,
+    ctx: &Ingest<'_>,
+    pending: &mut Vec<&Record>,
+    stats: &mut PageStats,
+) -> Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    for outcome in tx.upsert_records(ctx.connector, pending)? {
+        match outcome {
+            Upsert::Stale => stats.stale += 1,
+            _ => stats.written += 1,
+        }
+    }
+    pending.clear();
+    Ok(())
+}
+
+/// Drops the records waiting in `dropping` (all of excluded customers).
+fn drop_pending(
+    tx: &mut Tx<'_>,
+    ctx: &Ingest<'_>,
+    dropping: &mut Vec<&Record>,
+    stats: &mut PageStats,
+) -> Result<()> {
+    if dropping.is_empty() {
+        return Ok(());
+    }
+    tx.drop_records(ctx.connector, dropping)?;
+    for r in dropping.iter() {
+        count_dropped(tx, ctx.connector, r.entity())?;
+    }
+    stats.dropped += dropping.len() as u64;
+    dropping.clear();
+    Ok(())
+}
+
 fn count_dropped(tx: &mut Tx<'_>, conn: &str, e: Entity) -> Result<()> {
     tx.add_counter(conn, &format!("dropped_{e}"), 1)
 }
@@ -215,6 +256,21 @@ pub fn records(
         received: page.items.len() as u64,
         ..Default::default()
     };
+    let ids: Vec<&str> = page
+        .items
+        .iter()
+        .map(|r| r.customer_id())
+        .filter(|id| valid_id(id))
+        .collect();
+    tx.prefetch_customers(ctx.connector, &ids)?;
+    // Records of included customers are stored together, those of excluded
+    // customers dropped together, at the end; records of customers not seen
+    // yet are handled as they come. Records with different ids commute; a
+    // repeated id first writes what is pending, so the outcome is the same
+    // as one by one.
+    let mut pending: Vec<&Record> = Vec::new();
+    let mut dropping: Vec<&Record> = Vec::new();
+    let mut pending_ids: HashSet<(Entity, &str)> = HashSet::new();
     for r in &page.items {
         if !valid_id(r.external_id()) {
             quarantine(
@@ -235,7 +291,19 @@ pub fn records(
             continue;
         }
         let key = CustomerKey::new(ctx.connector, r.customer_id());
-        match tx.customer(&key)? {
+        let excluded = tx.customer_excluded(&key)?;
+        if !pending_ids.insert((r.entity(), r.external_id())) {
+            // The same record again: what is pending goes first.
+            store_pending(tx, ctx, &mut pending, &mut stats)?;
+            drop_pending(tx, ctx, &mut dropping, &mut stats)?;
+            pending_ids.clear();
+            pending_ids.insert((r.entity(), r.external_id()));
+        }
+        match excluded {
+            Some(false) => pending.push(r),
+            // Not stored; a copy held under the customer it belonged to
+            // before goes too, unless that copy is newer.
+            Some(true) => dropping.push(r),
             None => {
                 // A customer excluded by hand before its first sync never has
                 // data stored, not even parked.
@@ -251,19 +319,10 @@ pub fn records(
                     stats.parked += 1;
                 }
             }
-            Some(sc) if sc.classification.excluded => {
-                // Not stored; a copy held under the customer it belonged to
-                // before goes too, unless that copy is newer.
-                tx.drop_record(ctx.connector, r)?;
-                count_dropped(tx, ctx.connector, r.entity())?;
-                stats.dropped += 1;
-            }
-            Some(_) => match tx.upsert_record(ctx.connector, r, false)? {
-                Upsert::Stale => stats.stale += 1,
-                _ => stats.written += 1,
-            },
         }
     }
+    store_pending(tx, ctx, &mut pending, &mut stats)?;
+    drop_pending(tx, ctx, &mut dropping, &mut stats)?;
     for id in &page.deleted {
         if tx.remove_record(ctx.connector, entity, id, Some(ctx.now))? {
             stats.deleted += 1;
@@ -366,6 +425,38 @@ mod tests {
 
     fn key(id: &str) -> CustomerKey {
         CustomerKey::new("d", id)
+    }
+
+    #[tokio::test]
+    async fn one_record_twice_in_a_page_ends_as_if_applied_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        apply_customers(&store, vec![cust("A", false, 0), cust("X", true, 0)]).await;
+        // stored for A, then a newer version under the excluded X: dropped,
+        // and the copy under A goes too
+        let s = apply_records(
+            &store,
+            vec![inv("I1", "A", 10), inv("I2", "A", 10), inv("I1", "X", 20)],
+            vec![],
+        )
+        .await;
+        assert_eq!((s.written, s.dropped), (2, 1));
+        assert_eq!(
+            store.records_of(&key("A")).unwrap(),
+            vec![inv("I2", "A", 10)]
+        );
+        // dropped for X, then an older copy for A is refused, a newer one kept
+        let s = apply_records(
+            &store,
+            vec![inv("I3", "X", 20), inv("I3", "A", 15), inv("I3", "A", 25)],
+            vec![],
+        )
+        .await;
+        assert_eq!((s.dropped, s.stale, s.written), (1, 1, 1));
+        assert_eq!(
+            store.records_of(&key("A")).unwrap(),
+            vec![inv("I2", "A", 10), inv("I3", "A", 25)]
+        );
     }
 
     #[tokio::test]
@@ -513,7 +604,7 @@ mod tests {
                         reason: "test account".into(),
                         at: ts(0),
                     }),
-                );
+                )?;
                 Ok(())
             })
             .await

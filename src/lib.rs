@@ -10,7 +10,9 @@
 //!   admin operations on it: manual decisions, rule impact, search, explain.
 //! - [`reload`]: puts new rules in force (SIGHUP, API, start-up), with the
 //!   new-exclusion ratio guard.
-//! - [`store`]: the only module that knows sled.
+//! - [`store`]: the only module that knows the database engine (SQLite or
+//!   PostgreSQL): schema, migrations, transactions.
+//! - [`migrate`]: imports a dump of an earlier install's store.
 //! - [`connectors`]: the registry of kinds, one folder per ERP, the shared
 //!   request [`connectors::Budget`] and the OAuth 2.0 client.
 //! - [`ingest`]: applies one upstream page to the store (polling and resync).
@@ -32,6 +34,7 @@ pub mod exclusion;
 pub mod export;
 pub mod http;
 pub mod ingest;
+pub mod migrate;
 pub mod model;
 pub mod reload;
 pub mod reminders;

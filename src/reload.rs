@@ -33,7 +33,6 @@ use crate::app::{App, ReloadStatus};
 use crate::config::{self, Config, ConfigError};
 use crate::exclusion::impact::{self, Impact, Reclassified, RECLASSIFY_BATCH};
 use crate::rules::{parse_rule, RuleSet};
-use crate::store::keys::ns;
 use crate::store::StoreError;
 
 /// Why a reload changed nothing (or, for `Store`, stopped part-way).
@@ -159,7 +158,7 @@ async fn reload_locked(app: &App) -> Result<ReloadReport, ReloadError> {
 }
 
 /// Where the store keeps the policy last applied to every customer.
-const APPLIED_POLICY_KEY: &[u8] = b"classification_policy";
+const APPLIED_POLICY_KEY: &str = "classification_policy";
 
 /// What a customer's classification depends on besides its own record and
 /// manual decision. Stored once every customer has been classified with it.
@@ -195,7 +194,7 @@ fn applied_policy(app: &App, rules: &RuleSet) -> AppliedPolicy {
 async fn record_applied(app: &App, p: &AppliedPolicy) -> Result<(), StoreError> {
     app.store
         .write(|tx| {
-            tx.put_value(ns::META, &[APPLIED_POLICY_KEY], p);
+            tx.put_meta(APPLIED_POLICY_KEY, p)?;
             Ok(())
         })
         .await
@@ -205,7 +204,7 @@ async fn record_applied(app: &App, p: &AppliedPolicy) -> Result<(), StoreError> 
 async fn forget_applied(app: &App) -> Result<(), StoreError> {
     app.store
         .write(|tx| {
-            tx.delete_value(ns::META, &[APPLIED_POLICY_KEY]);
+            tx.delete_meta(APPLIED_POLICY_KEY)?;
             Ok(())
         })
         .await
@@ -263,7 +262,7 @@ pub async fn reconcile_on_start(app: &App) -> Result<(), StartupRefused> {
 fn native_changed(app: &App) -> Result<bool, StartupRefused> {
     let stored: Option<AppliedPolicy> = app
         .store
-        .get_value(ns::META, &[APPLIED_POLICY_KEY])
+        .meta(APPLIED_POLICY_KEY)
         .map_err(|e| StartupRefused(format!("cannot read the applied policy: {e}")))?;
     let now = applied_policy(app, &app.rules());
     Ok(stored.is_some_and(|old| old.native != now.native))
@@ -272,7 +271,7 @@ fn native_changed(app: &App) -> Result<bool, StartupRefused> {
 async fn reconcile_locked(app: &App) -> Result<Option<String>, ReloadError> {
     let rules = app.rules();
     let now = applied_policy(app, &rules);
-    let stored: Option<AppliedPolicy> = app.store.get_value(ns::META, &[APPLIED_POLICY_KEY])?;
+    let stored: Option<AppliedPolicy> = app.store.meta(APPLIED_POLICY_KEY)?;
     if stored.as_ref() == Some(&now) {
         return Ok(None);
     }

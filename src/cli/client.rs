@@ -209,7 +209,9 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Resync(a) => super::resyncs::resync(a).await,
         Command::Sync(a) => super::connectors::sync(a).await,
         Command::Connect(a) => super::connectors::connect(a).await,
-        Command::Run(_) | Command::CheckConfig(_) => unreachable!("handled in cli::main"),
+        Command::Run(_) | Command::CheckConfig(_) | Command::MigrateStore(_) => {
+            unreachable!("handled in cli::main")
+        }
     }
 }
 

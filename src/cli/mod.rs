@@ -88,6 +88,26 @@ pub enum Command {
     /// after it shows `needs_reconnect`); works with the daemon running or
     /// stopped.
     Connect(connectors::ConnectArgs),
+    /// Imports the dump of an earlier install's store (written by
+    /// erpsync-sled-export) into a new, empty store. Run it with the daemon
+    /// stopped.
+    MigrateStore(MigrateArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct MigrateArgs {
+    /// The JSON-lines dump written by erpsync-sled-export.
+    #[arg(long)]
+    pub from_dump: PathBuf,
+    /// The target store: a SQLite file path or a postgres:// URL (without
+    /// password). Default: the `store` of the config file.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// A file holding the PostgreSQL password for `--to`.
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    #[arg(long, short = 'c', default_value = DEFAULT_CONFIG, env = "ERPSYNC_CONFIG")]
+    pub config: PathBuf,
 }
 
 /// Parses arguments, runs the command and maps errors to exit codes.
@@ -105,6 +125,7 @@ pub fn main() -> ExitCode {
                 ExitCode::from(EX_CONFIG as u8)
             }
         },
+        Command::MigrateStore(a) => migrate_store(&a),
         other => {
             restore_sigpipe();
             client::run(other)
@@ -137,6 +158,67 @@ fn init_logging(default_filter: &str) {
         builder.without_time().init();
     } else {
         builder.init();
+    }
+}
+
+fn migrate_store(a: &MigrateArgs) -> ExitCode {
+    use crate::store::{Store, StoreLocation, DEFAULT_CACHE_MB};
+    let (loc, cache_mb) = match &a.to {
+        Some(to) => (
+            StoreLocation::parse(
+                to,
+                a.password_file
+                    .clone()
+                    .map(crate::secrets::SecretSource::File),
+            ),
+            DEFAULT_CACHE_MB,
+        ),
+        None => match config::load(&a.config, &crate::connectors::REGISTRY) {
+            Ok(c) => (c.daemon.store.clone(), c.daemon.store_cache_mb),
+            Err(e) => {
+                eprint!("{e}");
+                return ExitCode::from(EX_CONFIG as u8);
+            }
+        },
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("erpsync: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let store = match Store::open_location(&loc, cache_mb) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("erpsync migrate-store: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(crate::migrate::import_dump(&store, &a.from_dump)) {
+        Ok(n) => {
+            println!(
+                "imported {} items into {}: {} customers, {} records, {} parked, {} tombstones, {} audit entries, {} manual decisions, {} resync jobs, {} reminder flags",
+                n.items,
+                store.describe(),
+                n.customers,
+                n.records,
+                n.parked,
+                n.tombstones,
+                n.audit,
+                n.decisions,
+                n.resync_jobs,
+                n.flags
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("erpsync migrate-store: {e}; nothing was imported");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -67,8 +67,15 @@ pub struct DaemonConfig {
     pub log_level: String,
     /// How long shutdown waits for in-flight work before giving up.
     pub shutdown_timeout: Duration,
-    /// The store's page cache in MiB: the main knob for the daemon's memory.
+    /// SQLite's page cache of the writer connection in MiB (readers get a
+    /// quarter each): the main knob for the daemon's memory. Refused with
+    /// PostgreSQL, whose cache is the server's `shared_buffers`.
     pub store_cache_mb: u64,
+    /// Where the store lives: `store.db` in `state_dir` unless `store` says
+    /// otherwise.
+    pub store: crate::store::StoreLocation,
+    /// How long tombstones, audit entries and finished resync jobs are kept.
+    pub retention: crate::store::Retention,
 }
 
 #[derive(Debug, Clone)]
@@ -290,6 +297,13 @@ impl Config {
     pub fn summary(&self) -> String {
         let mut s = format!("config {} is valid\n", self.file.display());
         s += &format!("  state_dir: {}\n", self.daemon.state_dir.display());
+        s += &format!(
+            "  store: {}\n",
+            match &self.daemon.store {
+                crate::store::StoreLocation::Sqlite(p) => format!("sqlite {}", p.display()),
+                crate::store::StoreLocation::Postgres { url, .. } => url.clone(),
+            }
+        );
         s += &format!(
             "  listen: {} (admin API {})\n",
             self.http.listen,

@@ -28,6 +28,12 @@ pub struct RawDaemon {
     pub log_level: Option<Spanned<String>>,
     pub shutdown_timeout: Option<Spanned<String>>,
     pub store_cache_mb: Option<Spanned<u64>>,
+    pub store: Option<Spanned<String>>,
+    pub store_password_file: Option<Spanned<String>>,
+    pub store_password_credential: Option<Spanned<String>>,
+    pub tombstone_retention_days: Option<Spanned<u64>>,
+    pub audit_retention_days: Option<Spanned<u64>>,
+    pub resync_job_retention_days: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -22,7 +22,7 @@ use crate::classify;
 use crate::model::{Classification, CustomerKey, ManualAction, ManualDecision, Timestamp};
 use crate::resync::queue;
 use crate::rules::Condition;
-use crate::store::keys::valid_id;
+use crate::store::valid_id;
 use crate::store::{AuditEntry, Store, StoredCustomer, Tx};
 
 type Result<T, E = ExclusionError> = std::result::Result<T, E>;
@@ -277,7 +277,7 @@ fn exclude_one(
         });
         return Ok(());
     }
-    tx.set_manual_decision(key, Some(&decision(ManualAction::Exclude, actor)));
+    tx.set_manual_decision(key, Some(&decision(ManualAction::Exclude, actor)))?;
     audit_decision(tx, key, "manual_exclude", actor, &actor.reason)?;
     out.changed += 1;
     let effect = match stored {
@@ -350,7 +350,7 @@ pub async fn include(
                 });
                 continue;
             }
-            tx.set_manual_decision(key, Some(&decision(ManualAction::Include, actor)));
+            tx.set_manual_decision(key, Some(&decision(ManualAction::Include, actor)))?;
             audit_decision(tx, key, "manual_include", actor, &actor.reason)?;
             out.changed += 1;
             let t = reclassify(tx, policy, &mut sc, actor, false)?;
@@ -410,7 +410,7 @@ pub async fn clear(
                 "{key} has no manual decision to clear"
             )));
         };
-        tx.set_manual_decision(key, None);
+        tx.set_manual_decision(key, None)?;
         let what = match previous.action {
             ManualAction::Exclude => "exclusion",
             ManualAction::Include => "re-include",

@@ -1,8 +1,8 @@
 //! STOP flags (do not remind this customer) and invoice holds (do not count
 //! or remind this invoice), set and cleared by admins.
 //!
-//! Both live in their own store namespaces (`ns::STOP` keyed by customer,
-//! `ns::HOLD` keyed by connector and invoice id), apart from the synced
+//! Both live in their own store tables (STOP flags keyed by customer, holds
+//! keyed by connector and invoice id, each flag a JSON document), apart from the synced
 //! records, so a resync or a polling update of the customer or invoice never
 //! touches them; a hold is also independent of the ERP's own `on_hold` flag.
 //! Every change is written together with its audit entry in one store write;
@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 
 use super::ReminderError;
 use crate::model::{CustomerKey, Entity, Timestamp};
-use crate::store::keys::ns;
 use crate::store::{AuditEntry, Store};
 
 /// Longest accepted reason, in characters.
@@ -149,17 +148,9 @@ pub struct FlagOutcome {
     pub message: String,
 }
 
-fn stop_parts(key: &CustomerKey) -> [&[u8]; 2] {
-    [key.connector.as_bytes(), key.external_id.as_bytes()]
-}
-
-fn hold_parts<'a>(connector: &'a str, invoice: &'a str) -> [&'a [u8]; 2] {
-    [connector.as_bytes(), invoice.as_bytes()]
-}
-
 /// The STOP flag of a customer, if set.
 pub fn stop_flag(store: &Store, key: &CustomerKey) -> Result<Option<StopFlag>, ReminderError> {
-    Ok(store.get_value(ns::STOP, &stop_parts(key))?)
+    Ok(store.stop_flag(key)?)
 }
 
 /// The admin hold on an invoice, if set.
@@ -168,7 +159,7 @@ pub fn hold_flag(
     connector: &str,
     invoice: &str,
 ) -> Result<Option<HoldFlag>, ReminderError> {
-    Ok(store.get_value(ns::HOLD, &hold_parts(connector, invoice))?)
+    Ok(store.hold_flag(connector, invoice)?)
 }
 
 /// Sets the STOP flag on an included customer, with no end date.
@@ -205,7 +196,7 @@ pub async fn stop_with(
                 ))));
             }
             if let Some(f) = tx
-                .get_value::<StopFlag>(ns::STOP, &stop_parts(key))?
+                .stop_flag::<StopFlag>(key)?
                 .filter(|f| f.active_on(today))
             {
                 let until = f.until.map(|u| format!(" until {u}")).unwrap_or_default();
@@ -227,7 +218,7 @@ pub async fn stop_with(
                 until: terms.until,
                 note: terms.note.clone(),
             };
-            tx.put_value(ns::STOP, &stop_parts(key), &flag);
+            tx.put_stop_flag(key, &flag)?;
             let why = format!("{reason}{}", terms.describe());
             tx.audit(AuditEntry::action(req.now, key.clone(), "stop", actor, why))?;
             let message = match terms.until {
@@ -256,7 +247,7 @@ pub async fn unstop(
     let (actor, reason) = req.validate()?;
     let outcome = store
         .write(|tx| {
-            let flag = tx.get_value::<StopFlag>(ns::STOP, &stop_parts(key))?;
+            let flag = tx.stop_flag::<StopFlag>(key)?;
             if flag.is_none() {
                 if tx.customer(key)?.is_none() {
                     return Ok(Err(ReminderError::NotFound(format!(
@@ -271,7 +262,7 @@ pub async fn unstop(
                     message: format!("{key} was not stopped; nothing changed"),
                 }));
             }
-            tx.delete_value(ns::STOP, &stop_parts(key));
+            tx.delete_stop_flag(key)?;
             tx.audit(AuditEntry::action(
                 req.now,
                 key.clone(),
@@ -310,7 +301,7 @@ pub async fn hold(
                 ))));
             };
             let customer = CustomerKey::new(connector, &customer_id);
-            if let Some(f) = tx.get_value::<HoldFlag>(ns::HOLD, &hold_parts(connector, invoice))? {
+            if let Some(f) = tx.hold_flag::<HoldFlag>(connector, invoice)? {
                 return Ok(Ok(FlagOutcome {
                     customer: customer.to_string(),
                     invoice: Some(invoice_ref.clone()),
@@ -322,16 +313,16 @@ pub async fn hold(
                     ),
                 }));
             }
-            tx.put_value(
-                ns::HOLD,
-                &hold_parts(connector, invoice),
+            tx.put_hold_flag(
+                connector,
+                invoice,
                 &HoldFlag {
                     customer_id,
                     actor: actor.clone(),
                     reason: reason.clone(),
                     at: req.now,
                 },
-            );
+            )?;
             tx.audit(AuditEntry::action(req.now, customer.clone(), "hold", actor, format!("invoice {invoice}: {reason}")))?;
             Ok(Ok(FlagOutcome {
                 customer: customer.to_string(),
@@ -359,7 +350,7 @@ pub async fn release(
     let invoice_ref = format!("{connector}:{invoice}");
     let outcome = store
         .write(|tx| {
-            let Some(flag) = tx.get_value::<HoldFlag>(ns::HOLD, &hold_parts(connector, invoice))? else {
+            let Some(flag) = tx.hold_flag::<HoldFlag>(connector, invoice)? else {
                 return Ok(match tx.record_owner(connector, Entity::Invoices, invoice)? {
                     None => Err(ReminderError::NotFound(format!(
                         "no invoice {invoice_ref} in the store and no hold on it"
@@ -374,7 +365,7 @@ pub async fn release(
                 });
             };
             let customer = CustomerKey::new(connector, &flag.customer_id);
-            tx.delete_value(ns::HOLD, &hold_parts(connector, invoice));
+            tx.delete_hold_flag(connector, invoice)?;
             tx.audit(AuditEntry::action(req.now, customer.clone(), "release", actor, format!("invoice {invoice}: {reason}")))?;
             Ok(Ok(FlagOutcome {
                 customer: customer.to_string(),
@@ -408,41 +399,33 @@ pub struct HoldEntry {
 
 /// Up to `limit` STOP flags in key order; the flag says whether more exist.
 pub fn stops(store: &Store, limit: usize) -> Result<(Vec<StopEntry>, bool), ReminderError> {
-    let mut out = Vec::new();
-    for r in store.scan_values::<StopFlag>(ns::STOP, &[]) {
-        let (k, flag) = r?;
-        if out.len() == limit {
-            return Ok((out, true));
-        }
-        let key = CustomerKey::new(
-            crate::store::keys::part_str(&k, 0),
-            crate::store::keys::part_str(&k, 1),
-        );
-        out.push(StopEntry {
+    let mut rows = store.stop_flags::<StopFlag>(None, limit.saturating_add(1))?;
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let out = rows
+        .into_iter()
+        .map(|(key, flag)| StopEntry {
             customer: key.to_string(),
             flag,
-        });
-    }
-    Ok((out, false))
+        })
+        .collect();
+    Ok((out, more))
 }
 
 /// Up to `limit` holds in key order; the flag says whether more exist.
 pub fn holds(store: &Store, limit: usize) -> Result<(Vec<HoldEntry>, bool), ReminderError> {
-    let mut out = Vec::new();
-    for r in store.scan_values::<HoldFlag>(ns::HOLD, &[]) {
-        let (k, flag) = r?;
-        if out.len() == limit {
-            return Ok((out, true));
-        }
-        let connector = crate::store::keys::part_str(&k, 0);
-        let invoice = crate::store::keys::part_str(&k, 1);
-        out.push(HoldEntry {
+    let mut rows = store.hold_flags::<HoldFlag>(None, limit.saturating_add(1))?;
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let out = rows
+        .into_iter()
+        .map(|(connector, invoice, flag)| HoldEntry {
             invoice: format!("{connector}:{invoice}"),
             customer: CustomerKey::new(&connector, &flag.customer_id).to_string(),
             actor: flag.actor,
             reason: flag.reason,
             at: flag.at,
-        });
-    }
-    Ok((out, false))
+        })
+        .collect();
+    Ok((out, more))
 }

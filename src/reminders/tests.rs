@@ -526,7 +526,7 @@ async fn sample_store() -> (tempfile::TempDir, Store) {
                 ("C5", "mid", "-20", false),
                 ("C6", "mid", "60", false),
             ] {
-                tx.put_customer(&stored(customer(id, seg, bal), excl));
+                tx.put_customer(&stored(customer(id, seg, bal), excl))?;
             }
             for (id, cust, amount, due) in [
                 ("I1", "C1", "100", "2026-01-10"),

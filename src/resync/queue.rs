@@ -24,7 +24,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::connectors::Cursor;
 use crate::model::{Entity, Record, Timestamp};
-use crate::store::keys::{self, ns};
 use crate::store::{Result, Store, Tx};
 
 /// The entities a resync re-fetches, one stream each per batch.
@@ -179,32 +178,24 @@ impl Batch {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MemberState {
-    Pending,
-    Done,
+fn load_job(tx: &mut Tx<'_>, id: u64) -> Result<Option<Job>> {
+    tx.resync_job(id)
 }
 
-/// Job ids as fixed-width hex so keys sort by id and never contain `\0`.
-fn job_key(id: u64) -> Vec<u8> {
-    format!("{id:016x}").into_bytes()
-}
-
-fn load_job(tx: &Tx<'_>, id: u64) -> Result<Option<Job>> {
-    tx.get_value(ns::RESYNC_JOB, &[&job_key(id)])
-}
-
-fn save_job(tx: &mut Tx<'_>, job: &Job) {
-    tx.put_value(ns::RESYNC_JOB, &[&job_key(job.id)], job);
+fn save_job(tx: &mut Tx<'_>, job: &Job) -> Result<()> {
+    tx.put_resync_job(
+        job.id,
+        &job.connector,
+        job.state.as_str(),
+        job.created_at,
+        job.finished_at,
+        job,
+    )
 }
 
 /// The unfinished job a customer waits in, if any.
-pub fn queued_job(tx: &Tx<'_>, connector: &str, customer: &str) -> Result<Option<u64>> {
-    tx.get_value(
-        ns::RESYNC_BY_CUSTOMER,
-        &[connector.as_bytes(), customer.as_bytes()],
-    )
+pub fn queued_job(tx: &mut Tx<'_>, connector: &str, customer: &str) -> Result<Option<u64>> {
+    tx.resync_queued(connector, customer)
 }
 
 /// Queues a resync of `customers` of one connector. Customers already in an
@@ -229,16 +220,8 @@ pub fn enqueue(
     }
     let id = tx.next_id()?;
     for c in &fresh {
-        tx.put_value(
-            ns::RESYNC_BY_CUSTOMER,
-            &[connector.as_bytes(), c.as_bytes()],
-            &id,
-        );
-        tx.put_value(
-            ns::RESYNC_MEMBER,
-            &[&job_key(id), c.as_bytes()],
-            &MemberState::Pending,
-        );
+        tx.set_resync_queued(connector, c, Some(id))?;
+        tx.set_resync_member(id, c, false)?;
     }
     save_job(
         tx,
@@ -258,7 +241,7 @@ pub fn enqueue(
             error: None,
             batches: Vec::new(),
         },
-    );
+    )?;
     Ok(Some(id))
 }
 
@@ -269,46 +252,34 @@ pub fn remove_customer(tx: &mut Tx<'_>, connector: &str, customer: &str) -> Resu
     let Some(id) = queued_job(tx, connector, customer)? else {
         return Ok(false);
     };
-    tx.delete_value(
-        ns::RESYNC_BY_CUSTOMER,
-        &[connector.as_bytes(), customer.as_bytes()],
-    );
-    let member: Option<MemberState> =
-        tx.get_value(ns::RESYNC_MEMBER, &[&job_key(id), customer.as_bytes()])?;
-    tx.delete_value(ns::RESYNC_MEMBER, &[&job_key(id), customer.as_bytes()]);
+    tx.set_resync_queued(connector, customer, None)?;
+    let member = tx.resync_member(id, customer)?;
+    tx.delete_resync_member(id, customer)?;
     if let Some(mut job) = load_job(tx, id)? {
         job.total = job.total.saturating_sub(1);
-        if member == Some(MemberState::Done) {
+        if member == Some(true) {
             job.done = job.done.saturating_sub(1);
         }
         if job.done >= job.total && job.state != JobState::Done {
             job.finish(chrono::Utc::now());
         }
-        save_job(tx, &job);
+        save_job(tx, &job)?;
     }
     Ok(true)
 }
 
 /// Whether a customer waits in a resync job.
 pub fn is_queued(store: &Store, connector: &str, customer: &str) -> Result<bool> {
-    Ok(store
-        .get_value::<u64>(
-            ns::RESYNC_BY_CUSTOMER,
-            &[connector.as_bytes(), customer.as_bytes()],
-        )?
-        .is_some())
+    Ok(store.resync_queued(connector, customer)?.is_some())
 }
 
 /// All jobs, oldest first.
 pub fn jobs(store: &Store) -> Result<Vec<Job>> {
-    store
-        .scan_values::<Job>(ns::RESYNC_JOB, &[])
-        .map(|r| r.map(|(_, j)| j))
-        .collect()
+    store.resync_jobs()
 }
 
 pub fn job(store: &Store, id: u64) -> Result<Option<Job>> {
-    store.get_value(ns::RESYNC_JOB, &[&job_key(id)])
+    store.resync_job(id)
 }
 
 /// Pending customers of a job, by id.
@@ -317,13 +288,7 @@ pub fn pending_members(store: &Store, id: u64) -> Result<Vec<String>> {
 }
 
 fn pending_iter(store: &Store, id: u64) -> impl Iterator<Item = Result<String>> + '_ {
-    store
-        .scan_values::<MemberState>(ns::RESYNC_MEMBER, &[&job_key(id)])
-        .filter_map(|r| match r {
-            Ok((k, MemberState::Pending)) => Some(Ok(keys::part_str(&k, 1))),
-            Ok((_, MemberState::Done)) => None,
-            Err(e) => Some(Err(e)),
-        })
+    store.resync_pending(id)
 }
 
 /// The checkpoints of every in-flight batch of a connector (to resume after
@@ -497,16 +462,11 @@ pub fn commit_page(tx: &mut Tx<'_>, c: &PageCommit<'_>) -> Result<Committed> {
             if queued_job(tx, c.connector, &m.customer)? != Some(m.job) {
                 continue; // excluded meanwhile, maybe queued again elsewhere
             }
-            let jk = job_key(m.job);
-            let mk: [&[u8]; 2] = [&jk, m.customer.as_bytes()];
-            if tx.get_value::<MemberState>(ns::RESYNC_MEMBER, &mk)? != Some(MemberState::Pending) {
+            if tx.resync_member(m.job, &m.customer)? != Some(false) {
                 continue;
             }
-            tx.put_value(ns::RESYNC_MEMBER, &mk, &MemberState::Done);
-            tx.delete_value(
-                ns::RESYNC_BY_CUSTOMER,
-                &[c.connector.as_bytes(), m.customer.as_bytes()],
-            );
+            tx.set_resync_member(m.job, &m.customer, true)?;
+            tx.set_resync_queued(c.connector, &m.customer, None)?;
             if let Some(Some(job)) = cache.get_mut(&m.job) {
                 job.done += 1;
                 out.customers_done += 1;
@@ -520,7 +480,7 @@ pub fn commit_page(tx: &mut Tx<'_>, c: &PageCommit<'_>) -> Result<Committed> {
         }
     }
     for job in cache.values().flatten() {
-        save_job(tx, job);
+        save_job(tx, job)?;
     }
     if !out.jobs_finished.is_empty() {
         prune(tx)?;
@@ -553,7 +513,7 @@ pub fn drop_batch(
                 failed.push(id);
             }
         }
-        save_job(tx, &job);
+        save_job(tx, &job)?;
     }
     Ok(failed)
 }
@@ -586,7 +546,7 @@ pub fn retry(tx: &mut Tx<'_>, id: u64) -> Result<Result<Job, RetryError>> {
     };
     job.error = None;
     job.finished_at = None;
-    save_job(tx, &job);
+    save_job(tx, &job)?;
     Ok(Ok(job))
 }
 
@@ -594,19 +554,14 @@ pub fn retry(tx: &mut Tx<'_>, id: u64) -> Result<Result<Job, RetryError>> {
 /// [`KEEP_FINISHED`].
 fn prune(tx: &mut Tx<'_>) -> Result<()> {
     let finished: BTreeSet<u64> = tx
-        .scan_values::<Job>(ns::RESYNC_JOB, &[])?
+        .resync_jobs::<Job>()?
         .into_iter()
-        .map(|(_, j)| j)
         .filter(|j| j.state == JobState::Done && j.batches.is_empty())
         .map(|j| j.id)
         .collect();
     let excess = finished.len().saturating_sub(KEEP_FINISHED);
     for id in finished.into_iter().take(excess) {
-        for (k, _) in tx.scan_values::<MemberState>(ns::RESYNC_MEMBER, &[&job_key(id)])? {
-            let customer = keys::part_str(&k, 1);
-            tx.delete_value(ns::RESYNC_MEMBER, &[&job_key(id), customer.as_bytes()]);
-        }
-        tx.delete_value(ns::RESYNC_JOB, &[&job_key(id)]);
+        tx.delete_resync_job(id)?;
     }
     Ok(())
 }

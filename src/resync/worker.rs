@@ -97,7 +97,7 @@ async fn drain(app: &App, h: &ConnectorHandle) -> Result<Option<Duration>, Store
             if members.is_empty() {
                 break;
             }
-            let b = Batch::new(app.store.generate_id()?, members);
+            let b = Batch::new(app.store.next_id().await?, members);
             tracing::debug!(connector = %h.id, batch = b.id, customers = b.members.len(), jobs = ?b.job_ids(), "resync batch started");
             busy.extend(b.members.iter().map(|m| m.customer.clone()));
             running.push(run_batch(app, h, b));

@@ -1,47 +1,74 @@
-//! The embedded store. **The only module that imports sled**, so another
-//! backend can be added without touching the rest.
+//! The store: SQL behind a backend-neutral API. **The only module that knows
+//! the database engine**: no engine type, SQL, key layout or engine error
+//! type leaves it; features express what they need as [`Store`] and [`Tx`]
+//! methods.
 //!
-//! Everything lives in one sled tree with namespaced keys (see [`keys`]). All
-//! writes go through [`Store::write`]: a closure builds one [`Tx`] (a sled
-//! `Batch` plus a read-your-writes overlay) under a single writer lock, the
-//! batch is applied atomically, and the call returns only after the data is
-//! flushed to disk (sled otherwise fsyncs only every 500 ms in the
-//! background). A page of records and the cursor that follows it are always
-//! written in one `Tx`, so a crash leaves either both or neither.
+//! Two backends share one schema (`schema.rs`, documented in
+//! docs/schema.md) and every statement (`sql.rs`): SQLite (bundled, the
+//! embedded default: `store.db` in the state directory) and PostgreSQL
+//! (`[daemon] store = "postgres://..."`).
+//!
+//! All writes go through [`Store::write`]: the closure runs synchronously on
+//! a [`Tx`] inside one database transaction, under the store's writer lock;
+//! reads inside the closure see the transaction's own writes. If the closure
+//! returns an error (or panics) the transaction is rolled back and nothing
+//! is written; otherwise it is committed, durably (SQLite `synchronous =
+//! FULL`; PostgreSQL's commit), before `write` returns. A page of records
+//! and the cursor that follows it are always written in one `Tx`, so a crash
+//! leaves either both or neither.
+//!
+//! Blocking work stays off the async runtime: `write` and every read run
+//! their database work through [`offload`], which on a multi-threaded tokio
+//! runtime uses `block_in_place` (the worker hands its other tasks to another
+//! thread first) and elsewhere (plain threads, `spawn_blocking`,
+//! single-threaded test runtimes) simply runs. PostgreSQL connections live on
+//! their own thread with their own runtime (`pg.rs`); callers wait on a plain
+//! channel, which works in every context.
 //!
 //! The store knows nothing about classification rules or connectors; it keeps
 //! what ingest and the admin paths tell it to, and answers queries.
 
-pub mod keys;
+mod codec;
+pub mod pg;
+mod schema;
+mod sql;
+mod sqlite;
+pub mod testing;
 mod tx;
 
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::model::{
-    Classification, CustomerKey, Entity, ExclusionSource, ManualDecision, Record, Timestamp,
-};
-use keys::ns;
+use crate::model::{Classification, CustomerKey, Entity, ManualDecision, Record, Timestamp};
+use crate::secrets::{Secret, SecretSource};
+use codec::{customer_from_row, record_from_row, AUDIT_COLS, CUSTOMER_COLS};
+pub use schema::SCHEMA_VERSION;
+use sql::{params, Conn, Value};
 pub use tx::{Tx, Upsert};
 
-pub const SCHEMA_VERSION: u32 = 1;
+/// Default SQLite page cache of the writer connection (`daemon.store_cache_mb`).
+pub const DEFAULT_CACHE_MB: u64 = 32;
 
-/// Default sled page cache size (`daemon.store_cache_mb`).
-pub const DEFAULT_CACHE_MB: u64 = 64;
+/// The SQLite file inside the state directory.
+pub const SQLITE_FILE: &str = "store.db";
+
+/// Rows fetched per query by the streaming iterators (keyset pages).
+const PAGE: i64 = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("state directory {path} is locked by another running erpsync (sled lock held)")]
-    Locked { path: PathBuf },
-    #[error("cannot open the store in {path}: {source}")]
-    Open { path: PathBuf, source: sled::Error },
+    #[error("the store {path} is locked by another running erpsync")]
+    Locked { path: String },
+    #[error("cannot open the store {path}: {message}")]
+    Open { path: String, message: String },
     #[error("store schema version {found} is newer than this erpsync supports ({SCHEMA_VERSION}); upgrade erpsync")]
-    SchemaTooNew { found: u32 },
-    #[error("store I/O error: {0}")]
-    Io(#[from] sled::Error),
-    #[error("corrupt value under key {key}: {message}")]
+    SchemaTooNew { found: i64 },
+    #[error("store error: {0}")]
+    Backend(String),
+    #[error("corrupt value in the store ({key}): {message}")]
     Corrupt { key: String, message: String },
     /// Raised by a write closure to abort without changing anything.
     #[error("{0}")]
@@ -49,6 +76,45 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Ids are stored as text and may not contain a NUL byte (refused at ingest
+/// and by the admin API).
+pub fn valid_id(s: &str) -> bool {
+    !s.is_empty() && !s.as_bytes().contains(&0)
+}
+
+/// Where the store lives (`[daemon] store`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A SQLite database file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database; the password (if any) comes from a file or a
+    /// systemd credential, never from the URL.
+    Postgres {
+        url: String,
+        password: Option<SecretSource>,
+    },
+}
+
+impl StoreLocation {
+    /// The default: `store.db` in the state directory.
+    pub fn in_state_dir(state_dir: &Path) -> StoreLocation {
+        StoreLocation::Sqlite(state_dir.join(SQLITE_FILE))
+    }
+
+    /// Parses a `--to`/`store` value: a `postgres://` (or `postgresql://`)
+    /// URL, or a SQLite file path.
+    pub fn parse(s: &str, password: Option<SecretSource>) -> StoreLocation {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            StoreLocation::Postgres {
+                url: s.to_string(),
+                password,
+            }
+        } else {
+            StoreLocation::Sqlite(PathBuf::from(s.strip_prefix("sqlite://").unwrap_or(s)))
+        }
+    }
+}
 
 /// A customer as kept in the store: the upstream record plus its current
 /// classification.
@@ -59,6 +125,29 @@ pub struct StoredCustomer {
     pub classification: Classification,
     pub classified_at: Timestamp,
     pub first_seen: Timestamp,
+}
+
+impl StoredCustomer {
+    pub fn key(&self) -> CustomerKey {
+        CustomerKey::new(&self.connector, &self.customer.external_id)
+    }
+}
+
+/// One entry of the audit trail: a classification change or a manual action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub at: Timestamp,
+    pub customer: CustomerKey,
+    /// `classified`, `manual_exclude`, `manual_include`, `manual_cleared`,
+    /// `stop`, `unstop`, `hold`, `release`, ...
+    pub action: String,
+    pub actor: String,
+    pub reason: String,
+    #[serde(default)]
+    pub from: Option<Classification>,
+    #[serde(default)]
+    pub to: Option<Classification>,
 }
 
 impl AuditEntry {
@@ -85,29 +174,6 @@ impl AuditEntry {
     }
 }
 
-impl StoredCustomer {
-    pub fn key(&self) -> CustomerKey {
-        CustomerKey::new(&self.connector, &self.customer.external_id)
-    }
-}
-
-/// One entry of the audit trail: a classification change or a manual action.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AuditEntry {
-    pub seq: u64,
-    pub at: Timestamp,
-    pub customer: CustomerKey,
-    /// `classified`, `manual_exclude`, `manual_include`, `manual_cleared`,
-    /// `stop`, `unstop`, `hold`, `release`, ...
-    pub action: String,
-    pub actor: String,
-    pub reason: String,
-    #[serde(default)]
-    pub from: Option<Classification>,
-    #[serde(default)]
-    pub to: Option<Classification>,
-}
-
 /// A quarantined upstream record, as kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuarantineEntry {
@@ -123,390 +189,668 @@ pub struct ClassificationCounts {
     pub included: u64,
     pub excluded: u64,
     /// `source` → count
-    pub excluded_by_source: std::collections::BTreeMap<String, u64>,
+    pub excluded_by_source: BTreeMap<String, u64>,
     /// full reason (`native:inactive`, `rule:x`, `manual`) → count
-    pub excluded_by_reason: std::collections::BTreeMap<String, u64>,
+    pub excluded_by_reason: BTreeMap<String, u64>,
     /// included by a manual decision although a rule or native flag matches
     pub manual_overrides: u64,
 }
 
+/// How long history is kept ([`Store::compact`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Tombstones older than this are dropped (the deletion feed's window
+    /// plus a margin: no older copy can arrive after it).
+    pub tombstones: chrono::Duration,
+    /// Audit entries older than this are dropped.
+    pub audit: chrono::Duration,
+    /// Finished resync jobs (and their member lists) older than this are dropped.
+    pub finished_jobs: chrono::Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            tombstones: chrono::Duration::days(90),
+            audit: chrono::Duration::days(365 * 7),
+            finished_jobs: chrono::Duration::days(30),
+        }
+    }
+}
+
+/// What [`Store::compact`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Compacted {
+    pub tombstones: u64,
+    pub audit: u64,
+    pub jobs: u64,
+}
+
+enum Backend {
+    Sqlite(sqlite::Sqlite),
+    Postgres(pg::Pg),
+}
+
 pub struct Store {
-    db: sled::Db,
-    tree: sled::Tree,
-    /// Serialises writers. A std mutex because the critical section is
-    /// synchronous (building and applying one batch) and never awaits.
+    backend: Backend,
+    /// Serialises writers of this process. A std mutex because the critical
+    /// section is synchronous and never awaits.
     writer: Mutex<()>,
-    path: PathBuf,
+}
+
+/// Runs blocking database work without stalling the async runtime's
+/// workers: `block_in_place` on a multi-threaded runtime, inline elsewhere.
+pub(crate) fn offload<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
 }
 
 impl Store {
-    /// Opens (or creates) the store under `state_dir/store` with the default
+    /// Opens (or creates) the SQLite store in `state_dir` with the default
     /// page cache.
     pub fn open(state_dir: &Path) -> Result<Store> {
         Self::open_with_cache(state_dir, DEFAULT_CACHE_MB)
     }
 
-    /// Opens the store with a page cache of `cache_mb` MiB. The cache is
-    /// what bounds the daemon's memory as data grows (sled's default, 1 GiB,
-    /// fills up with the data).
+    /// Opens the SQLite store in `state_dir` with a writer page cache of
+    /// `cache_mb` MiB (readers get a quarter each).
     pub fn open_with_cache(state_dir: &Path, cache_mb: u64) -> Result<Store> {
-        let path = state_dir.join("store");
-        let db = sled::Config::new()
-            .path(&path)
-            .mode(sled::Mode::HighThroughput)
-            .cache_capacity(cache_mb.max(1) * 1024 * 1024)
-            .open()
-            .map_err(|e| {
-                let text = e.to_string();
-                if text.contains("could not acquire lock") || text.contains("WouldBlock") {
-                    StoreError::Locked { path: path.clone() }
-                } else {
-                    StoreError::Open {
-                        path: path.clone(),
-                        source: e,
+        Self::open_location(&StoreLocation::in_state_dir(state_dir), cache_mb)
+    }
+
+    /// Opens the store at `loc`, creating the schema or applying pending
+    /// migrations.
+    pub fn open_location(loc: &StoreLocation, cache_mb: u64) -> Result<Store> {
+        let backend = match loc {
+            StoreLocation::Sqlite(path) => Backend::Sqlite(sqlite::Sqlite::open(path, cache_mb)?),
+            StoreLocation::Postgres { url, password } => {
+                let secret: Option<Secret> = match password {
+                    Some(src) => Some(src.load().map_err(|m| StoreError::Open {
+                        path: "postgres password".into(),
+                        message: m,
+                    })?),
+                    None => None,
+                };
+                Backend::Postgres(offload(|| pg::Pg::open(url, secret.as_ref()))?)
+            }
+        };
+        Ok(Store {
+            backend,
+            writer: Mutex::new(()),
+        })
+    }
+
+    /// Where the store lives, for logs (never includes a password).
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite(s) => format!("sqlite:{}", s.path().display()),
+            Backend::Postgres(p) => p.label().to_string(),
+        }
+    }
+
+    /// The SQLite file, when the store is SQLite.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Sqlite(s) => Some(s.path()),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// Runs `f` against a write transaction under the writer lock and commits
+    /// it durably before returning. If `f` returns an error (or panics)
+    /// nothing is written.
+    pub async fn write<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
+        offload(|| self.write_blocking(f))
+    }
+
+    /// [`Store::write`] for synchronous callers (tools, `spawn_blocking`).
+    pub fn write_blocking<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
+        use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+        let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                let mut c = s.writer.lock().unwrap_or_else(|e| e.into_inner());
+                sqlite::begin(&mut c)?;
+                let res = catch_unwind(AssertUnwindSafe(|| {
+                    let mut tx = Tx::new(&mut *c);
+                    let out = f(&mut tx)?;
+                    tx.finish()?;
+                    Ok(out)
+                }));
+                match res {
+                    Ok(Ok(v)) => {
+                        sqlite::commit(&mut c)?;
+                        Ok(v)
+                    }
+                    Ok(Err(e)) => {
+                        sqlite::rollback(&mut c);
+                        Err(e)
+                    }
+                    Err(panic) => {
+                        sqlite::rollback(&mut c);
+                        resume_unwind(panic)
                     }
                 }
-            })?;
-        let tree = db.open_tree("erpsync")?;
-        let store = Store {
-            db,
-            tree,
-            writer: Mutex::new(()),
-            path,
-        };
-        store.check_schema()?;
-        Ok(store)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn check_schema(&self) -> Result<()> {
-        let k = keys::key(ns::META, &[b"schema_version"]);
-        match self.tree.get(&k)? {
-            Some(v) => {
-                let found: u32 = String::from_utf8_lossy(&v).parse().unwrap_or(0);
-                if found > SCHEMA_VERSION {
-                    return Err(StoreError::SchemaTooNew { found });
+            }
+            Backend::Postgres(p) => {
+                p.begin()?;
+                let res = catch_unwind(AssertUnwindSafe(|| {
+                    let mut w = p.writer();
+                    let mut tx = Tx::new(&mut w);
+                    let out = f(&mut tx)?;
+                    tx.finish()?;
+                    Ok(out)
+                }));
+                match res {
+                    Ok(Ok(v)) => {
+                        p.commit()?;
+                        Ok(v)
+                    }
+                    Ok(Err(e)) => {
+                        p.rollback();
+                        Err(e)
+                    }
+                    Err(panic) => {
+                        p.rollback();
+                        resume_unwind(panic)
+                    }
                 }
             }
-            None => {
-                self.tree.insert(k, SCHEMA_VERSION.to_string().as_bytes())?;
-                self.db.flush()?;
-            }
+        }
+    }
+
+    /// Runs read-only work on a read connection.
+    fn read<T>(&self, f: impl FnOnce(&mut dyn Conn) -> Result<T>) -> Result<T> {
+        offload(|| match &self.backend {
+            Backend::Sqlite(s) => s.read(|c| f(c)),
+            Backend::Postgres(p) => f(&mut p.reader()),
+        })
+    }
+
+    /// Makes sure everything committed is in the main database file (SQLite
+    /// checkpoints its write-ahead log; PostgreSQL has nothing to do). Commits
+    /// are durable without it; used at shutdown.
+    pub fn flush(&self) -> Result<()> {
+        if let Backend::Sqlite(s) = &self.backend {
+            let c = s.writer.lock().unwrap_or_else(|e| e.into_inner());
+            c.execute_batch("PRAGMA wal_checkpoint(PASSIVE)")
+                .map_err(|e| StoreError::Backend(format!("sqlite: {e}")))?;
         }
         Ok(())
     }
 
-    /// Runs `f` against a write transaction under the writer lock, applies
-    /// its batch atomically, and flushes to disk before returning. If `f`
-    /// returns an error nothing is written.
-    pub async fn write<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
-        let out = {
-            let _guard = self.writer.lock().expect("store writer lock poisoned");
-            let mut tx = Tx::new(self);
-            let out = f(&mut tx)?;
-            let batch = tx.into_batch();
-            self.tree.apply_batch(batch)?;
-            out
-        };
-        self.db.flush_async().await?;
-        Ok(out)
-    }
-
-    /// Flushes everything to disk (used at shutdown).
-    pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
-    }
-
-    pub(crate) fn raw_get(&self, k: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.tree.get(k)?.map(|v| v.to_vec()))
-    }
-
-    pub(crate) fn raw_scan(
-        &self,
-        prefix: &[u8],
-    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + '_ {
-        self.tree.scan_prefix(prefix).map(|r| {
-            r.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                .map_err(StoreError::from)
+    /// A lazily paged iterator: `fetch` is called with the connection for
+    /// each page of up to [`PAGE`] rows until it returns a short page.
+    fn paged<'a, T: 'a>(
+        &'a self,
+        mut fetch: impl FnMut(&mut dyn Conn) -> Result<Vec<T>> + 'a,
+    ) -> impl Iterator<Item = Result<T>> + 'a {
+        let mut buf: VecDeque<T> = VecDeque::new();
+        let mut done = false;
+        std::iter::from_fn(move || loop {
+            if let Some(v) = buf.pop_front() {
+                return Some(Ok(v));
+            }
+            if done {
+                return None;
+            }
+            match self.read(&mut fetch) {
+                Ok(page) => {
+                    done = (page.len() as i64) < PAGE;
+                    buf.extend(page);
+                }
+                Err(e) => {
+                    done = true;
+                    return Some(Err(e));
+                }
+            }
         })
     }
 
-    pub(crate) fn raw_range_from(
-        &self,
-        start: &[u8],
-        prefix: &[u8],
-    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + '_ {
-        let prefix = prefix.to_vec();
-        self.tree
-            .range(start.to_vec()..)
-            .take_while(move |r| match r {
-                Ok((k, _)) => k.starts_with(&prefix),
-                Err(_) => true,
-            })
-            .map(|r| {
-                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                    .map_err(StoreError::from)
-            })
+    /// Whether the store holds no synced or admin data yet (no customer,
+    /// decision, audit entry, resync job or cursor).
+    pub fn is_empty(&self) -> Result<bool> {
+        self.read(|c| {
+            for sql in [
+                "SELECT 1 FROM customers LIMIT 1",
+                "SELECT 1 FROM decisions LIMIT 1",
+                "SELECT 1 FROM audit LIMIT 1",
+                "SELECT 1 FROM resync_jobs LIMIT 1",
+                "SELECT 1 FROM cursors LIMIT 1",
+            ] {
+                if c.query_opt(sql, &[])?.is_some() {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
     }
 
-    pub(crate) fn generate_id(&self) -> Result<u64> {
-        Ok(self.db.generate_id()?)
-    }
-
-    // ----- typed reads -------------------------------------------------
-
-    /// Reads one JSON value of a feature namespace (resync jobs, flags, holds).
-    pub fn get_value<T: DeserializeOwned>(&self, ns: u8, parts: &[&[u8]]) -> Result<Option<T>> {
-        let k = keys::key(ns, parts);
-        self.raw_get(&k)?.map(|v| decode(&k, &v)).transpose()
-    }
-
-    /// Iterates the JSON values under a feature namespace prefix.
-    pub fn scan_values<'a, T: DeserializeOwned + 'a>(
-        &'a self,
-        ns: u8,
-        parts: &[&[u8]],
-    ) -> impl Iterator<Item = Result<(Vec<u8>, T)>> + 'a {
-        let p = if parts.is_empty() {
-            vec![ns]
-        } else {
-            keys::prefix(ns, parts)
-        };
-        self.raw_scan(&p)
-            .map(|r| r.and_then(|(k, v)| decode(&k, &v).map(|t| (k, t))))
-    }
+    // ----- customers, decisions, records --------------------------------
 
     pub fn customer(&self, key: &CustomerKey) -> Result<Option<StoredCustomer>> {
-        let k = customer_key(&key.connector, &key.external_id);
-        self.raw_get(&k)?.map(|v| decode(&k, &v)).transpose()
+        self.read(|c| tx::load_customer(c, key))
     }
 
     /// Iterates all customers (of one connector, or of all), in key order,
-    /// starting after `after` (exclusive) for cursor paging.
+    /// starting after `after` (exclusive) for cursor paging. Streams in
+    /// keyset pages: memory does not grow with the number of customers.
     pub fn customers<'a>(
         &'a self,
         connector: Option<&str>,
         after: Option<&CustomerKey>,
     ) -> impl Iterator<Item = Result<StoredCustomer>> + 'a {
-        let prefix = match connector {
-            Some(c) => keys::prefix(ns::CUSTOMER, &[c.as_bytes()]),
-            None => vec![ns::CUSTOMER],
-        };
-        let start = match after {
-            Some(a) => {
-                // The smallest key strictly after `a`: its key plus a NUL
-                // byte (ids never contain NUL). Appending 0xff instead would
-                // skip every id that extends `a` ("C1" → "C10").
-                let mut k = customer_key(&a.connector, &a.external_id);
-                k.push(0x00);
-                k
+        let connector = connector.map(str::to_string);
+        let mut last: Option<(String, String)> = after
+            .map(|a| (a.connector.clone(), a.external_id.clone()))
+            .filter(|(c, _)| connector.as_ref().is_none_or(|k| k == c));
+        // A starting key of another connector: begin at the connector's start
+        // when it sorts after, nothing when before.
+        let mut skip_all = false;
+        if let (Some(k), Some(a)) = (&connector, after) {
+            if a.connector.as_str() > k.as_str() {
+                skip_all = true;
             }
-            None => prefix.clone(),
-        };
-        self.raw_range_from(&start, &prefix)
-            .map(|r| r.and_then(|(k, v)| decode(&k, &v)))
+        }
+        self.paged(move |c| {
+            if skip_all {
+                return Ok(Vec::new());
+            }
+            let rows = match (&connector, &last) {
+                (Some(k), Some((_, id))) => c.query_dyn(
+                    &format!("SELECT {CUSTOMER_COLS} FROM customers WHERE connector = ? AND id > ? ORDER BY id LIMIT ?"),
+                    &params![k, id, PAGE],
+                )?,
+                (Some(k), None) => c.query_dyn(
+                    &format!("SELECT {CUSTOMER_COLS} FROM customers WHERE connector = ? ORDER BY id LIMIT ?"),
+                    &params![k, PAGE],
+                )?,
+                (None, Some((k, id))) => c.query_dyn(
+                    &format!("SELECT {CUSTOMER_COLS} FROM customers WHERE (connector, id) > (?, ?) ORDER BY connector, id LIMIT ?"),
+                    &params![k, id, PAGE],
+                )?,
+                (None, None) => c.query_dyn(
+                    &format!("SELECT {CUSTOMER_COLS} FROM customers ORDER BY connector, id LIMIT ?"),
+                    &params![PAGE],
+                )?,
+            };
+            let out: Vec<StoredCustomer> =
+                rows.iter().map(customer_from_row).collect::<Result<_>>()?;
+            if let Some(l) = out.last() {
+                last = Some((l.connector.clone(), l.customer.external_id.clone()));
+            }
+            Ok(out)
+        })
     }
 
-    /// All invoices and transactions stored under one customer.
+    /// All invoices and transactions stored under one customer (invoices
+    /// first, each by id).
     pub fn records_of(&self, key: &CustomerKey) -> Result<Vec<Record>> {
-        let p = keys::prefix(
-            ns::RECORD,
-            &[key.connector.as_bytes(), key.external_id.as_bytes()],
-        );
-        self.raw_scan(&p)
-            .map(|r| r.and_then(|(k, v)| decode(&k, &v)))
-            .collect()
+        self.read(|c| tx::load_records_of(c, key))
     }
 
-    /// Iterates every stored record of a connector (or all connectors).
+    /// Iterates every stored record of a connector (or all connectors):
+    /// invoices, then transactions, each in (connector, id) order, in pages.
     pub fn records<'a>(
         &'a self,
         connector: Option<&str>,
     ) -> impl Iterator<Item = Result<(String, Record)>> + 'a {
-        let prefix = match connector {
-            Some(c) => keys::prefix(ns::RECORD, &[c.as_bytes()]),
-            None => vec![ns::RECORD],
-        };
-        self.raw_scan(&prefix).map(|r| {
-            r.and_then(|(k, v)| {
-                let conn = keys::part_str(&k, 0);
-                decode(&k, &v).map(|rec| (conn, rec))
-            })
+        let connector = connector.map(str::to_string);
+        let mut entity = 0usize;
+        let mut last: Option<(String, String)> = None;
+        self.paged(move |c| {
+            let mut out = Vec::new();
+            fill(c, &connector, &mut entity, &mut last, &mut out)?;
+            Ok(out)
         })
     }
 
     /// Number of records parked while waiting for their customer.
     pub fn parked_count(&self, connector: &str) -> Result<u64> {
-        let p = keys::prefix(ns::PARKED, &[connector.as_bytes()]);
-        Ok(self.tree.scan_prefix(p).count() as u64)
+        self.read(|c| {
+            c.query_opt(
+                "SELECT COUNT(*) FROM parked WHERE connector = ?",
+                &params![connector],
+            )?
+            .map(|r| r.u64(0))
+            .unwrap_or(Ok(0))
+        })
     }
 
     pub fn cursor(&self, connector: &str, entity: Entity) -> Result<Option<String>> {
-        let k = keys::key(
-            ns::CURSOR,
-            &[connector.as_bytes(), entity.as_str().as_bytes()],
-        );
-        Ok(self
-            .raw_get(&k)?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
-    }
-
-    /// A connector's credential (an OAuth token set), by name.
-    pub fn credential(&self, connector: &str, name: &str) -> Result<Option<String>> {
-        let k = credential_key(connector, name);
-        Ok(self
-            .raw_get(&k)?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
-    }
-
-    /// Stores a connector's credential; durable when this returns.
-    pub async fn put_credential(&self, connector: &str, name: &str, value: &str) -> Result<()> {
-        self.write(|tx| {
-            tx.put_credential(connector, name, value);
-            Ok(())
+        self.read(|c| {
+            c.query_opt(
+                "SELECT cursor FROM cursors WHERE connector = ? AND entity = ?",
+                &params![connector, entity.as_str()],
+            )?
+            .map(|r| r.text(0))
+            .transpose()
         })
-        .await
     }
 
     pub fn manual_decision(&self, key: &CustomerKey) -> Result<Option<ManualDecision>> {
-        let k = manual_key(&key.connector, &key.external_id);
-        self.raw_get(&k)?.map(|v| decode(&k, &v)).transpose()
+        self.read(|c| tx::load_decision(c, key))
     }
 
     /// All manual decisions (including those waiting for a customer that was
-    /// never synced yet).
+    /// never synced yet), in key order.
     pub fn manual_decisions(
         &self,
     ) -> impl Iterator<Item = Result<(CustomerKey, ManualDecision)>> + '_ {
-        self.raw_scan(&[ns::MANUAL]).map(|r| {
-            r.and_then(|(k, v)| {
-                let key = CustomerKey::new(keys::part_str(&k, 0), keys::part_str(&k, 1));
-                decode(&k, &v).map(|d| (key, d))
-            })
+        let mut last: Option<(String, String)> = None;
+        self.paged(move |c| {
+            let rows = match &last {
+                Some((k, id)) => c.query(
+                    "SELECT connector, customer_id, action, actor, reason, at FROM decisions \
+                     WHERE (connector, customer_id) > (?, ?) \
+                     ORDER BY connector, customer_id LIMIT ?",
+                    &params![k, id, PAGE],
+                )?,
+                None => c.query(
+                    "SELECT connector, customer_id, action, actor, reason, at FROM decisions \
+                     ORDER BY connector, customer_id LIMIT ?",
+                    &params![PAGE],
+                )?,
+            };
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let key = CustomerKey::new(r.text(0)?, r.text(1)?);
+                let d = codec::decision_from_row(r, 2)?;
+                last = Some((key.connector.clone(), key.external_id.clone()));
+                out.push((key, d));
+            }
+            Ok(out)
         })
     }
 
+    // ----- counters, audit, quarantine -----------------------------------
+
     pub fn counter(&self, connector: &str, name: &str) -> Result<u64> {
-        let k = counter_key(connector, name);
-        Ok(self.raw_get(&k)?.map(|v| decode_u64(&v)).unwrap_or(0))
+        self.read(|c| {
+            c.query_opt(
+                "SELECT value FROM counters WHERE connector = ? AND name = ?",
+                &params![connector, name],
+            )?
+            .map(|r| r.u64(0))
+            .unwrap_or(Ok(0))
+        })
     }
 
     /// All counters of a connector, name → value.
-    pub fn counters(&self, connector: &str) -> Result<std::collections::BTreeMap<String, u64>> {
-        let p = keys::prefix(ns::COUNTER, &[connector.as_bytes()]);
-        self.raw_scan(&p)
-            .map(|r| r.map(|(k, v)| (keys::part_str(&k, 1), decode_u64(&v))))
+    pub fn counters(&self, connector: &str) -> Result<BTreeMap<String, u64>> {
+        self.read(|c| {
+            c.query(
+                "SELECT name, value FROM counters WHERE connector = ? ORDER BY name",
+                &params![connector],
+            )?
+            .iter()
+            .map(|r| Ok((r.text(0)?, r.u64(1)?)))
             .collect()
+        })
     }
 
     /// Audit entries newest first, optionally for one customer.
     pub fn audit(&self, customer: Option<&CustomerKey>, limit: usize) -> Result<Vec<AuditEntry>> {
-        let mut out = Vec::new();
-        match customer {
-            None => {
-                for r in self.tree.scan_prefix([ns::AUDIT]).rev() {
-                    let (k, v) = r?;
-                    out.push(decode(&k, &v)?);
-                    if out.len() >= limit {
-                        break;
-                    }
-                }
-            }
-            Some(c) => {
-                let p = keys::prefix(
-                    ns::AUDIT_BY_CUSTOMER,
-                    &[c.connector.as_bytes(), c.external_id.as_bytes()],
-                );
-                for r in self.tree.scan_prefix(p).rev() {
-                    let (_, seq) = r?;
-                    let k = audit_key(decode_u64(&seq));
-                    if let Some(v) = self.raw_get(&k)? {
-                        out.push(decode(&k, &v)?);
-                    }
-                    if out.len() >= limit {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(out)
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            let rows = match customer {
+                None => c.query_dyn(
+                    &format!("SELECT {AUDIT_COLS} FROM audit ORDER BY seq DESC LIMIT ?"),
+                    &params![limit],
+                )?,
+                Some(k) => c.query_dyn(
+                    &format!(
+                        "SELECT {AUDIT_COLS} FROM audit WHERE connector = ? AND customer_id = ? \
+                         ORDER BY seq DESC LIMIT ?"
+                    ),
+                    &params![&k.connector, &k.external_id, limit],
+                )?,
+            };
+            rows.iter().map(codec::audit_from_row).collect()
+        })
     }
 
+    /// Quarantined records of a connector, newest first.
     pub fn quarantine(&self, connector: &str, limit: usize) -> Result<Vec<QuarantineEntry>> {
-        let p = keys::prefix(ns::QUARANTINE, &[connector.as_bytes()]);
-        let mut out = Vec::new();
-        for r in self.tree.scan_prefix(p).rev() {
-            let (k, v) = r?;
-            out.push(decode(&k, &v)?);
-            if out.len() >= limit {
-                break;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            c.query(
+                "SELECT connector, at, entity, external_id, reason, raw FROM quarantine \
+                 WHERE connector = ? ORDER BY seq DESC LIMIT ?",
+                &params![connector, limit],
+            )?
+            .iter()
+            .map(codec::quarantine_from_row)
+            .collect()
+        })
+    }
+
+    /// Counts customers by classification, from counts maintained in the
+    /// same transaction as every customer change (no scan).
+    pub fn classification_counts(&self, connector: Option<&str>) -> Result<ClassificationCounts> {
+        let rows = self.read(|c| match connector {
+            Some(k) => c.query(
+                "SELECT excluded, source, reason, customers FROM classification_counts WHERE connector = ?",
+                &params![k],
+            ),
+            None => c.query(
+                "SELECT excluded, source, reason, customers FROM classification_counts",
+                &[],
+            ),
+        })?;
+        let mut out = ClassificationCounts::default();
+        for r in &rows {
+            let (excluded, source, reason, n) = (r.bool(0)?, r.text(1)?, r.text(2)?, r.u64(3)?);
+            out.total += n;
+            if excluded {
+                out.excluded += n;
+                let src = if source.is_empty() {
+                    "unknown".to_string()
+                } else {
+                    source
+                };
+                *out.excluded_by_source.entry(src).or_default() += n;
+                *out.excluded_by_reason.entry(reason).or_default() += n;
+            } else {
+                out.included += n;
+                if source == "manual" && reason.starts_with("manual:overrides") {
+                    out.manual_overrides += n;
+                }
             }
         }
         Ok(out)
     }
 
-    /// Counts customers by classification (one scan over customers).
-    pub fn classification_counts(&self, connector: Option<&str>) -> Result<ClassificationCounts> {
-        let mut c = ClassificationCounts::default();
-        for sc in self.customers(connector, None) {
-            let sc = sc?;
-            c.total += 1;
-            let cl = &sc.classification;
-            if cl.excluded {
-                c.excluded += 1;
-                let src = cl.source.map(ExclusionSource::as_str).unwrap_or("unknown");
-                *c.excluded_by_source.entry(src.to_string()).or_default() += 1;
-                *c.excluded_by_reason.entry(cl.reason.clone()).or_default() += 1;
-            } else {
-                c.included += 1;
-                if cl.source == Some(ExclusionSource::Manual)
-                    && cl.reason.starts_with("manual:overrides")
-                {
-                    c.manual_overrides += 1;
-                }
-            }
-        }
-        Ok(c)
+    // ----- feature state: meta, flags, resync queue, credentials ----------
+
+    /// A small JSON value the daemon keeps about itself (the applied
+    /// classification policy, ...).
+    pub fn meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        self.read(|c| tx::load_meta(c, key))
+    }
+
+    /// The reminder STOP flag of a customer, if set.
+    pub fn stop_flag<T: DeserializeOwned>(&self, key: &CustomerKey) -> Result<Option<T>> {
+        self.read(|c| tx::load_stop(c, key))
+    }
+
+    /// Up to `limit` STOP flags after `after`, in key order.
+    pub fn stop_flags<T: DeserializeOwned>(
+        &self,
+        after: Option<&CustomerKey>,
+        limit: usize,
+    ) -> Result<Vec<(CustomerKey, T)>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            let rows = match after {
+                Some(a) => c.query(
+                    "SELECT connector, customer_id, flag FROM reminder_stops \
+                     WHERE (connector, customer_id) > (?, ?) \
+                     ORDER BY connector, customer_id LIMIT ?",
+                    &params![&a.connector, &a.external_id, limit],
+                )?,
+                None => c.query(
+                    "SELECT connector, customer_id, flag FROM reminder_stops \
+                     ORDER BY connector, customer_id LIMIT ?",
+                    &params![limit],
+                )?,
+            };
+            rows.iter()
+                .map(|r| Ok((CustomerKey::new(r.text(0)?, r.text(1)?), r.json(2)?)))
+                .collect()
+        })
+    }
+
+    /// The admin hold on an invoice, if set.
+    pub fn hold_flag<T: DeserializeOwned>(
+        &self,
+        connector: &str,
+        invoice: &str,
+    ) -> Result<Option<T>> {
+        self.read(|c| tx::load_hold(c, connector, invoice))
+    }
+
+    /// Up to `limit` invoice holds after `(connector, invoice)`, in key
+    /// order: `(connector, invoice, flag)`.
+    pub fn hold_flags<T: DeserializeOwned>(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(String, String, T)>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            let rows = match after {
+                Some((k, id)) => c.query(
+                    "SELECT connector, invoice_id, flag FROM reminder_holds \
+                     WHERE (connector, invoice_id) > (?, ?) \
+                     ORDER BY connector, invoice_id LIMIT ?",
+                    &params![k, id, limit],
+                )?,
+                None => c.query(
+                    "SELECT connector, invoice_id, flag FROM reminder_holds \
+                     ORDER BY connector, invoice_id LIMIT ?",
+                    &params![limit],
+                )?,
+            };
+            rows.iter()
+                .map(|r| Ok((r.text(0)?, r.text(1)?, r.json(2)?)))
+                .collect()
+        })
+    }
+
+    /// A resync job's JSON document.
+    pub fn resync_job<T: DeserializeOwned>(&self, id: u64) -> Result<Option<T>> {
+        self.read(|c| tx::load_job(c, id))
+    }
+
+    /// Every resync job, oldest (smallest id) first.
+    pub fn resync_jobs<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+        self.read(tx::load_jobs)
+    }
+
+    /// The unfinished job a customer waits in.
+    pub fn resync_queued(&self, connector: &str, customer: &str) -> Result<Option<u64>> {
+        self.read(|c| tx::load_queued(c, connector, customer))
+    }
+
+    /// Pending (not done) members of a job, by customer id, streamed.
+    pub fn resync_pending<'a>(&'a self, job: u64) -> impl Iterator<Item = Result<String>> + 'a {
+        let mut last: Option<String> = None;
+        self.paged(move |c| {
+            let rows = match &last {
+                Some(id) => c.query(
+                    "SELECT customer_id FROM resync_members WHERE job = ? AND done = FALSE \
+                     AND customer_id > ? ORDER BY customer_id LIMIT ?",
+                    &params![job, id, PAGE],
+                )?,
+                None => c.query(
+                    "SELECT customer_id FROM resync_members WHERE job = ? AND done = FALSE \
+                     ORDER BY customer_id LIMIT ?",
+                    &params![job, PAGE],
+                )?,
+            };
+            let out: Vec<String> = rows.iter().map(|r| r.text(0)).collect::<Result<_>>()?;
+            last = out.last().cloned().or(last.take());
+            Ok(out)
+        })
+    }
+
+    /// Every member of a job with whether it is done.
+    pub fn resync_members(&self, job: u64) -> Result<Vec<(String, bool)>> {
+        self.read(|c| tx::load_members(c, job))
+    }
+
+    /// A stored connector credential (an OAuth token, ...). The value is a
+    /// secret: callers must not log it.
+    pub fn credential(&self, connector: &str, name: &str) -> Result<Option<String>> {
+        self.read(|c| tx::load_credential(c, connector, name))
+    }
+
+    /// Stores a connector credential durably (its own transaction).
+    pub async fn put_credential(&self, connector: &str, name: &str, value: &str) -> Result<()> {
+        self.write(|tx| tx.put_credential(connector, name, value))
+            .await
+    }
+
+    /// A fresh id, unique in this store (its own durable transaction).
+    pub async fn next_id(&self) -> Result<u64> {
+        self.write(|tx| tx.next_id()).await
+    }
+
+    // ----- growth bounds ---------------------------------------------------
+
+    /// Drops history older than the retention: tombstones, audit entries and
+    /// finished resync jobs (with their members). One transaction.
+    pub async fn compact(&self, retention: &Retention, now: Timestamp) -> Result<Compacted> {
+        self.write(|tx| tx.compact(retention, now)).await
     }
 }
 
-// ----- key helpers and codecs shared with tx.rs --------------------------
-
-pub(crate) fn customer_key(conn: &str, cust: &str) -> Vec<u8> {
-    keys::key(ns::CUSTOMER, &[conn.as_bytes(), cust.as_bytes()])
-}
-pub(crate) fn manual_key(conn: &str, cust: &str) -> Vec<u8> {
-    keys::key(ns::MANUAL, &[conn.as_bytes(), cust.as_bytes()])
-}
-pub(crate) fn credential_key(conn: &str, name: &str) -> Vec<u8> {
-    keys::key(ns::CREDENTIAL, &[conn.as_bytes(), name.as_bytes()])
-}
-pub(crate) fn counter_key(conn: &str, name: &str) -> Vec<u8> {
-    keys::key(ns::COUNTER, &[conn.as_bytes(), name.as_bytes()])
-}
-pub(crate) fn audit_key(seq: u64) -> Vec<u8> {
-    let mut k = vec![ns::AUDIT, keys::SEP];
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
-
-pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("model types always serialise")
-}
-
-pub(crate) fn decode<T: DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<T> {
-    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
-        key: String::from_utf8_lossy(k).replace('\0', "/"),
-        message: e.to_string(),
-    })
-}
-
-pub(crate) fn decode_u64(v: &[u8]) -> u64 {
-    v.try_into().map(u64::from_be_bytes).unwrap_or(0)
+/// Tops up a short page of `records` from the next table so the pager only
+/// sees a short page at the real end.
+fn fill(
+    c: &mut dyn Conn,
+    connector: &Option<String>,
+    entity: &mut usize,
+    last: &mut Option<(String, String)>,
+    out: &mut Vec<(String, Record)>,
+) -> Result<()> {
+    while *entity < 2 && (out.len() as i64) < PAGE {
+        let (table, cols) = if *entity == 0 {
+            ("invoices", codec::INVOICE_COLS)
+        } else {
+            ("transactions", codec::TRANSACTION_COLS)
+        };
+        let mut sql = format!("SELECT connector, {cols} FROM {table} WHERE TRUE");
+        let mut p = Vec::new();
+        if let Some(k) = connector {
+            sql += " AND connector = ?";
+            p.push(Value::from(k));
+        }
+        if let Some((lc, lid)) = last.as_ref() {
+            sql += " AND (connector, id) > (?, ?)";
+            p.extend(params![lc, lid]);
+        }
+        let want = PAGE - out.len() as i64;
+        sql += " ORDER BY connector, id LIMIT ?";
+        p.push(Value::Int(want));
+        let rows = c.query_dyn(&sql, &p)?;
+        for r in &rows {
+            let conn = r.text(0)?;
+            let rec = record_from_row(*entity == 0, r, 1)?;
+            *last = Some((conn.clone(), rec.external_id().to_string()));
+            out.push((conn, rec));
+        }
+        if (rows.len() as i64) < want {
+            *entity += 1;
+            *last = None;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

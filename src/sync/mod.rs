@@ -233,7 +233,7 @@ async fn verify_stored(
                 tx.add_counter(&h.id, &format!("deleted_{entity}"), n)?;
                 tx.add_counter(&h.id, &format!("verified_{entity}"), chunk.len() as u64)?;
                 if i == last {
-                    tx.set_cursor(&h.id, entity, &after.0);
+                    tx.set_cursor(&h.id, entity, &after.0)?;
                 }
                 Ok(n)
             })
@@ -264,7 +264,7 @@ async fn commit_page<T>(
                 now: chrono::Utc::now(),
             };
             let stats = apply(tx, &ctx, page)?;
-            tx.set_cursor(&h.id, entity, &page.next.0);
+            tx.set_cursor(&h.id, entity, &page.next.0)?;
             Ok(stats)
         })
         .await

@@ -12,7 +12,7 @@ use erpsync::model::{CustomerKey, Record};
 use erpsync::store::Store;
 use rust_decimal::Decimal;
 
-use crate::support::{small_demo, Setup};
+use crate::support::{small_demo, Backend, Setup};
 
 /// (id, customer, amount) of every record, the parts that do not depend on
 /// when the ERP was generated.
@@ -26,8 +26,12 @@ fn fingerprint(r: &Record) -> (String, String, Decimal) {
 /// Asserts the store holds exactly the ERP's data: every customer, and every
 /// invoice and transaction of included customers, once; nothing of excluded ones.
 pub fn assert_store_equals_erp(state_dir: &Path, opts: &DemoOptions) {
+    assert_equals_erp(&Store::open(state_dir).unwrap(), opts)
+}
+
+/// [`assert_store_equals_erp`] on an open store (any backend).
+pub fn assert_equals_erp(store: &Store, opts: &DemoOptions) {
     let erp = DemoErp::new(opts);
-    let store = Store::open(state_dir).unwrap();
     let customers: BTreeMap<String, bool> = store
         .customers(Some("demo"), None)
         .map(|c| {
@@ -78,10 +82,12 @@ pub fn assert_store_equals_erp(state_dir: &Path, opts: &DemoOptions) {
     );
 }
 
-#[test]
-fn demo_sync_end_to_end_then_clean_shutdown() {
+fn demo_sync_end_to_end_then_clean_shutdown(backend: Backend) {
     let opts = small_demo();
-    let setup = Setup::demo(&opts, "1h", "");
+    let Some(setup) = Setup::demo_on(backend, "daemon::demo_sync_end_to_end", &opts, "1h", "")
+    else {
+        return;
+    };
     let d = setup.start();
     let s = d.wait_passes(1);
     let cust = &s["customers"];
@@ -118,13 +124,14 @@ fn demo_sync_end_to_end_then_clean_shutdown() {
     let (status, took) = d.terminate();
     assert!(status.success(), "exit status {status:?}");
     assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
-    assert_store_equals_erp(&setup.dir.path().join("state"), &opts);
+    assert_equals_erp(&setup.open_store(), &opts);
 }
 
-#[test]
-fn restart_resumes_from_stored_cursors() {
+fn restart_resumes_from_stored_cursors(backend: Backend) {
     let opts = small_demo();
-    let setup = Setup::demo(&opts, "1h", "");
+    let Some(setup) = Setup::demo_on(backend, "daemon::restart_resumes", &opts, "1h", "") else {
+        return;
+    };
     let d = setup.start();
     let first = d.wait_passes(1);
     let received = first["connectors"][0]["session"]["invoices"]["received"]
@@ -148,14 +155,16 @@ fn restart_resumes_from_stored_cursors() {
     assert!(d.terminate().0.success());
 }
 
-#[test]
-fn sigkill_mid_first_sync_then_restart_converges_exactly() {
+fn sigkill_mid_first_sync_then_restart_converges_exactly(backend: Backend) {
     let opts = DemoOptions {
         page_size: 50,
         latency_ms: 15,
         ..small_demo()
     };
-    let setup = Setup::demo(&opts, "1h", "");
+    let Some(setup) = Setup::demo_on(backend, "daemon::sigkill_mid_first_sync", &opts, "1h", "")
+    else {
+        return;
+    };
     let d = setup.start();
     // The first pass needs ~110 pages at 15 ms: kill it in the middle.
     std::thread::sleep(Duration::from_millis(700));
@@ -169,8 +178,31 @@ fn sigkill_mid_first_sync_then_restart_converges_exactly() {
     let d = setup.start();
     d.wait_passes(1);
     assert!(d.terminate().0.success());
-    assert_store_equals_erp(&setup.dir.path().join("state"), &opts);
+    assert_equals_erp(&setup.open_store(), &opts);
 }
+
+/// The daemon-level scenarios, on SQLite and on PostgreSQL.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use crate::support::Backend;
+            #[test]
+            fn sqlite() {
+                super::$name(Backend::Sqlite);
+            }
+            #[test]
+            fn postgres() {
+                super::$name(Backend::Postgres);
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    demo_sync_end_to_end_then_clean_shutdown,
+    restart_resumes_from_stored_cursors,
+    sigkill_mid_first_sync_then_restart_converges_exactly,
+);
 
 #[test]
 fn a_second_daemon_on_the_same_state_dir_is_refused() {
@@ -262,6 +294,31 @@ fn bad_configs_are_refused_with_file_line_and_key() {
             "missing credential file",
             "[daemon]\nstate_dir = \"state\"\n[http]\nadmin_token_file = \"nope/token\"\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\n",
             &["erpsync.toml:4", "key `http.admin_token_file`", "nope/token does not exist"],
+        ),
+        (
+            "password inside the store URL",
+            "[daemon]\nstate_dir = \"state\"\nstore = \"postgres://erp:hunter2@db/erpsync\"\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\n",
+            &["erpsync.toml:3", "key `daemon.store`", "contains a password", "store_password_file"],
+        ),
+        (
+            "cache size with postgres",
+            "[daemon]\nstate_dir = \"state\"\nstore = \"postgres://erp@db/erpsync\"\nstore_cache_mb = 64\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\n",
+            &["erpsync.toml:4", "key `daemon.store_cache_mb`", "no effect with a PostgreSQL store", "shared_buffers"],
+        ),
+        (
+            "store password without postgres",
+            "[daemon]\nstate_dir = \"state\"\nstore_password_credential = \"pg\"\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\n",
+            &["erpsync.toml:3", "only applies to a PostgreSQL store"],
+        ),
+        (
+            "unknown store scheme",
+            "[daemon]\nstate_dir = \"state\"\nstore = \"mysql://db/x\"\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\n",
+            &["erpsync.toml:3", "key `daemon.store`", "neither a postgres:// URL nor a SQLite file path"],
+        ),
+        (
+            "retention out of range",
+            "[daemon]\nstate_dir = \"state\"\naudit_retention_days = 0\n[[connectors]]\nid = \"d\"\nkind = \"demo\"\n",
+            &["erpsync.toml:3", "key `daemon.audit_retention_days`", "between 1 and 36500"],
         ),
         (
             "unknown connector kind",

@@ -7,6 +7,8 @@ mod console_e2e;
 mod daemon;
 mod exclusion;
 mod hardening;
+mod kill9;
+mod migrate;
 mod netsuite;
 mod netsuite_daemon;
 mod netsuite_mock;

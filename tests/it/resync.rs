@@ -123,7 +123,7 @@ async fn decide(app: &App, ids: &[String], action: ManualAction, queue_each: boo
                     reason: "test".into(),
                     at: now,
                 };
-                tx.set_manual_decision(&key, Some(&d));
+                tx.set_manual_decision(&key, Some(&d))?;
                 let was = sc.classification.clone();
                 let new = classify::classify(&sc.customer, Some(&d), &rules, &native);
                 let t = exclusion::apply(
@@ -173,7 +173,7 @@ async fn include_jobs(app: &App, groups: &[&[String]]) -> Vec<u64> {
                         reason: "test".into(),
                         at: now,
                     };
-                    tx.set_manual_decision(&key, Some(&d));
+                    tx.set_manual_decision(&key, Some(&d))?;
                     let was = sc.classification.clone();
                     let new = classify::classify(&sc.customer, Some(&d), &rules, &native);
                     exclusion::apply(tx, &mut sc, Some(&was), new, "test", "test", now, false)?;

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use erpsync::app::{App, ConnectorHandle};
 use erpsync::connectors::demo::{DemoConnector, DemoErp, DemoOptions};
 use erpsync::connectors::Budget;
+use erpsync::store::testing::TestPg;
+use erpsync::store::{Store, DEFAULT_CACHE_MB};
 use serde_json::{json, Value};
 
 pub const TOKEN: &str = "test-admin-token";
@@ -44,23 +46,58 @@ pub fn demo_toml(o: &DemoOptions) -> String {
     )
 }
 
+/// Which store backend a daemon under test uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
 /// A temporary directory with a config file for the demo connector.
 pub struct Setup {
-    pub dir: tempfile::TempDir,
     pub port: u16,
+    /// The PostgreSQL test database, when the daemon runs on PostgreSQL
+    /// (dropped with the setup).
+    pub pg: Option<TestPg>,
+    pub dir: tempfile::TempDir,
 }
 
 impl Setup {
     /// `extra` is appended to the config (rules, reminders, ...).
     pub fn demo(opts: &DemoOptions, poll_interval: &str, extra: &str) -> Setup {
+        Self::build(None, opts, poll_interval, extra)
+    }
+
+    /// Like [`Setup::demo`] on the given backend; `None` (the test is
+    /// skipped) when PostgreSQL is wanted but not there.
+    pub fn demo_on(
+        backend: Backend,
+        test: &str,
+        opts: &DemoOptions,
+        poll_interval: &str,
+        extra: &str,
+    ) -> Option<Setup> {
+        let pg = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(TestPg::create(test)?),
+        };
+        Some(Self::build(pg, opts, poll_interval, extra))
+    }
+
+    fn build(pg: Option<TestPg>, opts: &DemoOptions, poll_interval: &str, extra: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+        let store_line = match &pg {
+            Some(p) => format!("store = \"{}\"", p.url),
+            None => String::new(),
+        };
         let cfg = format!(
             r#"[daemon]
 state_dir = "state"
 log_level = "info,erpsync=debug"
 shutdown_timeout = "8s"
+{store_line}
 
 [http]
 listen = "127.0.0.1:{port}"
@@ -77,7 +114,15 @@ rate_limit = {{ requests_per_second = 1000, burst = 1000, max_concurrency = 4 }}
             demo = demo_toml(opts)
         );
         std::fs::write(dir.path().join("erpsync.toml"), cfg).unwrap();
-        Setup { dir, port }
+        Setup { dir, port, pg }
+    }
+
+    /// Opens the daemon's store (the daemon must not be running on SQLite).
+    pub fn open_store(&self) -> Store {
+        match &self.pg {
+            Some(p) => Store::open_location(&p.location(), DEFAULT_CACHE_MB).unwrap(),
+            None => Store::open(&self.dir.path().join("state")).unwrap(),
+        }
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -110,7 +155,19 @@ impl Daemon {
         Self::spawn_with_env(config, base, &[])
     }
 
+    /// Starts the binary without waiting for it to be ready (to kill it at
+    /// any instant of its start-up).
+    pub fn spawn_unready(config: &Path, base: String) -> Daemon {
+        Self::launch(config, base, &[])
+    }
+
     pub fn spawn_with_env(config: &Path, base: String, env: &[(&str, &str)]) -> Daemon {
+        let d = Self::launch(config, base, env);
+        d.wait_ready();
+        d
+    }
+
+    fn launch(config: &Path, base: String, env: &[(&str, &str)]) -> Daemon {
         let log = config.with_file_name(format!(
             "daemon-{}.log",
             Instant::now().elapsed().as_nanos() ^ rand_u32()
@@ -124,21 +181,19 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let d = Daemon {
+        Daemon {
             child,
             client: Api::new(&base),
             base,
             log,
-        };
-        d.wait_ready();
-        d
+        }
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn wait_ready(&self) {
+    pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Ok(r) = ureq_get(&format!("{}/readyz", self.base)) {
@@ -354,7 +409,7 @@ rate_limit = {{ requests_per_second = 5000, burst = 5000, max_concurrency = 4 }}
         let config = erpsync::config::load(&path, &erpsync::connectors::REGISTRY)
             .unwrap_or_else(|e| panic!("{e}"));
         std::fs::create_dir_all(&config.daemon.state_dir).unwrap();
-        let store = Arc::new(erpsync::store::Store::open(&config.daemon.state_dir).unwrap());
+        let store = Arc::new(Store::open(&config.daemon.state_dir).unwrap());
         let cc = config.connectors[0].clone();
         let budget = Budget::new(cc.limits);
         let conn = DemoConnector::new(

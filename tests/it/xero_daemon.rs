@@ -16,6 +16,7 @@ fn setup(mock: &BackgroundXero, s: &Settings) -> Setup {
     let setup = Setup {
         dir: tempfile::tempdir().unwrap(),
         port: free_port(),
+        pg: None,
     };
     write_config(mock, setup.dir.path(), setup.port, s);
     setup

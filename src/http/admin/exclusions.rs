@@ -32,7 +32,7 @@ use crate::http::{blocking, blocking_async};
 use crate::model::{CustomerKey, ExclusionSource, Record};
 use crate::reload::{self, ReloadError};
 use crate::rules::{parse_rule, Condition, ParseOptions, RuleSet};
-use crate::store::keys::valid_id;
+use crate::store::valid_id;
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()

@@ -37,7 +37,7 @@ use crate::http::{blocking, csv_safe};
 use crate::model::CustomerKey;
 use crate::reminders::flags::{self, FlagOutcome, HoldEntry, Request, StopEntry, StopTerms};
 use crate::reminders::{self, Candidate, Explanation, Filter, Reason, ReminderError};
-use crate::store::keys::valid_id;
+use crate::store::valid_id;
 
 /// Default and largest page of the JSON list.
 pub const DEFAULT_LIMIT: usize = 100;

@@ -374,9 +374,5 @@ async fn finished_jobs_beyond_the_history_limit_are_pruned_with_their_members() 
     }
     let left: Vec<u64> = jobs(&f.store).unwrap().iter().map(|j| j.id).collect();
     assert_eq!(left, finished[2..].to_vec());
-    assert!(f
-        .store
-        .scan_values::<MemberState>(ns::RESYNC_MEMBER, &[&job_key(finished[0])])
-        .next()
-        .is_none());
+    assert!(f.store.resync_members(finished[0]).unwrap().is_empty());
 }

@@ -1,0 +1,277 @@
+//! The schema, as versioned migrations shared by both backends.
+//!
+//! Each migration is written once with type placeholders that each backend
+//! fills in ([`render`]): `{DEC}` money (NUMERIC / canonical decimal TEXT,
+//! never a float), `{TS}` UTC instants (TIMESTAMPTZ / RFC 3339 TEXT with
+//! nanoseconds, so text order is time order), `{DATE}`, `{BOOL}`, `{JSON}`
+//! (JSONB / TEXT), `{INT}` 64-bit integers, `{SEQ}` an auto-assigned 64-bit
+//! key, `{WR}` (SQLite `WITHOUT ROWID` for tables keyed by text). Migrations
+//! are applied in order at start-up, each in its own transaction with its
+//! row in `schema_migrations`, so applying them again is a no-op. Never edit
+//! a released migration: add the next one. docs/schema.md documents the
+//! tables.
+
+/// `(version, statements)`, in order.
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(1, V1)];
+
+/// The newest schema version this build knows.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const V1: &str = r#"
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value {JSON} NOT NULL
+) {WR};
+
+CREATE TABLE customers (
+    connector TEXT NOT NULL,
+    id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    email TEXT,
+    subsidiary TEXT,
+    currency TEXT,
+    balance {DEC} NOT NULL,
+    inactive {BOOL} NOT NULL,
+    intercompany {BOOL} NOT NULL,
+    last_modified {TS} NOT NULL,
+    custom {JSON} NOT NULL,
+    excluded {BOOL} NOT NULL,
+    exclusion_source TEXT,
+    exclusion_reason TEXT NOT NULL,
+    classified_at {TS} NOT NULL,
+    first_seen {TS} NOT NULL,
+    PRIMARY KEY (connector, id)
+) {WR};
+CREATE INDEX customers_excluded ON customers (connector, excluded, id);
+
+CREATE TABLE decisions (
+    connector TEXT NOT NULL,
+    customer_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at {TS} NOT NULL,
+    PRIMARY KEY (connector, customer_id)
+) {WR};
+
+CREATE TABLE invoices (
+    connector TEXT NOT NULL,
+    id TEXT NOT NULL,
+    customer_id TEXT NOT NULL,
+    number TEXT NOT NULL,
+    issue_date {DATE} NOT NULL,
+    due_date {DATE} NOT NULL,
+    currency TEXT NOT NULL,
+    total {DEC} NOT NULL,
+    amount_due {DEC} NOT NULL,
+    status TEXT NOT NULL,
+    on_hold {BOOL} NOT NULL,
+    last_modified {TS} NOT NULL,
+    PRIMARY KEY (connector, id)
+) {WR};
+CREATE INDEX invoices_customer ON invoices (connector, customer_id, id);
+CREATE INDEX invoices_status_due ON invoices (connector, status, due_date);
+CREATE INDEX invoices_due ON invoices (connector, due_date);
+CREATE INDEX invoices_currency ON invoices (connector, currency);
+CREATE INDEX invoices_modified ON invoices (connector, last_modified);
+
+CREATE TABLE transactions (
+    connector TEXT NOT NULL,
+    id TEXT NOT NULL,
+    customer_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    date {DATE} NOT NULL,
+    amount {DEC} NOT NULL,
+    currency TEXT NOT NULL,
+    last_modified {TS} NOT NULL,
+    PRIMARY KEY (connector, id)
+) {WR};
+CREATE INDEX transactions_customer ON transactions (connector, customer_id, id);
+CREATE INDEX transactions_modified ON transactions (connector, last_modified);
+
+CREATE TABLE parked (
+    connector TEXT NOT NULL,
+    entity TEXT NOT NULL,
+    id TEXT NOT NULL,
+    customer_id TEXT NOT NULL,
+    last_modified {TS} NOT NULL,
+    record {JSON} NOT NULL,
+    PRIMARY KEY (connector, entity, id)
+) {WR};
+CREATE INDEX parked_customer ON parked (connector, customer_id);
+
+CREATE TABLE tombstones (
+    connector TEXT NOT NULL,
+    entity TEXT NOT NULL,
+    id TEXT NOT NULL,
+    at {TS} NOT NULL,
+    deleted {BOOL} NOT NULL,
+    recorded_at {TS} NOT NULL,
+    PRIMARY KEY (connector, entity, id)
+) {WR};
+CREATE INDEX tombstones_recorded ON tombstones (recorded_at);
+
+CREATE TABLE cursors (
+    connector TEXT NOT NULL,
+    entity TEXT NOT NULL,
+    cursor TEXT NOT NULL,
+    PRIMARY KEY (connector, entity)
+) {WR};
+
+CREATE TABLE counters (
+    connector TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value {INT} NOT NULL,
+    PRIMARY KEY (connector, name)
+) {WR};
+
+CREATE TABLE classification_counts (
+    connector TEXT NOT NULL,
+    excluded {BOOL} NOT NULL,
+    source TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    customers {INT} NOT NULL,
+    PRIMARY KEY (connector, excluded, source, reason)
+) {WR};
+
+CREATE TABLE audit (
+    seq {SEQ},
+    at {TS} NOT NULL,
+    connector TEXT NOT NULL,
+    customer_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    from_class {JSON},
+    to_class {JSON}
+);
+CREATE INDEX audit_customer ON audit (connector, customer_id, seq);
+CREATE INDEX audit_at ON audit (at);
+
+CREATE TABLE quarantine (
+    seq {SEQ},
+    connector TEXT NOT NULL,
+    at {TS} NOT NULL,
+    entity TEXT NOT NULL,
+    external_id TEXT,
+    reason TEXT NOT NULL,
+    raw TEXT NOT NULL
+);
+CREATE INDEX quarantine_connector ON quarantine (connector, seq);
+
+CREATE TABLE id_sequence (
+    name TEXT PRIMARY KEY,
+    value {INT} NOT NULL
+) {WR};
+
+CREATE TABLE resync_jobs (
+    id {INT} PRIMARY KEY,
+    connector TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at {TS} NOT NULL,
+    finished_at {TS},
+    job {JSON} NOT NULL
+);
+CREATE INDEX resync_jobs_state ON resync_jobs (state, finished_at);
+
+CREATE TABLE resync_members (
+    job {INT} NOT NULL,
+    customer_id TEXT NOT NULL,
+    done {BOOL} NOT NULL,
+    PRIMARY KEY (job, customer_id)
+) {WR};
+
+CREATE TABLE resync_queued (
+    connector TEXT NOT NULL,
+    customer_id TEXT NOT NULL,
+    job {INT} NOT NULL,
+    PRIMARY KEY (connector, customer_id)
+) {WR};
+
+CREATE TABLE reminder_stops (
+    connector TEXT NOT NULL,
+    customer_id TEXT NOT NULL,
+    flag {JSON} NOT NULL,
+    PRIMARY KEY (connector, customer_id)
+) {WR};
+
+CREATE TABLE reminder_holds (
+    connector TEXT NOT NULL,
+    invoice_id TEXT NOT NULL,
+    flag {JSON} NOT NULL,
+    PRIMARY KEY (connector, invoice_id)
+) {WR};
+
+CREATE TABLE credentials (
+    connector TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated_at {TS} NOT NULL,
+    PRIMARY KEY (connector, name)
+) {WR};
+"#;
+
+/// Which backend a migration is rendered for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// The migration text with the backend's column types.
+pub(crate) fn render(sql: &str, d: Dialect) -> String {
+    let map: &[(&str, &str)] = match d {
+        Dialect::Sqlite => &[
+            ("{DEC}", "TEXT"),
+            ("{TS}", "TEXT"),
+            ("{DATE}", "TEXT"),
+            ("{BOOL}", "INTEGER"),
+            ("{JSON}", "TEXT"),
+            ("{INT}", "INTEGER"),
+            ("{SEQ}", "INTEGER PRIMARY KEY"),
+            ("{WR}", "WITHOUT ROWID"),
+        ],
+        Dialect::Postgres => &[
+            ("{DEC}", "NUMERIC"),
+            ("{TS}", "TIMESTAMPTZ"),
+            ("{DATE}", "DATE"),
+            ("{BOOL}", "BOOLEAN"),
+            ("{JSON}", "JSONB"),
+            ("{INT}", "BIGINT"),
+            (
+                "{SEQ}",
+                "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
+            ),
+            ("{WR}", ""),
+        ],
+    };
+    let mut s = sql.to_string();
+    for (from, to) in map {
+        s = s.replace(from, to);
+    }
+    s
+}
+
+/// The bookkeeping table, created before any migration runs.
+pub(crate) fn migrations_table(d: Dialect) -> String {
+    render(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version {INT} PRIMARY KEY, applied_at {TS} NOT NULL)",
+        d,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_placeholder_is_rendered_and_versions_ascend() {
+        for d in [Dialect::Sqlite, Dialect::Postgres] {
+            for (_, m) in MIGRATIONS {
+                assert!(!render(m, d).contains('{'), "{d:?}");
+            }
+        }
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(MIGRATIONS.last().unwrap().0, SCHEMA_VERSION);
+    }
+}
