@@ -530,6 +530,20 @@ rate_limit = {{ requests_per_second = 5000, burst = 5000, max_concurrency = 4 }}
     }
 }
 
+/// The read-side endpoints (all `GET`), readable with the consumer token.
+pub fn read_endpoints() -> Vec<(&'static str, String, Option<Value>)> {
+    [
+        "/api/v1/invoices",
+        "/api/v1/transactions",
+        "/api/v1/changes",
+        "/api/v1/exports/open-invoices.csv",
+        "/api/v1/exports/customers.csv",
+    ]
+    .into_iter()
+    .map(|p| ("GET", p.to_string(), None))
+    .collect()
+}
+
 /// Every `/api/v1` endpoint, with what it needs to do something: for tests
 /// that must cover the whole admin API (token refusal, query checks).
 pub fn admin_endpoints(k: &str, id: &str) -> Vec<(&'static str, String, Option<Value>)> {
