@@ -25,6 +25,9 @@ use crate::model::{CustomerKey, InvoiceStatus, TransactionKind};
 use crate::store::{valid_id, ListedRecord, RecordQuery, StatusFilter, Store, StoreError};
 use view::RecordView;
 
+/// A record's key: (connector, id).
+pub type Key = (String, String);
+
 /// Largest page.
 pub const MAX_LIMIT: usize = 1000;
 /// Page size when `limit` is not given.
@@ -315,7 +318,7 @@ pub fn listed(
     q: &RecordQuery,
     invoices: bool,
     connectors: &[String],
-) -> Result<(Vec<ListedRecord>, Option<(String, String)>), StoreError> {
+) -> Result<(Vec<ListedRecord>, Option<Key>), StoreError> {
     let mut items: Vec<ListedRecord> = Vec::new();
     let walk: Vec<String> = match &q.connector {
         Some(c) => vec![c.clone()],

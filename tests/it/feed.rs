@@ -46,7 +46,7 @@ async fn wait_resyncs_done(p: &InProcess) {
 fn busy_customers(p: &InProcess, n: usize) -> Vec<String> {
     let snap = Snapshot::of_store(&p.app.store);
     let mut out = Vec::new();
-    for (k, _) in &snap.customers {
+    for k in snap.customers.keys() {
         let has_inv = snap.invoices.values().any(|r| r[0] == k.1);
         let has_txn = snap.transactions.values().any(|r| r[0] == k.1);
         if has_inv && has_txn {
