@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConnectorConfig};
 use crate::connectors::{Budget, Connector, NativeExclusion, REGISTRY};
 use crate::exclusion::Policy;
+use crate::feed::webhooks::Endpoint;
 use crate::http::auth::Tokens;
 use crate::http::session::Sessions;
 use crate::ingest::PageStats;
@@ -42,6 +43,8 @@ pub struct App {
     pub resync_wakeup: Notify,
     /// The outcome of the last rule reload, shown in `/status`.
     pub last_reload: Mutex<Option<ReloadStatus>>,
+    /// The webhook endpoints the change feed is delivered to.
+    webhooks: RwLock<Vec<Arc<Endpoint>>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -72,7 +75,25 @@ impl App {
             sessions: Sessions::default(),
             resync_wakeup: Notify::new(),
             last_reload: Mutex::new(None),
+            webhooks: RwLock::new(Vec::new()),
         })
+    }
+
+    /// The webhook endpoints (set once at start-up by the daemon).
+    pub fn webhooks(&self) -> Vec<Arc<Endpoint>> {
+        self.webhooks
+            .read()
+            .expect("webhooks lock poisoned")
+            .clone()
+    }
+
+    pub fn set_webhooks(&self, endpoints: Vec<Arc<Endpoint>>) {
+        *self.webhooks.write().expect("webhooks lock poisoned") = endpoints;
+    }
+
+    /// Ids of the configured connectors, for the read side's filters.
+    pub fn connector_ids(&self) -> Vec<String> {
+        self.connectors.iter().map(|h| h.id.clone()).collect()
     }
 
     pub fn config(&self) -> Arc<Config> {

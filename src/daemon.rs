@@ -80,6 +80,21 @@ pub fn build(config: Config) -> anyhow::Result<Arc<App>> {
         )
         .into());
     }
+    let consumer_token = match &config.http.consumer_token {
+        Some(src) => Some(
+            src.load()
+                .map_err(|e| StartupRefused(format!("consumer token: {e}")))?,
+        ),
+        None => None,
+    };
+    if consumer_token.is_some() && (consumer_token == admin_token || consumer_token == viewer_token)
+    {
+        return Err(StartupRefused(
+            "the consumer token is the same as the admin or the viewer token: give downstream consumers their own token".into(),
+        )
+        .into());
+    }
+    let webhooks = crate::feed::webhooks::endpoints(&config).map_err(StartupRefused)?;
     std::fs::create_dir_all(&config.daemon.state_dir).with_context(|| {
         format!(
             "cannot create state_dir {}",
@@ -95,12 +110,14 @@ pub fn build(config: Config) -> anyhow::Result<Arc<App>> {
         return Err(StartupRefused(why).into());
     }
     let _ = slot.set(Arc::clone(&store));
-    Ok(App::new(
+    let app = App::new(
         config,
         store,
         handles,
-        crate::http::auth::Tokens::new(admin_token, viewer_token),
-    ))
+        crate::http::auth::Tokens::new(admin_token, viewer_token).with_consumer(consumer_token),
+    );
+    app.set_webhooks(webhooks);
+    Ok(app)
 }
 
 /// Runs an already built daemon on `listener` until `shutdown` resolves.
@@ -133,6 +150,8 @@ pub async fn run_with(
     tracker.spawn(hangup_reloads(Arc::clone(&app)));
     tracker.spawn(watchdog(token.clone()));
     tracker.spawn(compact_store(Arc::clone(&app)));
+    tracker.spawn(crate::feed::run_retention(Arc::clone(&app)));
+    crate::feed::webhooks::spawn(&app, &tracker);
     app.set_ready(true);
     notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(connectors = app.connectors.len(), "erpsync ready");

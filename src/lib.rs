@@ -19,6 +19,8 @@
 //! - [`sync`]: the per-connector poll scheduler.
 //! - [`credentials`]: each connector's credentials in the store (OAuth tokens).
 //! - [`resync`]: durable resync jobs, one worker per connector, progress and ETA.
+//! - [`read`]: the read side's invoice and transaction lists and CSV exports.
+//! - [`feed`]: the change feed (`/changes`), its retention and webhooks.
 //! - [`http`]: health, status, metrics, the admin API and the web console.
 //! - [`daemon`]: wires everything together and runs until shutdown.
 //! - [`cli`]: the `erpsync` command line.
@@ -32,10 +34,13 @@ pub mod credentials;
 pub mod daemon;
 pub mod exclusion;
 pub mod export;
+pub mod feed;
 pub mod http;
 pub mod ingest;
 pub mod migrate;
 pub mod model;
+pub mod net;
+pub mod read;
 pub mod reload;
 pub mod reminders;
 pub mod resync;

@@ -365,6 +365,11 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         old.http.viewer_token != new.http.viewer_token,
     );
     check(
+        "http.consumer_token",
+        old.http.consumer_token != new.http.consumer_token,
+    );
+    check("webhooks", old.webhooks != new.webhooks);
+    check(
         "http.max_body_bytes",
         old.http.max_body_bytes != new.http.max_body_bytes,
     );

@@ -101,6 +101,11 @@ impl ApiClient {
             .await?)
     }
 
+    /// A successful GET's response, to read its body in chunks.
+    pub async fn get_response(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        self.send(self.req(reqwest::Method::GET, path)).await
+    }
+
     pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
         Ok(self
             .send(self.req(reqwest::Method::GET, path))
@@ -209,6 +214,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Resync(a) => super::resyncs::resync(a).await,
         Command::Sync(a) => super::connectors::sync(a).await,
         Command::Connect(a) => super::connectors::connect(a).await,
+        Command::Export(c) => super::readside::export(c).await,
+        Command::Webhooks(c) => super::readside::webhooks(c).await,
         Command::Run(_) | Command::CheckConfig(_) | Command::MigrateStore(_) => {
             unreachable!("handled in cli::main")
         }
@@ -296,6 +303,20 @@ fn print_status(v: &Value) {
                 .collect()
         })
         .unwrap_or_default();
+    for w in v["webhooks"].as_array().into_iter().flatten() {
+        println!(
+            "webhook {} ({}): {}, {} events behind{}",
+            cell(w.get("id")),
+            cell(w.get("target")),
+            cell(w.get("state")),
+            cell(w.get("lag_events")),
+            match w.get("last_error").and_then(|e| e.get("message")) {
+                Some(m) if !w["failing_since"].is_null() || w["state"] == "retrying" =>
+                    format!("; last error: {}", cell(Some(m))),
+                _ => String::new(),
+            }
+        );
+    }
     for c in v["connectors"].as_array().into_iter().flatten() {
         if let Some(at) = c.get("resumes_at").and_then(Value::as_str) {
             println!(

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod connectors;
 pub mod exclusions;
+pub mod readside;
 pub mod reminders;
 pub mod resyncs;
 
@@ -88,6 +89,12 @@ pub enum Command {
     /// after it shows `needs_reconnect`); works with the daemon running or
     /// stopped.
     Connect(connectors::ConnectArgs),
+    /// Export read-side data as CSV: the open invoices or the customer list.
+    #[command(subcommand)]
+    Export(readside::ExportCommand),
+    /// Webhook endpoints of the change feed: send a signed test message.
+    #[command(subcommand)]
+    Webhooks(readside::WebhooksCommand),
     /// Imports the dump of an earlier install's store (written by
     /// erpsync-sled-export) into a new, empty store. Run it with the daemon
     /// stopped.

@@ -1,4 +1,5 @@
-//! `[http]`: listen address, admin and viewer token sources, body limit.
+//! `[http]`: listen address, admin, viewer and consumer token sources, body
+//! limit.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -38,10 +39,18 @@ pub(super) fn compile(h: RawHttp, base: &Path, p: &mut Problems<'_>) -> HttpConf
         base,
         p,
     );
+    let consumer_token = token_source(
+        "consumer",
+        &h.consumer_token_file,
+        &h.consumer_token_credential,
+        base,
+        p,
+    );
     HttpConfig {
         listen,
         admin_token,
         viewer_token,
+        consumer_token,
         max_body_bytes: h.max_body_bytes.unwrap_or(1 << 20),
     }
 }

@@ -21,11 +21,13 @@ pub mod connectors;
 mod daemon;
 pub mod duration;
 mod exclusions;
+mod feed;
 mod http;
 mod raw;
 mod rules;
 #[cfg(test)]
 mod tests;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,6 +42,8 @@ use crate::secrets::SecretSource;
 pub use connectors::{
     ConnectorConfig, ConnectorKinds, ConnectorOptions, KindSpec, Limits, OptionsCheck, OptionsTable,
 };
+pub use feed::FeedConfig;
+pub use webhooks::{literal_ip, WebhookConfig, WebhookStart};
 
 /// Exit code for configuration errors (sysexits.h `EX_CONFIG`).
 pub const EX_CONFIG: i32 = 78;
@@ -58,6 +62,10 @@ pub struct Config {
     pub connectors: Vec<ConnectorConfig>,
     pub rules: RuleSet,
     pub reminders: RemindersConfig,
+    /// The change feed's retention (`[feed]`).
+    pub feed: FeedConfig,
+    /// Webhook endpoints the change feed is delivered to (`[[webhooks]]`).
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +93,9 @@ pub struct HttpConfig {
     pub admin_token: Option<SecretSource>,
     /// Where the read-only viewer token comes from; `None`: no viewer role.
     pub viewer_token: Option<SecretSource>,
+    /// Where the consumer token comes from (reads the read-side API and the
+    /// change feed, nothing of the admin API); `None`: no consumer role.
+    pub consumer_token: Option<SecretSource>,
     pub max_body_bytes: usize,
 }
 
@@ -270,6 +281,8 @@ fn compile(
     let exclusions = exclusions::compile(raw.exclusions.unwrap_or_default(), &mut problems);
     let connectors = connectors::compile(raw.connectors, tables, kinds, file, base, &mut problems);
     let rules = rules::compile(raw.rules, &mut problems);
+    let feed = feed::compile(raw.feed.unwrap_or_default(), &mut problems);
+    let webhooks = webhooks::compile(raw.webhooks, base, &mut problems);
     // [reminders]: read again with spans by its own module.
     let reminders = match raw.reminders {
         Some(_) => crate::reminders::config::compile(text).unwrap_or_else(|ps| {
@@ -289,6 +302,8 @@ fn compile(
         connectors,
         rules,
         reminders,
+        feed,
+        webhooks,
     })
 }
 
@@ -315,6 +330,28 @@ impl Config {
         );
         if self.http.viewer_token.is_some() {
             s += "  viewer token: configured (read-only API and console)\n";
+        }
+        if self.http.consumer_token.is_some() {
+            s += "  consumer token: configured (read-side API and change feed only)\n";
+        }
+        s += &format!(
+            "  change feed: events kept {} (at most {})\n",
+            duration::format(self.feed.retention),
+            self.feed.max_events
+        );
+        for w in &self.webhooks {
+            s += &format!(
+                "  webhook {}: {} ({}; back-off up to {}, failing after {})\n",
+                w.id,
+                w.target(),
+                if w.events.is_empty() {
+                    "every event".to_string()
+                } else {
+                    w.events.join(", ")
+                },
+                duration::format(w.retry_max),
+                duration::format(w.max_retry_time)
+            );
         }
         s += &format!("  connectors: {}\n", self.connectors.len());
         for c in &self.connectors {

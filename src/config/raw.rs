@@ -19,6 +19,9 @@ pub struct RawConfig {
     #[serde(default)]
     pub rules: Vec<RawRule>,
     pub reminders: Option<Spanned<toml::Value>>,
+    pub feed: Option<RawFeed>,
+    #[serde(default)]
+    pub webhooks: Vec<Spanned<RawWebhook>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -44,7 +47,33 @@ pub struct RawHttp {
     pub admin_token_credential: Option<Spanned<String>>,
     pub viewer_token_file: Option<Spanned<String>>,
     pub viewer_token_credential: Option<Spanned<String>>,
+    pub consumer_token_file: Option<Spanned<String>>,
+    pub consumer_token_credential: Option<Spanned<String>>,
     pub max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFeed {
+    pub retention: Option<Spanned<String>>,
+    pub max_events: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    pub id: Spanned<String>,
+    pub url: Spanned<String>,
+    pub secret_file: Option<Spanned<String>>,
+    pub secret_credential: Option<Spanned<String>>,
+    pub events: Option<Spanned<Vec<String>>>,
+    pub allow_private_network: Option<bool>,
+    pub batch_size: Option<Spanned<u64>>,
+    pub timeout: Option<Spanned<String>>,
+    pub retry_initial: Option<Spanned<String>>,
+    pub retry_max: Option<Spanned<String>>,
+    pub max_retry_time: Option<Spanned<String>>,
+    pub start: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

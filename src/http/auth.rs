@@ -8,8 +8,12 @@
 //!   also carry its CSRF token in the `X-CSRF-Token` header.
 //!
 //! Each token carries a [`Role`]. The admin may do everything; the viewer
-//! reads everything and changes nothing: the check happens here, before any
-//! handler runs, so a refused request changes nothing. Tokens are compared
+//! reads everything and changes nothing; the consumer (a downstream system:
+//! collections tool, warehouse) reads only the read side — the invoice and
+//! transaction lists, the change feed and the exports under
+//! [`READ_SIDE`] — and nothing of the admin API. The check happens here,
+//! before any handler runs, so a refused request changes nothing. The
+//! consumer token cannot open a console session. Tokens are compared
 //! in constant time and never logged. With no token configured at all the
 //! API answers 403 and says why; health endpoints are not behind this.
 
@@ -27,10 +31,8 @@ use super::session::{self, CSRF_HEADER};
 use crate::app::App;
 use crate::secrets::Secret;
 
-/// What a token lets its holder do. A new role (e.g. a read-only
-/// "consumer" of the synced data for downstream systems) is one more
-/// variant here, with its token source in `[http]` and its answer in
-/// [`Role::allows`].
+/// What a token lets its holder do. A new role is one more variant here,
+/// with its token source in `[http]` and its answer in [`Role::allows`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -38,6 +40,8 @@ pub enum Role {
     Admin,
     /// Reads everything, changes nothing.
     Viewer,
+    /// Reads the read side only (lists, change feed, exports).
+    Consumer,
 }
 
 /// What an endpoint does, for the role check.
@@ -48,6 +52,19 @@ pub enum Access {
     Read,
     /// Changes data or the daemon's state.
     Change,
+    /// Reads the read side for downstream systems ([`READ_SIDE`]).
+    ReadSide,
+}
+
+/// The read-side endpoints (paths under `/api/v1`): all a consumer token
+/// may call, with `GET`.
+pub const READ_SIDE: [&str; 4] = ["/invoices", "/transactions", "/changes", "/exports/"];
+
+fn is_read_side(path: &str) -> bool {
+    READ_SIDE.iter().any(|p| match p.strip_suffix('/') {
+        Some(dir) => path.starts_with(p) && path.len() > dir.len() + 1,
+        None => path == *p,
+    })
 }
 
 impl Role {
@@ -56,13 +73,15 @@ impl Role {
         match self {
             Role::Admin => "admin",
             Role::Viewer => "viewer",
+            Role::Consumer => "consumer",
         }
     }
 
     pub fn allows(self, access: Access) -> bool {
         match self {
             Role::Admin => true,
-            Role::Viewer => access == Access::Read,
+            Role::Viewer => access != Access::Change,
+            Role::Consumer => access == Access::ReadSide,
         }
     }
 }
@@ -75,6 +94,9 @@ const READ_ONLY_POSTS: [&str; 2] = ["/rules/preview", "/reinclusions/estimate"];
 pub fn access_of(method: &Method, path: &str) -> Access {
     let path = path.strip_prefix("/api/v1").unwrap_or(path);
     if method == Method::GET || method == Method::HEAD {
+        if is_read_side(path) {
+            return Access::ReadSide;
+        }
         return Access::Read;
     }
     if method == Method::POST && READ_ONLY_POSTS.contains(&path) {
@@ -114,18 +136,33 @@ impl Principal {
 pub struct Tokens {
     admin: Option<Secret>,
     viewer: Option<Secret>,
+    consumer: Option<Secret>,
 }
 
 impl Tokens {
     pub fn new(admin: Option<Secret>, viewer: Option<Secret>) -> Tokens {
-        Tokens { admin, viewer }
+        Tokens {
+            admin,
+            viewer,
+            consumer: None,
+        }
+    }
+
+    /// These tokens plus a consumer token.
+    pub fn with_consumer(mut self, consumer: Option<Secret>) -> Tokens {
+        self.consumer = consumer;
+        self
     }
 
     /// The role of a presented token, comparing against every configured
     /// token in constant time.
     pub fn role_of(&self, given: &str) -> Option<Role> {
         let mut found = None;
-        for (role, secret) in [(Role::Admin, &self.admin), (Role::Viewer, &self.viewer)] {
+        for (role, secret) in [
+            (Role::Admin, &self.admin),
+            (Role::Viewer, &self.viewer),
+            (Role::Consumer, &self.consumer),
+        ] {
             if let Some(s) = secret {
                 if bool::from(given.as_bytes().ct_eq(s.expose().as_bytes())) {
                     found = found.or(Some(role));
@@ -137,7 +174,7 @@ impl Tokens {
 
     /// Whether any token is configured (else the API is disabled).
     pub fn any(&self) -> bool {
-        self.admin.is_some() || self.viewer.is_some()
+        self.admin.is_some() || self.viewer.is_some() || self.consumer.is_some()
     }
 
     pub fn has_viewer(&self) -> bool {
@@ -160,10 +197,19 @@ pub async fn require_token(State(app): State<Arc<App>>, mut req: Request, next: 
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    if !principal
-        .role
-        .allows(access_of(req.method(), req.uri().path()))
-    {
+    let access = access_of(req.method(), req.uri().path());
+    if !principal.role.allows(access) {
+        if principal.role == Role::Consumer {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the consumer token reads only the read side (GET /api/v1/invoices, /api/v1/transactions, /api/v1/changes, /api/v1/exports/...): {} {} is not part of it",
+                    req.method(),
+                    req.uri().path()
+                ),
+            )
+            .into_response();
+        }
         return ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
@@ -299,6 +345,36 @@ mod tests {
         assert!(Role::Admin.allows(Access::Change));
         assert!(Role::Viewer.allows(Access::Read));
         assert!(!Role::Viewer.allows(Access::Change));
+    }
+
+    #[test]
+    fn the_consumer_reads_the_read_side_and_nothing_else() {
+        for p in [
+            "/api/v1/invoices",
+            "/api/v1/transactions",
+            "/api/v1/changes",
+            "/api/v1/exports/open-invoices.csv",
+            "/api/v1/exports/customers.csv",
+        ] {
+            assert_eq!(access_of(&Method::GET, p), Access::ReadSide, "{p}");
+        }
+        for (m, p) in [
+            (Method::GET, "/api/v1/customers"),
+            (Method::GET, "/api/v1/invoicesX"),
+            (Method::GET, "/api/v1/exports/"),
+            (Method::GET, "/api/v1/exports"),
+            (Method::GET, "/api/v1/status"),
+            (Method::POST, "/api/v1/invoices"),
+        ] {
+            assert_ne!(access_of(&m, p), Access::ReadSide, "{m} {p}");
+        }
+        assert!(Role::Consumer.allows(Access::ReadSide));
+        assert!(!Role::Consumer.allows(Access::Read));
+        assert!(!Role::Consumer.allows(Access::Change));
+        assert!(Role::Viewer.allows(Access::ReadSide));
+        assert!(Role::Admin.allows(Access::ReadSide));
+        let t = Tokens::new(Some(Secret::new("a")), None).with_consumer(Some(Secret::new("c")));
+        assert_eq!(t.role_of("c"), Some(Role::Consumer));
     }
 
     #[test]

@@ -343,6 +343,12 @@ async fn login(State(app): State<Arc<App>>, req: Request) -> Result<Response, Ap
             "wrong token: use the admin or the viewer token from the daemon's configuration",
         ));
     };
+    if role == super::auth::Role::Consumer {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the consumer token is for downstream systems reading the read-side API; log in to the console with the admin or the viewer token",
+        ));
+    }
     app.sessions.login_succeeded(ip);
     let (id, s) = app.sessions.create(role);
     tracing::info!(actor = %format!("web:{}", role.name()), "console login");

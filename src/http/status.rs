@@ -44,6 +44,10 @@ pub struct Status {
     pub resync: ResyncSummary,
     pub rules: usize,
     pub last_reload: Option<ReloadStatus>,
+    /// Where the change feed stands.
+    pub feed: crate::store::FeedBounds,
+    /// Webhook endpoints: state, position, lag, failures.
+    pub webhooks: Vec<crate::feed::webhooks::WebhookStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -120,6 +124,12 @@ pub fn build_status(app: &App) -> Result<Status, crate::store::StoreError> {
         }
     }
     resync.jobs = crate::resync::progress::views(app, crate::resync::progress::Filter::Unfinished)?;
+    let feed = app.store.feed_bounds()?;
+    let webhooks = app
+        .webhooks()
+        .iter()
+        .map(|w| w.status(feed.latest))
+        .collect();
     Ok(Status {
         version: env!("CARGO_PKG_VERSION"),
         started_at: app.started_at,
@@ -130,6 +140,8 @@ pub fn build_status(app: &App) -> Result<Status, crate::store::StoreError> {
         resync,
         rules: app.rules().rules().len(),
         last_reload: app.last_reload.lock().expect("poisoned").clone(),
+        feed,
+        webhooks,
     })
 }
 
@@ -377,6 +389,55 @@ pub async fn metrics(
         "gauge",
         "Resync jobs that failed.",
         vec![(String::new(), s.resync.jobs_failed as f64)],
+    );
+    fam(
+        &mut text,
+        "erpsync_feed_latest_sequence",
+        "gauge",
+        "Sequence number of the newest change-feed event.",
+        vec![(String::new(), s.feed.latest as f64)],
+    );
+    fam(
+        &mut text,
+        "erpsync_feed_expired_sequence",
+        "gauge",
+        "Change-feed events up to this sequence number were dropped by retention.",
+        vec![(String::new(), s.feed.expired_through as f64)],
+    );
+    let wl = |id: &str| format!("{{endpoint=\"{}\"}}", label_value(id));
+    let per = |f: &dyn Fn(&crate::feed::webhooks::WebhookStatus) -> f64| {
+        s.webhooks
+            .iter()
+            .map(|w| (wl(&w.id), f(w)))
+            .collect::<Vec<_>>()
+    };
+    fam(
+        &mut text,
+        "erpsync_webhook_failing",
+        "gauge",
+        "1 while the webhook endpoint has failed for longer than its max_retry_time.",
+        per(&|w| f64::from(u8::from(w.failing_since.is_some()))),
+    );
+    fam(
+        &mut text,
+        "erpsync_webhook_lag_events",
+        "gauge",
+        "Change-feed events not yet acknowledged by the endpoint.",
+        per(&|w| w.lag_events as f64),
+    );
+    fam(
+        &mut text,
+        "erpsync_webhook_delivered_events_total",
+        "counter",
+        "Events delivered to the endpoint since the daemon started.",
+        per(&|w| w.delivered_events as f64),
+    );
+    fam(
+        &mut text,
+        "erpsync_webhook_failed_attempts_total",
+        "counter",
+        "Failed delivery attempts since the daemon started.",
+        per(&|w| w.failed_attempts as f64),
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

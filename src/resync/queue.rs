@@ -105,6 +105,41 @@ impl Job {
     }
 }
 
+/// The `resync.finished` event of the change feed.
+#[derive(Debug, Serialize)]
+struct Finished<'a> {
+    job: u64,
+    state: JobState,
+    reason: &'a str,
+    /// The customers whose history this job fetched (done members), by id.
+    customers: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+/// Tells the change feed that a job finished (done or failed), in the same
+/// write.
+fn announce_finished(tx: &mut Tx<'_>, job: &Job) -> Result<()> {
+    let customers = tx
+        .resync_members(job.id)?
+        .into_iter()
+        .filter(|(_, done)| *done)
+        .map(|(c, _)| c)
+        .collect();
+    tx.resync_finished(
+        &job.connector,
+        job.id,
+        &Finished {
+            job: job.id,
+            state: job.state,
+            reason: &job.reason,
+            customers,
+            error: job.error.as_deref(),
+        },
+    );
+    Ok(())
+}
+
 /// A set of customers fetched together, with the position of each entity
 /// stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -262,6 +297,7 @@ pub fn remove_customer(tx: &mut Tx<'_>, connector: &str, customer: &str) -> Resu
         }
         if job.done >= job.total && job.state != JobState::Done {
             job.finish(chrono::Utc::now());
+            announce_finished(tx, &job)?;
         }
         save_job(tx, &job)?;
     }
@@ -476,6 +512,7 @@ pub fn commit_page(tx: &mut Tx<'_>, c: &PageCommit<'_>) -> Result<Committed> {
             if job.done >= job.total && job.state != JobState::Done {
                 job.finish(c.now);
                 out.jobs_finished.push(job.id);
+                announce_finished(tx, job)?;
             }
         }
     }
@@ -507,10 +544,14 @@ pub fn drop_batch(
         job.batches.retain(|b| b.id != batch.id);
         if let Some(error) = fail_jobs {
             if job.state != JobState::Done && job.done < job.total {
+                let was_failed = job.state == JobState::Failed;
                 job.state = JobState::Failed;
                 job.error = Some(error.to_string());
                 job.finished_at = Some(now);
                 failed.push(id);
+                if !was_failed {
+                    announce_finished(tx, &job)?;
+                }
             }
         }
         save_job(tx, &job)?;

@@ -6,7 +6,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use super::sql::{json, Row, Value};
 use super::{AuditEntry, QuarantineEntry, Result, StoreError, StoredCustomer};
 use crate::model::{
-    Classification, Customer, CustomerKey, Invoice, ManualDecision, Quarantined, Record,
+    Classification, Customer, CustomerKey, Invoice, ManualDecision, Quarantined, Record, Timestamp,
     Transaction,
 };
 
@@ -89,7 +89,9 @@ pub(crate) fn customer_from_row(r: &Row) -> Result<StoredCustomer> {
     })
 }
 
-pub(crate) fn invoice_values(conn: &str, i: &Invoice) -> Vec<Value> {
+/// The columns of an invoice row, `changed_at` (when the store last
+/// changed it) last.
+pub(crate) fn invoice_values(conn: &str, i: &Invoice, changed_at: Timestamp) -> Vec<Value> {
     vec![
         Value::from(conn),
         Value::from(&i.external_id),
@@ -103,10 +105,12 @@ pub(crate) fn invoice_values(conn: &str, i: &Invoice) -> Vec<Value> {
         Value::Text(enum_text(&i.status)),
         Value::Bool(i.on_hold),
         Value::Time(i.last_modified),
+        Value::Time(changed_at),
     ]
 }
 
-pub(crate) fn transaction_values(conn: &str, t: &Transaction) -> Vec<Value> {
+/// The columns of a transaction row, `changed_at` last.
+pub(crate) fn transaction_values(conn: &str, t: &Transaction, changed_at: Timestamp) -> Vec<Value> {
     vec![
         Value::from(conn),
         Value::from(&t.external_id),
@@ -116,6 +120,7 @@ pub(crate) fn transaction_values(conn: &str, t: &Transaction) -> Vec<Value> {
         Value::Dec(t.amount),
         Value::from(&t.currency),
         Value::Time(t.last_modified),
+        Value::Time(changed_at),
     ]
 }
 

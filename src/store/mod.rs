@@ -29,6 +29,7 @@
 //! what ingest and the admin paths tell it to, and answers queries.
 
 mod codec;
+mod feed;
 pub mod pg;
 mod schema;
 mod sql;
@@ -45,6 +46,10 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::model::{Classification, CustomerKey, Entity, ManualDecision, Record, Timestamp};
 use crate::secrets::{Secret, SecretSource};
 use codec::{customer_from_row, record_from_row, AUDIT_COLS, CUSTOMER_COLS};
+pub use feed::{
+    EventData, EventType, FeedBounds, FeedEvent, ListedRecord, RecordQuery, StatusFilter,
+    WebhookCursor, PURGE_IDS_PER_EVENT,
+};
 pub use schema::SCHEMA_VERSION;
 use sql::{params, Conn, Value};
 pub use tx::{Tx, Upsert};
@@ -236,6 +241,9 @@ pub struct Store {
     /// Serialises writers of this process. A std mutex because the critical
     /// section is synchronous and never awaits.
     writer: Mutex<()>,
+    /// The sequence number of the newest event this process committed
+    /// (webhook deliveries wait on it).
+    feed: tokio::sync::watch::Sender<u64>,
 }
 
 /// Runs blocking database work without stalling the async runtime's
@@ -281,6 +289,7 @@ impl Store {
         Ok(Store {
             backend,
             writer: Mutex::new(()),
+            feed: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -318,12 +327,13 @@ impl Store {
                 let res = catch_unwind(AssertUnwindSafe(|| {
                     let mut tx = Tx::new(&mut *c);
                     let out = f(&mut tx)?;
-                    tx.finish()?;
-                    Ok(out)
+                    let seq = tx.finish()?;
+                    Ok((out, seq))
                 }));
                 match res {
-                    Ok(Ok(v)) => {
+                    Ok(Ok((v, seq))) => {
                         sqlite::commit(&mut c)?;
+                        self.published(seq);
                         Ok(v)
                     }
                     Ok(Err(e)) => {
@@ -342,12 +352,13 @@ impl Store {
                     let mut w = p.writer();
                     let mut tx = Tx::new(&mut w);
                     let out = f(&mut tx)?;
-                    tx.finish()?;
-                    Ok(out)
+                    let seq = tx.finish()?;
+                    Ok((out, seq))
                 }));
                 match res {
-                    Ok(Ok(v)) => {
+                    Ok(Ok((v, seq))) => {
                         p.commit()?;
+                        self.published(seq);
                         Ok(v)
                     }
                     Ok(Err(e)) => {
@@ -360,6 +371,13 @@ impl Store {
                     }
                 }
             }
+        }
+    }
+
+    /// Tells feed subscribers about events just committed.
+    fn published(&self, seq: Option<u64>) {
+        if let Some(s) = seq {
+            self.feed.send_replace(s);
         }
     }
 
@@ -853,5 +871,7 @@ fn fill(
     Ok(())
 }
 
+#[cfg(test)]
+mod feed_tests;
 #[cfg(test)]
 mod tests;

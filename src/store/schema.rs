@@ -12,10 +12,10 @@
 //! tables.
 
 /// `(version, statements)`, in order.
-pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(1, V1)];
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2)];
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const V1: &str = r#"
 CREATE TABLE meta (
@@ -209,6 +209,52 @@ CREATE TABLE credentials (
     updated_at {TS} NOT NULL,
     PRIMARY KEY (connector, name)
 ) {WR};
+"#;
+
+/// The read side: the change feed (outbox), webhook delivery cursors, and
+/// when each record last changed in the store (`modified_since`). The
+/// read-side indexes end with the record id so a filtered list pages by key
+/// without sorting; they replace V1 indexes nothing read yet (same number of
+/// indexes per table, so ingest writes no more index entries).
+///
+/// A store that already holds data when this runs gets a feed that starts
+/// after that data: `events` is set to 1 and `events_expired` to 1, so a
+/// consumer starting from the beginning is told to do a full read first
+/// (410), exactly as after a retention cut.
+const V2: &str = r#"
+CREATE TABLE events (
+    seq {INT} PRIMARY KEY,
+    at {TS} NOT NULL,
+    type TEXT NOT NULL,
+    connector TEXT NOT NULL,
+    entity_id TEXT NOT NULL,
+    data {JSON}
+);
+
+CREATE TABLE webhook_cursors (
+    endpoint TEXT PRIMARY KEY,
+    after_seq {INT} NOT NULL,
+    updated_at {TS} NOT NULL,
+    failing_since {TS},
+    last_error TEXT
+) {WR};
+
+ALTER TABLE invoices ADD COLUMN changed_at {TS};
+UPDATE invoices SET changed_at = last_modified;
+ALTER TABLE transactions ADD COLUMN changed_at {TS};
+UPDATE transactions SET changed_at = last_modified;
+
+DROP INDEX invoices_status_due;
+CREATE INDEX invoices_status ON invoices (connector, status, id);
+DROP INDEX invoices_currency;
+CREATE INDEX invoices_currency ON invoices (connector, currency, id);
+DROP INDEX invoices_modified;
+CREATE INDEX invoices_changed ON invoices (connector, changed_at);
+DROP INDEX transactions_modified;
+CREATE INDEX transactions_changed ON transactions (connector, changed_at);
+
+INSERT INTO id_sequence (name, value) SELECT 'events', 1 WHERE EXISTS (SELECT 1 FROM customers);
+INSERT INTO id_sequence (name, value) SELECT 'events_expired', 1 WHERE EXISTS (SELECT 1 FROM customers);
 "#;
 
 /// Which backend a migration is rendered for.

@@ -2,8 +2,15 @@
 //! every method runs its statements at once inside the open database
 //! transaction, so later reads see earlier writes. Counter increments are
 //! summed in memory and written by [`Tx::finish`] just before the commit.
+//!
+//! **The outbox invariant lives here**: every method that changes what the
+//! read side serves (included customers, stored invoices and transactions)
+//! queues its change event ([`super::feed`]), and [`Tx::finish`] writes the
+//! queued events in the same transaction, so a change and its event commit
+//! or vanish together. Parked records and excluded customers are not served
+//! and emit nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -11,6 +18,7 @@ use super::codec::{
     self, customer_from_row, customer_values, enum_text, invoice_values, record_from_row,
     transaction_values,
 };
+use super::feed::{self, EventType, NewEvent};
 use super::sql::{json, params, Conn, Value};
 use super::{AuditEntry, Compacted, Result, Retention, StoreError, StoredCustomer};
 use crate::model::{
@@ -34,6 +42,13 @@ pub struct Tx<'a> {
     counters: BTreeMap<(String, String), i64>,
     /// Classification buckets changed by this transaction.
     classes: BTreeMap<(String, bool, String, String), i64>,
+    /// When this transaction runs: the `changed_at` of the records it writes
+    /// and the time of its events.
+    now: Timestamp,
+    /// Change events queued by this transaction, written by [`Tx::finish`].
+    events: Vec<NewEvent>,
+    /// Customers whose `customer.purged` event this transaction queued.
+    purged: HashSet<CustomerKey>,
 }
 
 /// What [`Tx::upsert_record`] did.
@@ -200,7 +215,7 @@ const UPSERT_CUSTOMER: &str = "INSERT INTO customers (connector, id, name, email
 macro_rules! invoice_head {
     () => {
         "INSERT INTO invoices (connector, id, customer_id, number, issue_date, due_date, currency, \
-         total, amount_due, status, on_hold, last_modified) VALUES "
+         total, amount_due, status, on_hold, last_modified, changed_at) VALUES "
     };
 }
 macro_rules! invoice_tail {
@@ -208,34 +223,36 @@ macro_rules! invoice_tail {
         " ON CONFLICT (connector, id) DO UPDATE SET customer_id = excluded.customer_id, \
          number = excluded.number, issue_date = excluded.issue_date, due_date = excluded.due_date, \
          currency = excluded.currency, total = excluded.total, amount_due = excluded.amount_due, \
-         status = excluded.status, on_hold = excluded.on_hold, last_modified = excluded.last_modified"
+         status = excluded.status, on_hold = excluded.on_hold, last_modified = excluded.last_modified, \
+         changed_at = excluded.changed_at"
     };
 }
 macro_rules! transaction_head {
     () => {
         "INSERT INTO transactions (connector, id, customer_id, kind, date, amount, currency, \
-         last_modified) VALUES "
+         last_modified, changed_at) VALUES "
     };
 }
 macro_rules! transaction_tail {
     () => {
         " ON CONFLICT (connector, id) DO UPDATE SET customer_id = excluded.customer_id, \
          kind = excluded.kind, date = excluded.date, amount = excluded.amount, \
-         currency = excluded.currency, last_modified = excluded.last_modified"
+         currency = excluded.currency, last_modified = excluded.last_modified, \
+         changed_at = excluded.changed_at"
     };
 }
 const INVOICE_HEAD: &str = invoice_head!();
 const INVOICE_TAIL: &str = invoice_tail!();
 const UPSERT_INVOICE: &str = concat!(
     invoice_head!(),
-    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     invoice_tail!()
 );
 const TRANSACTION_HEAD: &str = transaction_head!();
 const TRANSACTION_TAIL: &str = transaction_tail!();
 const UPSERT_TRANSACTION: &str = concat!(
     transaction_head!(),
-    "(?, ?, ?, ?, ?, ?, ?, ?)",
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?)",
     transaction_tail!()
 );
 
@@ -296,12 +313,53 @@ impl<'a> Tx<'a> {
             excluded: HashMap::new(),
             counters: BTreeMap::new(),
             classes: BTreeMap::new(),
+            now: chrono::Utc::now(),
+            events: Vec::new(),
+            purged: HashSet::new(),
         }
     }
 
-    /// Writes the summed counter and classification changes (called by the
-    /// store right before the commit).
-    pub(super) fn finish(&mut self) -> Result<()> {
+    /// The transaction's connection, for the store's other modules.
+    pub(super) fn conn_mut(&mut self) -> &mut (dyn Conn + 'a) {
+        &mut *self.conn
+    }
+
+    /// Queues a change event (written by [`Tx::finish`]).
+    fn emit(&mut self, kind: EventType, connector: &str, id: &str, data: Option<String>) {
+        self.events.push(NewEvent {
+            kind,
+            connector: connector.to_string(),
+            entity_id: id.to_string(),
+            data,
+        });
+    }
+
+    fn emit_record(&mut self, conn: &str, e: Entity, id: &str, deleted: bool) {
+        let kind = match (e, deleted) {
+            (Entity::Invoices, false) => EventType::InvoiceUpserted,
+            (Entity::Invoices, true) => EventType::InvoiceDeleted,
+            (_, false) => EventType::TransactionUpserted,
+            (_, true) => EventType::TransactionDeleted,
+        };
+        self.emit(kind, conn, id, None);
+    }
+
+    /// Records that a resync job finished (`resync.finished`); `data` is the
+    /// event's JSON (job id, state, customers).
+    pub fn resync_finished<T: Serialize>(&mut self, connector: &str, job: u64, data: &T) {
+        let data = serde_json::to_string(data).expect("event data always serialises");
+        self.emit(
+            EventType::ResyncFinished,
+            connector,
+            &job.to_string(),
+            Some(data),
+        );
+    }
+
+    /// Writes the summed counter and classification changes and the queued
+    /// events (called by the store right before the commit). Returns the
+    /// sequence number of the last event written, if any.
+    pub(super) fn finish(&mut self) -> Result<Option<u64>> {
         for ((conn, name), delta) in std::mem::take(&mut self.counters) {
             self.conn.exec(
                 "INSERT INTO counters (connector, name, value) VALUES (?, ?, ?) \
@@ -327,7 +385,8 @@ impl<'a> Tx<'a> {
                 )?;
             }
         }
-        Ok(())
+        let events = std::mem::take(&mut self.events);
+        feed::write_events(self.conn, &events, self.now)
     }
 
     /// Aborts the whole transaction with a message (nothing is written).
@@ -383,6 +442,10 @@ impl<'a> Tx<'a> {
         *self.classes.entry(class_bucket(conn, c)).or_default() += delta;
     }
 
+    /// Stores a customer with its classification. Emits `customer.upserted`
+    /// for an included customer, `customer.included` when it was excluded
+    /// before, `customer.excluded` when it was included before; nothing while
+    /// it stays excluded (not served).
     pub fn put_customer(&mut self, sc: &StoredCustomer) -> Result<()> {
         let key = sc.key();
         let old = self.stored_class(&key)?;
@@ -392,6 +455,15 @@ impl<'a> Tx<'a> {
             }
             self.count_class(&sc.connector, &sc.classification, 1);
         }
+        let kind = match (old.as_ref().map(|c| c.excluded), sc.classification.excluded) {
+            (Some(true), false) => Some(EventType::CustomerIncluded),
+            (_, false) => Some(EventType::CustomerUpserted),
+            (Some(false), true) => Some(EventType::CustomerExcluded),
+            (_, true) => None,
+        };
+        if let Some(kind) = kind {
+            self.emit(kind, &sc.connector, &sc.customer.external_id, None);
+        }
         self.conn.exec(UPSERT_CUSTOMER, &customer_values(sc))?;
         self.remember(key, Some(sc.clone()));
         Ok(())
@@ -399,9 +471,21 @@ impl<'a> Tx<'a> {
 
     /// Removes a customer record (deleted upstream). Its manual decision, if
     /// any, stays so it applies again should the customer come back.
+    /// Emits `customer.purged` (no records) for an included customer unless
+    /// this transaction already purged it.
     pub fn delete_customer(&mut self, key: &CustomerKey) -> Result<()> {
         if let Some(o) = self.stored_class(key)? {
             self.count_class(&key.connector, &o, -1);
+            if !o.excluded && !self.purged.contains(key) {
+                self.purged.insert(key.clone());
+                let data = feed::purge_data(&[], &[]);
+                self.emit(
+                    EventType::CustomerPurged,
+                    &key.connector,
+                    &key.external_id,
+                    Some(data),
+                );
+            }
         }
         self.conn.exec(
             "DELETE FROM customers WHERE connector = ? AND id = ?",
@@ -521,10 +605,12 @@ impl<'a> Tx<'a> {
             )?;
         } else {
             match rec {
-                Record::Invoice(i) => self.conn.exec(UPSERT_INVOICE, &invoice_values(conn, i))?,
+                Record::Invoice(i) => self
+                    .conn
+                    .exec(UPSERT_INVOICE, &invoice_values(conn, i, self.now))?,
                 Record::Transaction(t) => self
                     .conn
-                    .exec(UPSERT_TRANSACTION, &transaction_values(conn, t))?,
+                    .exec(UPSERT_TRANSACTION, &transaction_values(conn, t, self.now))?,
             };
         }
         Ok(())
@@ -559,9 +645,16 @@ impl<'a> Tx<'a> {
             outcome = Upsert::Updated;
             if old.parked != parked {
                 self.delete_located(conn, e, id, old.parked)?;
+                if parked {
+                    // Moved to a customer not seen yet: no longer served.
+                    self.emit_record(conn, e, id, true);
+                }
             }
         }
         self.write_record(conn, rec, parked)?;
+        if !parked {
+            self.emit_record(conn, e, id, false);
+        }
         Ok(outcome)
     }
 
@@ -688,6 +781,11 @@ impl<'a> Tx<'a> {
             out.push(removed);
         }
         self.delete_many(conn, &deletes)?;
+        for ((e, id), parked) in &deletes {
+            if !parked {
+                self.emit_record(conn, *e, id, true);
+            }
+        }
         let rows: Vec<(&RecKey, &Timestamp)> = tomb_writes.iter().collect();
         let now = chrono::Utc::now();
         for chunk in shaped(&rows) {
@@ -773,6 +871,9 @@ impl<'a> Tx<'a> {
                 }
             }
         }
+        for (e, id) in &order {
+            self.emit_record(conn, *e, id, false);
+        }
         for e in [Entity::Invoices, Entity::Transactions] {
             let rows: Vec<&Record> = order
                 .iter()
@@ -780,16 +881,16 @@ impl<'a> Tx<'a> {
                 .map(|k| writes[k])
                 .collect();
             let (head, tail, cols) = if e == Entity::Invoices {
-                (INVOICE_HEAD, INVOICE_TAIL, 12)
+                (INVOICE_HEAD, INVOICE_TAIL, 13)
             } else {
-                (TRANSACTION_HEAD, TRANSACTION_TAIL, 8)
+                (TRANSACTION_HEAD, TRANSACTION_TAIL, 9)
             };
             for chunk in shaped(&rows) {
                 let mut p: Vec<Value> = Vec::with_capacity(chunk.len() * cols);
                 for r in chunk {
                     match r {
-                        Record::Invoice(i) => p.extend(invoice_values(conn, i)),
-                        Record::Transaction(t) => p.extend(transaction_values(conn, t)),
+                        Record::Invoice(i) => p.extend(invoice_values(conn, i, self.now)),
+                        Record::Transaction(t) => p.extend(transaction_values(conn, t, self.now)),
                     }
                 }
                 self.conn.exec_dyn(
@@ -871,6 +972,9 @@ impl<'a> Tx<'a> {
                 &params![conn, id],
             )?,
         } > 0;
+        if removed {
+            self.emit_record(conn, e, id, true);
+        }
         removed |= self.conn.exec(
             "DELETE FROM parked WHERE connector = ? AND entity = ? AND id = ?",
             &params![conn, e.as_str(), id],
@@ -900,6 +1004,9 @@ impl<'a> Tx<'a> {
                 return Ok(false);
             }
             self.delete_located(conn, e, id, old.parked)?;
+            if !old.parked {
+                self.emit_record(conn, e, id, true);
+            }
             removed = true;
         }
         let newer_known = self.tombstone(conn, e, id)?.is_some_and(|(at, _)| at >= ts);
@@ -921,17 +1028,44 @@ impl<'a> Tx<'a> {
     }
 
     /// Deletes every stored and parked invoice and transaction of a customer.
-    /// Returns (invoices, transactions) removed.
+    /// Returns (invoices, transactions) removed. When the customer is served
+    /// (stored and included) or served records went, emits
+    /// `customer.purged` naming the removed invoice and transaction ids (in
+    /// several events of at most [`feed::PURGE_IDS_PER_EVENT`] ids).
     pub fn purge_customer_records(&mut self, key: &CustomerKey) -> Result<(u64, u64)> {
         let p = params![&key.connector, &key.external_id];
-        let mut inv = self.conn.exec(
-            "DELETE FROM invoices WHERE connector = ? AND customer_id = ?",
-            &p,
-        )?;
-        let mut txn = self.conn.exec(
-            "DELETE FROM transactions WHERE connector = ? AND customer_id = ?",
-            &p,
-        )?;
+        let invoices: Vec<String> = self
+            .conn
+            .query(
+                "DELETE FROM invoices WHERE connector = ? AND customer_id = ? RETURNING id",
+                &p,
+            )?
+            .iter()
+            .map(|r| r.text(0))
+            .collect::<Result<_>>()?;
+        let transactions: Vec<String> = self
+            .conn
+            .query(
+                "DELETE FROM transactions WHERE connector = ? AND customer_id = ? RETURNING id",
+                &p,
+            )?
+            .iter()
+            .map(|r| r.text(0))
+            .collect::<Result<_>>()?;
+        let mut inv = invoices.len() as u64;
+        let mut txn = transactions.len() as u64;
+        let served = self.stored_class(key)?.is_some_and(|c| !c.excluded);
+        if served || inv + txn > 0 {
+            self.purged.insert(key.clone());
+            for data in feed::purge_chunks(invoices, transactions) {
+                self.emit(
+                    EventType::CustomerPurged,
+                    &key.connector,
+                    &key.external_id,
+                    Some(data),
+                );
+            }
+        }
         inv += self.conn.exec(
             "DELETE FROM parked WHERE connector = ? AND customer_id = ? AND entity = 'invoices'",
             &p,
@@ -1190,6 +1324,11 @@ impl<'a> Tx<'a> {
             )?
             .map(|r| r.bool(0))
             .transpose()
+    }
+
+    /// Every member of a job with whether it is done, by customer id.
+    pub fn resync_members(&mut self, job: u64) -> Result<Vec<(String, bool)>> {
+        load_members(self.conn, job)
     }
 
     pub fn set_resync_member(&mut self, job: u64, customer: &str, done: bool) -> Result<()> {

@@ -140,6 +140,7 @@ fn endpoints(k: &str, id: &str) -> Vec<(&'static str, String, Option<Value>)> {
         ("GET", "/metrics".into(), None),
     ];
     all.extend(admin_endpoints(k, id));
+    all.extend(crate::support::read_endpoints());
     all
 }
 

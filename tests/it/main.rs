@@ -4,8 +4,11 @@
 
 mod console;
 mod console_e2e;
+mod consumer;
 mod daemon;
 mod exclusion;
+mod feed;
+mod feed_daemon;
 mod hardening;
 mod kill9;
 mod migrate;

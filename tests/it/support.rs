@@ -18,6 +18,8 @@ use serde_json::{json, Value};
 pub const TOKEN: &str = "test-admin-token";
 /// The read-only viewer token of in-process daemons.
 pub const VIEWER_TOKEN: &str = "test-viewer-token";
+/// The consumer token (read side only) of in-process daemons.
+pub const CONSUMER_TOKEN: &str = "test-consumer-token";
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -340,6 +342,28 @@ impl Api {
         })
     }
 
+    /// A GET that returns `None` when the daemon does not answer (not
+    /// started yet, or killed).
+    pub fn try_get(&self, path: &str) -> Option<(u16, Value)> {
+        let url = format!("{}{path}", self.base);
+        let token = self.token.clone();
+        Self::rt().block_on(async move {
+            let mut r = reqwest::Client::new()
+                .get(url)
+                .timeout(Duration::from_secs(10));
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            let resp = r.send().await.ok()?;
+            let st = resp.status().as_u16();
+            let text = resp.text().await.ok()?;
+            Some((
+                st,
+                serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            ))
+        })
+    }
+
     pub fn get(&self, path: &str) -> Value {
         let (st, v) = self.call("GET", path, None);
         assert_eq!(st, 200, "GET {path}: {v}");
@@ -387,6 +411,11 @@ impl InProcess {
     ) -> InProcess {
         std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
         std::fs::write(dir.path().join("viewer-token"), format!("{VIEWER_TOKEN}\n")).unwrap();
+        std::fs::write(
+            dir.path().join("consumer-token"),
+            format!("{CONSUMER_TOKEN}\n"),
+        )
+        .unwrap();
         let cfg_text = format!(
             r#"[daemon]
 state_dir = "state"
@@ -394,6 +423,7 @@ state_dir = "state"
 listen = "127.0.0.1:0"
 admin_token_file = "token"
 viewer_token_file = "viewer-token"
+consumer_token_file = "consumer-token"
 [[connectors]]
 id = "demo"
 kind = "demo"
@@ -421,12 +451,19 @@ rate_limit = {{ requests_per_second = 5000, burst = 5000, max_concurrency = 4 }}
         let handle = Arc::new(ConnectorHandle::new(cc, Arc::new(conn), budget));
         let token = config.http.admin_token.as_ref().map(|s| s.load().unwrap());
         let viewer = config.http.viewer_token.as_ref().map(|s| s.load().unwrap());
+        let consumer = config
+            .http
+            .consumer_token
+            .as_ref()
+            .map(|s| s.load().unwrap());
+        let webhooks = erpsync::feed::webhooks::endpoints(&config).unwrap();
         let app = App::new(
             config,
             store,
             vec![handle],
-            erpsync::http::auth::Tokens::new(token, viewer),
+            erpsync::http::auth::Tokens::new(token, viewer).with_consumer(consumer),
         );
+        app.set_webhooks(webhooks);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -491,6 +528,20 @@ rate_limit = {{ requests_per_second = 5000, burst = 5000, max_concurrency = 4 }}
             .await
             .unwrap()
     }
+}
+
+/// The read-side endpoints (all `GET`), readable with the consumer token.
+pub fn read_endpoints() -> Vec<(&'static str, String, Option<Value>)> {
+    [
+        "/api/v1/invoices",
+        "/api/v1/transactions",
+        "/api/v1/changes",
+        "/api/v1/exports/open-invoices.csv",
+        "/api/v1/exports/customers.csv",
+    ]
+    .into_iter()
+    .map(|p| ("GET", p.to_string(), None))
+    .collect()
 }
 
 /// Every `/api/v1` endpoint, with what it needs to do something: for tests

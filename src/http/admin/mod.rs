@@ -6,6 +6,7 @@
 
 pub mod connectors;
 pub mod exclusions;
+pub mod read;
 pub mod reminders;
 pub mod resyncs;
 
@@ -21,4 +22,5 @@ pub fn routes() -> Router<Arc<App>> {
         .merge(exclusions::routes())
         .merge(resyncs::routes())
         .merge(reminders::routes())
+        .merge(read::routes())
 }
