@@ -291,4 +291,13 @@ impl Policy for App {
     fn connector_ids(&self) -> Vec<String> {
         self.connectors.iter().map(|h| h.id.clone()).collect()
     }
+    fn check_new_id(&self, connector: &str, external_id: &str) -> Result<(), String> {
+        match self
+            .connector(connector)
+            .and_then(|h| REGISTRY.get(&h.config.kind))
+        {
+            Some(kind) => kind.check_customer_id(external_id),
+            None => crate::connectors::registry::check_id(external_id),
+        }
+    }
 }

@@ -21,10 +21,17 @@ use crate::store::Store;
 
 /// Runs the daemon; returns when it has shut down cleanly.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    raise_fd_limit();
     let app = build(config)?;
-    let listener = tokio::net::TcpListener::bind(app.config().http.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", app.config().http.listen))?;
+    let listener = match activated_listener()? {
+        Some(l) => {
+            tracing::info!(listen = %l.local_addr()?, "HTTP port handed over by the service manager (socket activation); http.listen is not used");
+            l
+        }
+        None => tokio::net::TcpListener::bind(app.config().http.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", app.config().http.listen))?,
+    };
     tracing::info!(listen = %listener.local_addr()?, "HTTP port open");
     run_with(app, listener, shutdown_signal()).await
 }
@@ -148,7 +155,8 @@ pub async fn run_with(
     }
     crate::resync::spawn_workers(&app, &tracker);
     tracker.spawn(hangup_reloads(Arc::clone(&app)));
-    tracker.spawn(watchdog(token.clone()));
+    tracker.spawn(watchdog(Arc::clone(&app)));
+    tracker.spawn(watch_store(Arc::clone(&app)));
     tracker.spawn(compact_store(Arc::clone(&app)));
     tracker.spawn(crate::feed::run_retention(Arc::clone(&app)));
     crate::feed::webhooks::spawn(&app, &tracker);
@@ -172,9 +180,93 @@ pub async fn run_with(
             "tasks did not stop in time; exiting anyway"
         );
     }
-    app.store.flush()?;
+    // A checkpoint only: commits are durable without it, so a store that
+    // cannot be written (disk full) does not make the exit unclean.
+    if let Err(e) = app.store.flush() {
+        tracing::warn!(error = %e, "store checkpoint at shutdown failed; committed data is safe");
+    }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// The listening socket passed by the service manager (systemd socket
+/// activation, `sd_listen_fds`): `LISTEN_PID` names this process and
+/// `LISTEN_FDS` is 1, the socket being file descriptor 3. `None` otherwise.
+fn activated_listener() -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    use std::os::fd::FromRawFd;
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    if !ours {
+        return Ok(None);
+    }
+    let n: u32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    std::env::remove_var("LISTEN_PID");
+    std::env::remove_var("LISTEN_FDS");
+    std::env::remove_var("LISTEN_FDNAMES");
+    match n {
+        0 => Ok(None),
+        1 => {
+            let mut listening: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: getsockopt writes at most `len` bytes into `listening`.
+            let rc = unsafe {
+                libc::getsockopt(
+                    3,
+                    libc::SOL_SOCKET,
+                    libc::SO_ACCEPTCONN,
+                    &mut listening as *mut _ as *mut libc::c_void,
+                    &mut len,
+                )
+            };
+            if rc != 0 || listening != 1 {
+                return Err(crate::reload::StartupRefused(
+                    "LISTEN_FDS=1 but file descriptor 3 is not a listening socket".into(),
+                )
+                .into());
+            }
+            // SAFETY: the service manager passes fd 3 to this process only
+            // (LISTEN_PID checked), and it is a listening socket; nothing
+            // else in the process owns it.
+            let std = unsafe { std::net::TcpListener::from_raw_fd(3) };
+            std.set_nonblocking(true)
+                .context("the socket passed by the service manager")?;
+            Ok(Some(tokio::net::TcpListener::from_std(std).context(
+                "the socket passed by the service manager is not a TCP listener",
+            )?))
+        }
+        n => Err(crate::reload::StartupRefused(format!(
+            "the service manager passed {n} sockets (LISTEN_FDS); erpsync listens on one"
+        ))
+        .into()),
+    }
+}
+
+/// Raises the soft limit on open files to the hard one (`LimitNOFILE=` in
+/// the unit sets both; a shell often leaves the soft one at 1024), so
+/// `http.max_connections` slow clients cannot starve the store and the
+/// ERP clients of descriptors.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                tracing::warn!(soft = lim.rlim_cur, "cannot raise the open-file limit");
+            }
+        }
+    }
 }
 
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
@@ -212,16 +304,68 @@ async fn compact_store(app: Arc<App>) {
     }
 }
 
-/// Sends `WATCHDOG=1` at half the interval systemd asks for.
-async fn watchdog(token: tokio_util::sync::CancellationToken) {
+/// Sends `WATCHDOG=1` at half the interval systemd asks for, unless the
+/// store has been unwritable for longer than `daemon.store_failure_timeout`:
+/// then it stops, so systemd restarts the service (a restart reopens the
+/// store; nothing is lost, every write is transactional). It feeds again
+/// as soon as the store heals.
+async fn watchdog(app: Arc<App>) {
     let Some(usec) = watchdog_usec() else {
         return;
     };
     let period = Duration::from_micros(usec / 2);
+    let mut starving = false;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(period) => notify(&[sd_notify::NotifyState::Watchdog]),
-            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+            _ = app.shutdown.cancelled() => return,
+        }
+        let limit = app.config().daemon.store_failure_timeout;
+        let health = app.store.health();
+        let stuck = health.failing_since.is_some_and(|since| {
+            (chrono::Utc::now() - since).to_std().unwrap_or_default() >= limit
+        });
+        if stuck {
+            if !starving {
+                tracing::error!(
+                    failing_since = ?health.failing_since,
+                    error = ?health.error,
+                    timeout_s = limit.as_secs(),
+                    "the store has been unwritable longer than daemon.store_failure_timeout: no longer feeding the systemd watchdog, so the service is restarted"
+                );
+                starving = true;
+            }
+            continue;
+        }
+        if starving {
+            tracing::info!("store writable again: feeding the systemd watchdog");
+            starving = false;
+        }
+        notify(&[sd_notify::NotifyState::Watchdog]);
+    }
+}
+
+/// While the store cannot be written, probes it with a small write, with
+/// back-off (1 s doubling to 30 s), so `/readyz` turns ready again as soon
+/// as the cause goes even when nothing else writes; while it can, probes
+/// once a minute (a database server can go away while the daemon is idle).
+async fn watch_store(app: Arc<App>) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let wait = if app.store.health().writable {
+            backoff = Duration::from_secs(1);
+            Duration::from_secs(60)
+        } else {
+            let w = backoff;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            w
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = app.shutdown.cancelled() => return,
+        }
+        if let Err(e) = app.store.probe().await {
+            tracing::debug!(error = %e, "store probe failed");
         }
     }
 }

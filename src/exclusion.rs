@@ -124,6 +124,14 @@ pub trait Policy: Send + Sync {
     /// Ids of the configured connectors.
     fn connector_ids(&self) -> Vec<String>;
 
+    /// Whether a person may name `external_id` for `connector` before the
+    /// customer is synced: the form the connector's ERP gives its ids.
+    /// `Err` says why not.
+    fn check_new_id(&self, connector: &str, external_id: &str) -> Result<(), String> {
+        let _ = connector;
+        crate::connectors::registry::check_id(external_id)
+    }
+
     /// Refuses a connector that is not configured, naming those that are.
     fn check_connector(&self, connector: &str) -> Result<(), ExclusionError> {
         let ids = self.connector_ids();

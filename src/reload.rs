@@ -20,20 +20,35 @@
 //! **At start-up** ([`reconcile_on_start`]) the same steps run when the
 //! classification policy (rules plus each connector's enabled native
 //! exclusions) differs from the one last applied to every stored customer,
-//! which the store remembers: rules edited while the daemon was stopped, a
-//! native exclusion switched on or off (that needs a restart), or a reload
-//! cut short by a crash. A change over the ratio is refused there too and the
-//! rules last applied stay in force.
+//! which the store remembers: rules edited while the daemon was stopped, or a
+//! native exclusion switched on or off (that needs a restart). A change over
+//! the ratio is refused there too and the rules last applied stay in force.
+//!
+//! **Durability.** The store keeps two policies in `meta`: the one last
+//! applied to every customer (*completed*) and, while a re-classification
+//! runs, the one it is applying (*pending*). The pending record is written
+//! before the first customer moves and removed in the same write that
+//! records the completed one. A start that finds a pending record knows a
+//! reload (or a start-up re-classification) was cut short, with some
+//! customers classified by the new policy and some by the old: it completes
+//! to the policy it was applying when the config still says so, applies the
+//! config's policy when it changed since, and reverts to the completed
+//! policy when the ratio guard refuses. The guard always measures against
+//! the completed policy, never against a half-applied store. The outcome is
+//! logged and shown in `/status.last_reload`.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::app::{App, ReloadStatus};
+use crate::classify;
 use crate::config::{self, Config, ConfigError};
+use crate::connectors::NativeExclusion;
 use crate::exclusion::impact::{self, Impact, Reclassified, RECLASSIFY_BATCH};
+use crate::model::{Classification, ManualDecision, Timestamp};
 use crate::rules::{parse_rule, RuleSet};
-use crate::store::StoreError;
+use crate::store::{StoreError, StoredCustomer};
 
 /// Why a reload changed nothing (or, for `Store`, stopped part-way).
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +59,15 @@ pub enum ReloadError {
     TooManyExclusions { impact: Box<Impact>, max_ratio: f64 },
     #[error("reload stopped part-way, the new rules are in force but not every customer was re-classified (the next reload finishes it): {0}")]
     Store(#[from] StoreError),
+    /// At start-up: a reload cut short (started `started_at`) and the rules
+    /// in the config are refused by the guard, so the completed policy was
+    /// put back on every customer.
+    #[error("a reload interrupted at {started_at} (by a crash or stop) was reverted: the rules last completed are back in force on every customer, because the rules in the config {} — more than max_new_exclusion_ratio {:.1}% of all customers", .impact.describe(), .max_ratio * 100.0)]
+    Reverted {
+        impact: Box<Impact>,
+        max_ratio: f64,
+        started_at: Timestamp,
+    },
 }
 
 /// What a successful reload did.
@@ -104,7 +128,7 @@ async fn reload_locked(app: &App) -> Result<ReloadReport, ReloadError> {
         );
     }
 
-    let impact = impact::of_rules(&app.store, app, &new.rules)?;
+    let impact = guard_impact(app, &new.rules)?;
     let max_ratio = new.exclusions.max_new_exclusion_ratio;
     if !impact.within_ratio(max_ratio) {
         return Err(ReloadError::TooManyExclusions {
@@ -114,11 +138,11 @@ async fn reload_locked(app: &App) -> Result<ReloadReport, ReloadError> {
     }
 
     let rules = new.rules.rules().len();
+    let target = applied_policy(app, &new.rules);
+    // Durable before the first customer moves: a crash from here on is
+    // found at the next start (see the module docs).
+    begin_pending(app, &target, "reload").await?;
     app.set_rules(new.rules.clone());
-    // Until every customer is re-classified, no policy is "applied": a crash
-    // part-way makes the next start re-classify everyone with the config in
-    // force then (even if the file was reverted meanwhile).
-    forget_applied(app).await?;
     let applied = impact::reclassify_all(
         &app.store,
         app,
@@ -127,7 +151,7 @@ async fn reload_locked(app: &App) -> Result<ReloadReport, ReloadError> {
         RECLASSIFY_BATCH,
     )
     .await?;
-    record_applied(app, &applied_policy(app, &new.rules)).await?;
+    finish_pending(app, &target).await?;
     app.set_config(new);
     if applied.queued_for_resync > 0 {
         app.resync_wakeup.notify_waiters();
@@ -191,23 +215,99 @@ fn applied_policy(app: &App, rules: &RuleSet) -> AppliedPolicy {
     }
 }
 
-async fn record_applied(app: &App, p: &AppliedPolicy) -> Result<(), StoreError> {
+/// Where the store keeps the policy being applied while a
+/// re-classification runs.
+const PENDING_POLICY_KEY: &str = "classification_policy_pending";
+
+/// A re-classification under way: the policy it applies, since when, and
+/// what started it (`reload` or `startup`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingPolicy {
+    pub policy: AppliedPolicy,
+    pub started_at: Timestamp,
+    pub trigger: String,
+}
+
+/// Records `target` as the policy being applied (the completed one stays).
+async fn begin_pending(app: &App, target: &AppliedPolicy, trigger: &str) -> Result<(), StoreError> {
+    let pending = PendingPolicy {
+        policy: target.clone(),
+        started_at: chrono::Utc::now(),
+        trigger: trigger.to_string(),
+    };
     app.store
         .write(|tx| {
-            tx.put_meta(APPLIED_POLICY_KEY, p)?;
+            tx.put_meta(PENDING_POLICY_KEY, &pending)?;
             Ok(())
         })
         .await
 }
 
-/// Removes the applied-policy record: re-classification is under way.
-async fn forget_applied(app: &App) -> Result<(), StoreError> {
+/// Every customer is classified with `p`: it becomes the completed policy
+/// and the pending record goes, in one write.
+async fn finish_pending(app: &App, p: &AppliedPolicy) -> Result<(), StoreError> {
     app.store
         .write(|tx| {
-            tx.delete_meta(APPLIED_POLICY_KEY)?;
+            tx.put_meta(APPLIED_POLICY_KEY, p)?;
+            tx.delete_meta(PENDING_POLICY_KEY)?;
             Ok(())
         })
         .await
+}
+
+/// A recorded policy made usable for classifying: its rules parsed and its
+/// native exclusion names resolved against the connectors' kinds.
+struct Recorded {
+    rules: RuleSet,
+    native: BTreeMap<String, Vec<NativeExclusion>>,
+}
+
+impl Recorded {
+    fn of(app: &App, p: &AppliedPolicy) -> Option<Recorded> {
+        let rules = old_rules(p)?;
+        let native = p
+            .native
+            .iter()
+            .map(|(id, names)| {
+                let known = app.connector(id).map(|h| h.known_native).unwrap_or(&[]);
+                let enabled = known
+                    .iter()
+                    .filter(|n| names.iter().any(|m| m == n.name))
+                    .copied()
+                    .collect();
+                (id.clone(), enabled)
+            })
+            .collect();
+        Some(Recorded { rules, native })
+    }
+
+    fn classify(&self, sc: &StoredCustomer, manual: Option<&ManualDecision>) -> Classification {
+        let native = self
+            .native
+            .get(&sc.connector)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        classify::classify(&sc.customer, manual, &self.rules, native)
+    }
+}
+
+/// The impact the ratio guard judges: against the stored classification
+/// when the last re-classification completed, against the completed policy
+/// when one was cut short (the store is half-way between two policies).
+fn guard_impact(app: &App, rules: &RuleSet) -> Result<Impact, StoreError> {
+    let pending: Option<PendingPolicy> = app.store.meta(PENDING_POLICY_KEY)?;
+    let completed: Option<AppliedPolicy> = app.store.meta(APPLIED_POLICY_KEY)?;
+    let recorded = match (pending, completed) {
+        (Some(_), Some(c)) => Recorded::of(app, &c),
+        _ => None,
+    };
+    match &recorded {
+        Some(r) => {
+            let baseline = |sc: &StoredCustomer, m: Option<&ManualDecision>| r.classify(sc, m);
+            impact::of_rules_since(&app.store, app, Some(&baseline), rules)
+        }
+        None => impact::of_rules(&app.store, app, rules),
+    }
 }
 
 /// The daemon must not start because of its configuration: a secret cannot
@@ -232,7 +332,7 @@ pub async fn reconcile_on_start(app: &App) -> Result<(), StartupRefused> {
     let status = match &outcome {
         Ok(None) => return Ok(()),
         Ok(Some(message)) => {
-            tracing::info!(result = %message, "classification policy changed while stopped: applied");
+            tracing::info!(result = %message, "start-up re-classification applied");
             ReloadStatus {
                 at: chrono::Utc::now(),
                 applied: true,
@@ -240,7 +340,7 @@ pub async fn reconcile_on_start(app: &App) -> Result<(), StartupRefused> {
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, "classification policy changed while stopped: refused");
+            tracing::error!(error = %e, "start-up re-classification refused");
             ReloadStatus {
                 at: chrono::Utc::now(),
                 applied: false,
@@ -250,10 +350,14 @@ pub async fn reconcile_on_start(app: &App) -> Result<(), StartupRefused> {
     };
     *app.last_reload.lock().expect("last_reload lock poisoned") = Some(status);
     match outcome {
-        Err(ReloadError::TooManyExclusions { .. }) if native_changed(app)? => Err(StartupRefused(format!(
+        Err(ReloadError::TooManyExclusions { .. } | ReloadError::Reverted { .. })
+            if native_changed(app)? =>
+        {
+            Err(StartupRefused(format!(
             "refusing to start: {}; the native_exclusions in the config differ from those last applied and cannot be kept apart at run time. Restore the previous native_exclusions, or raise exclusions.max_new_exclusion_ratio to accept the change, then start again",
             outcome.as_ref().err().map(ToString::to_string).unwrap_or_default()
-        ))),
+        )))
+        }
         _ => Ok(()),
     }
 }
@@ -272,6 +376,9 @@ async fn reconcile_locked(app: &App) -> Result<Option<String>, ReloadError> {
     let rules = app.rules();
     let now = applied_policy(app, &rules);
     let stored: Option<AppliedPolicy> = app.store.meta(APPLIED_POLICY_KEY)?;
+    if let Some(pending) = app.store.meta::<PendingPolicy>(PENDING_POLICY_KEY)? {
+        return interrupted(app, stored, pending, now).await.map(Some);
+    }
     if stored.as_ref() == Some(&now) {
         return Ok(None);
     }
@@ -298,7 +405,7 @@ async fn reconcile_locked(app: &App) -> Result<Option<String>, ReloadError> {
     let applied = if empty {
         Reclassified::default()
     } else {
-        forget_applied(app).await?;
+        begin_pending(app, &now, "startup").await?;
         impact::reclassify_all(
             &app.store,
             app,
@@ -308,7 +415,7 @@ async fn reconcile_locked(app: &App) -> Result<Option<String>, ReloadError> {
         )
         .await?
     };
-    record_applied(app, &now).await?;
+    finish_pending(app, &now).await?;
     if applied.queued_for_resync > 0 {
         app.resync_wakeup.notify_waiters();
     }
@@ -323,6 +430,94 @@ async fn reconcile_locked(app: &App) -> Result<Option<String>, ReloadError> {
         applied.newly_included,
         applied.reason_changes
     )))
+}
+
+/// A re-classification was cut short (`pending` is on record): complete it,
+/// apply the config's policy instead when it changed since, or revert to
+/// the completed policy when the guard refuses (see the module docs).
+async fn interrupted(
+    app: &App,
+    completed: Option<AppliedPolicy>,
+    pending: PendingPolicy,
+    now: AppliedPolicy,
+) -> Result<String, ReloadError> {
+    let rules = app.rules();
+    let recorded = completed.as_ref().and_then(|c| Recorded::of(app, c));
+    let impact = match &recorded {
+        Some(r) => {
+            let baseline = |sc: &StoredCustomer, m: Option<&ManualDecision>| r.classify(sc, m);
+            impact::of_rules_since(&app.store, app, Some(&baseline), &rules)?
+        }
+        // No completed policy to go back to: finish what was started.
+        None => Impact::default(),
+    };
+    let max_ratio = app.config().exclusions.max_new_exclusion_ratio;
+    let started = pending
+        .started_at
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    if let (false, Some(r), Some(c)) = (impact.within_ratio(max_ratio), recorded, completed) {
+        tracing::warn!(
+            started_at = %started,
+            "a reload was interrupted and the rules in the config are refused by the ratio guard: putting the rules last completed back on every customer"
+        );
+        app.set_rules(r.rules);
+        begin_pending(app, &c, "startup").await?;
+        impact::reclassify_all(
+            &app.store,
+            app,
+            "startup",
+            "reverting a reload interrupted by a crash or stop",
+            RECLASSIFY_BATCH,
+        )
+        .await?;
+        finish_pending(app, &c).await?;
+        app.resync_wakeup.notify_waiters();
+        return Err(ReloadError::Reverted {
+            impact: Box::new(impact),
+            max_ratio,
+            started_at: pending.started_at,
+        });
+    }
+    let completing = pending.policy == now;
+    tracing::warn!(
+        started_at = %started,
+        trigger = %pending.trigger,
+        "a re-classification was interrupted by a crash or stop: {}",
+        if completing {
+            "completing it with the policy it was applying"
+        } else {
+            "the config changed since; applying the policy in the config"
+        }
+    );
+    if !completing {
+        begin_pending(app, &now, "startup").await?;
+    }
+    let applied = impact::reclassify_all(
+        &app.store,
+        app,
+        "startup",
+        "completing a re-classification interrupted by a crash or stop",
+        RECLASSIFY_BATCH,
+    )
+    .await?;
+    finish_pending(app, &now).await?;
+    if applied.queued_for_resync > 0 {
+        app.resync_wakeup.notify_waiters();
+    }
+    Ok(format!(
+        "a {} interrupted at {started} (by a crash or stop) was {} at start-up: {} newly excluded ({} invoices and {} transactions deleted), {} re-included and queued for resync, {} reasons changed",
+        if pending.trigger == "reload" { "reload" } else { "start-up re-classification" },
+        if completing {
+            "completed with the rules it was applying"
+        } else {
+            "superseded by the rules in the config (changed since) and those were applied"
+        },
+        applied.newly_excluded,
+        applied.purged_invoices,
+        applied.purged_transactions,
+        applied.newly_included,
+        applied.reason_changes
+    ))
 }
 
 /// The rule set recorded in an applied policy.

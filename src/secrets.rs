@@ -82,11 +82,7 @@ impl SecretSource {
     /// then reports it.
     pub fn check_exists(&self) -> Result<(), String> {
         match self {
-            SecretSource::File(path) if !path.is_file() => Err(format!(
-                "{} does not exist or is not a file",
-                path.display()
-            )),
-            SecretSource::File(_) => Ok(()),
+            SecretSource::File(path) => check_file(path),
             SecretSource::Credential(_) => match self.path() {
                 Ok(path) if !path.is_file() => Err(format!(
                     "systemd credential {} does not exist",
@@ -101,6 +97,7 @@ impl SecretSource {
     /// The error names the file but never its content.
     pub fn load(&self) -> Result<Secret, String> {
         let path = self.path()?;
+        check_file(&path)?;
         let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
         let value = text.trim();
@@ -108,6 +105,24 @@ impl SecretSource {
             return Err(format!("secret file {} is empty", path.display()));
         }
         Ok(Secret(value.to_string()))
+    }
+}
+
+/// Whether `path` can hold a secret: it exists and is a regular file (a
+/// directory, a missing file and a dangling link each say so). Reads
+/// nothing.
+pub fn check_file(path: &std::path::Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err(format!(
+            "{} is a directory; name the file that holds the secret",
+            path.display()
+        )),
+        Ok(m) if !m.is_file() => Err(format!("{} is not a regular file", path.display())),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(format!("credential file {} does not exist", path.display()))
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
 }
 
@@ -138,6 +153,6 @@ mod tests {
             .contains("is empty"));
         let missing = dir.path().join("nope");
         let err = SecretSource::File(missing).load().unwrap_err();
-        assert!(err.contains("cannot read secret file"), "{err}");
+        assert!(err.contains("does not exist"), "{err}");
     }
 }

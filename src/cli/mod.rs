@@ -122,7 +122,9 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(a) => run_daemon(&a.config),
-        Command::CheckConfig(a) => match config::load(&a.config, &crate::connectors::REGISTRY) {
+        Command::CheckConfig(a) => match config::load(&a.config, &crate::connectors::REGISTRY)
+            .and_then(|c| crate::preflight::check(&c).map(|()| c))
+        {
             Ok(c) => {
                 print!("{}", c.summary());
                 ExitCode::SUCCESS
@@ -230,7 +232,10 @@ fn migrate_store(a: &MigrateArgs) -> ExitCode {
 }
 
 fn run_daemon(path: &std::path::Path) -> ExitCode {
-    let cfg = match config::load(path, &crate::connectors::REGISTRY) {
+    // The same checks as `check-config`, before any state is touched.
+    let cfg = match config::load(path, &crate::connectors::REGISTRY)
+        .and_then(|c| crate::preflight::check(&c).map(|()| c))
+    {
         Ok(c) => c,
         Err(e) => {
             eprint!("{e}");

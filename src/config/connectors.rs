@@ -349,6 +349,7 @@ pub(super) fn compile(
     for (i, (c, entry)) in raw.into_iter().zip(tables).enumerate() {
         let id = c.id.get_ref().clone();
         let line = p.line(c.id.span());
+        p.remember(c.id.span(), &format!("connectors.{id}"));
         let k = |name: &str| format!("connectors[{i}].{name}");
         if !valid_connector_id(&id) {
             p.on_line(line, &k("id"), format!("`{id}` is not a valid connector id (use a-z, 0-9, - and _, at most 64 characters)"));
@@ -488,7 +489,14 @@ fn compile_limits(
         }
     }
     if let Some(b) = rl.burst {
-        limits.burst = b.max(1);
+        if !(1..=1_000_000).contains(&b) {
+            p.on_line(
+                rl_line,
+                &k("rate_limit.burst"),
+                format!("must be between 1 and 1000000, got {b}"),
+            );
+        }
+        limits.burst = b.clamp(1, 1_000_000) as u32;
     }
     if let Some(m) = rl.max_concurrency {
         if !(1..=1000).contains(&m) {
@@ -498,7 +506,7 @@ fn compile_limits(
                 format!("must be between 1 and 1000, got {m}"),
             );
         }
-        limits.max_concurrency = m.clamp(1, 1000);
+        limits.max_concurrency = m.clamp(1, 1000) as u32;
     }
     if let Some(s) = &c.resync_share {
         let v = *s.get_ref();
@@ -520,17 +528,23 @@ fn compile_limits(
                 format!("must be between 1 and 100, got {n}"),
             );
         }
-        limits.max_attempts = n.clamp(1, 100);
+        limits.max_attempts = n.clamp(1, 100) as u32;
     }
     if let Some(n) = rl.requests_per_day {
-        if n == 0 {
+        if n < 1 {
             p.on_line(
                 rl_line,
                 &k("rate_limit.requests_per_day"),
                 "must be at least 1 (leave it out for no daily quota)",
             );
+        } else if n > i64::from(u32::MAX) {
+            p.on_line(
+                rl_line,
+                &k("rate_limit.requests_per_day"),
+                format!("must be at most {}, got {n}", u32::MAX),
+            );
         } else {
-            limits.requests_per_day = Some(n);
+            limits.requests_per_day = Some(n as u32);
         }
     }
     if let Some(s) = &rl.max_retry_wait {

@@ -10,7 +10,10 @@ use crate::secrets::SecretSource;
 
 pub(super) fn compile(d: RawDaemon, base: &Path, p: &mut Problems<'_>) -> DaemonConfig {
     let state_dir = match &d.state_dir {
-        Some(s) => resolve(base, Path::new(s.get_ref())),
+        Some(s) => {
+            p.remember(s.span(), "daemon.state_dir");
+            resolve(base, Path::new(s.get_ref()))
+        }
         None => PathBuf::from("/var/lib/erpsync"),
     };
     let shutdown_timeout = match &d.shutdown_timeout {
@@ -19,6 +22,18 @@ pub(super) fn compile(d: RawDaemon, base: &Path, p: &mut Problems<'_>) -> Daemon
             Duration::from_secs(8)
         }),
         None => Duration::from_secs(8),
+    };
+    let store_failure_timeout = match &d.store_failure_timeout {
+        Some(s) => duration::parse_within(
+            s.get_ref(),
+            Duration::from_secs(1),
+            Duration::from_secs(86_400),
+        )
+        .unwrap_or_else(|e| {
+            p.at(Some(s.span()), "daemon.store_failure_timeout", e);
+            Duration::from_secs(300)
+        }),
+        None => Duration::from_secs(300),
     };
     let store_cache_mb = match &d.store_cache_mb {
         Some(v) => {
@@ -43,19 +58,22 @@ pub(super) fn compile(d: RawDaemon, base: &Path, p: &mut Problems<'_>) -> Daemon
             None
         }
         (Some(f), None) => {
+            p.remember(f.span(), "daemon.store_password_file");
             let path = resolve(base, Path::new(f.get_ref()));
-            if !path.is_file() {
-                p.at(
-                    Some(f.span()),
-                    "daemon.store_password_file",
-                    format!("password file {} does not exist", path.display()),
-                );
+            if let Err(e) = crate::secrets::check_file(&path) {
+                p.at(Some(f.span()), "daemon.store_password_file", e);
             }
             Some((f.span(), SecretSource::File(path)))
         }
-        (None, Some(c)) => Some((c.span(), SecretSource::Credential(c.get_ref().clone()))),
+        (None, Some(c)) => {
+            p.remember(c.span(), "daemon.store_password_credential");
+            Some((c.span(), SecretSource::Credential(c.get_ref().clone())))
+        }
         (None, None) => None,
     };
+    if let Some(v) = &d.store {
+        p.remember(v.span(), "daemon.store");
+    }
     let store = match &d.store {
         Some(v)
             if v.get_ref().starts_with("postgres://")
@@ -163,5 +181,6 @@ pub(super) fn compile(d: RawDaemon, base: &Path, p: &mut Problems<'_>) -> Daemon
         store_cache_mb,
         store,
         retention,
+        store_failure_timeout,
     }
 }

@@ -3,9 +3,17 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use super::raw::RawHttp;
-use super::{resolve, HttpConfig, Problems, DEFAULT_LISTEN};
+use super::{duration, resolve, HttpConfig, Problems, DEFAULT_LISTEN};
+
+/// Open connections of the HTTP port by default: far more than a console
+/// and a few API clients need, far fewer than the unit's `LimitNOFILE=`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// The most `http.max_connections` may be (the unit's descriptor limit is
+/// 16384, and the store and upstream clients need some).
+pub const MAX_CONNECTIONS: usize = 12_000;
 use crate::secrets::SecretSource;
 use serde_spanned::Spanned;
 
@@ -46,12 +54,51 @@ pub(super) fn compile(h: RawHttp, base: &Path, p: &mut Problems<'_>) -> HttpConf
         base,
         p,
     );
+    let max_connections = match &h.max_connections {
+        Some(v) => match usize::try_from(*v.get_ref()) {
+            Ok(n) if (1..=MAX_CONNECTIONS).contains(&n) => n,
+            _ => {
+                p.at(
+                    Some(v.span()),
+                    "http.max_connections",
+                    format!("{} is outside 1 ..= {MAX_CONNECTIONS}", v.get_ref()),
+                );
+                DEFAULT_MAX_CONNECTIONS
+            }
+        },
+        None => DEFAULT_MAX_CONNECTIONS,
+    };
+    let mut timeout = |v: &Option<Spanned<String>>, key: &str, default: Duration| match v {
+        Some(s) => duration::parse_within(
+            s.get_ref(),
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+        )
+        .unwrap_or_else(|e| {
+            p.at(Some(s.span()), key, e);
+            default
+        }),
+        None => default,
+    };
+    let header_read_timeout = timeout(
+        &h.header_read_timeout,
+        "http.header_read_timeout",
+        Duration::from_secs(10),
+    );
+    let idle_timeout = timeout(
+        &h.idle_timeout,
+        "http.idle_timeout",
+        Duration::from_secs(60),
+    );
     HttpConfig {
         listen,
         admin_token,
         viewer_token,
         consumer_token,
         max_body_bytes: h.max_body_bytes.unwrap_or(1 << 20),
+        max_connections,
+        header_read_timeout,
+        idle_timeout,
     }
 }
 
@@ -74,17 +121,18 @@ fn token_source(
             None
         }
         (Some(f), None) => {
+            let key = format!("http.{name}_token_file");
+            p.remember(f.span(), &key);
             let path = resolve(base, Path::new(f.get_ref()));
-            if !path.is_file() {
-                p.at(
-                    Some(f.span()),
-                    &format!("http.{name}_token_file"),
-                    format!("credential file {} does not exist", path.display()),
-                );
+            if let Err(e) = crate::secrets::check_file(&path) {
+                p.at(Some(f.span()), &key, e);
             }
             Some(SecretSource::File(path))
         }
-        (None, Some(c)) => Some(SecretSource::Credential(c.get_ref().clone())),
+        (None, Some(c)) => {
+            p.remember(c.span(), &format!("http.{name}_token_credential"));
+            Some(SecretSource::Credential(c.get_ref().clone()))
+        }
         (None, None) => None,
     }
 }

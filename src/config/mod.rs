@@ -29,6 +29,7 @@ mod rules;
 mod tests;
 mod webhooks;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -56,6 +57,9 @@ pub const DEFAULT_FILE: &str = "/etc/erpsync/erpsync.toml";
 #[derive(Debug, Clone)]
 pub struct Config {
     pub file: PathBuf,
+    /// The line of each key that checks after compiling report on (secret
+    /// sources, state_dir, store, each connector's `id`), see [`Config::line_of`].
+    pub key_lines: BTreeMap<String, usize>,
     pub daemon: DaemonConfig,
     pub http: HttpConfig,
     pub exclusions: ExclusionsConfig,
@@ -84,6 +88,9 @@ pub struct DaemonConfig {
     pub store: crate::store::StoreLocation,
     /// How long tombstones, audit entries and finished resync jobs are kept.
     pub retention: crate::store::Retention,
+    /// How long the store may stay unwritable before the daemon stops
+    /// feeding the systemd watchdog (which then restarts the service).
+    pub store_failure_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +104,14 @@ pub struct HttpConfig {
     /// change feed, nothing of the admin API); `None`: no consumer role.
     pub consumer_token: Option<SecretSource>,
     pub max_body_bytes: usize,
+    /// Open connections at most; past it new ones get 503 at once.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this (also ends kept-alive
+    /// connections on which no next request comes).
+    pub header_read_timeout: Duration,
+    /// A connection with no bytes moving and no handler running is closed
+    /// after this.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -152,6 +167,8 @@ impl std::error::Error for ConfigError {}
 pub(crate) struct Problems<'t> {
     text: &'t str,
     list: Vec<Problem>,
+    /// Where keys that later checks report on were written.
+    lines: BTreeMap<String, usize>,
 }
 
 impl<'t> Problems<'t> {
@@ -159,7 +176,15 @@ impl<'t> Problems<'t> {
         Problems {
             text,
             list: Vec::new(),
+            lines: BTreeMap::new(),
         }
+    }
+
+    /// Remembers the line of `key` for checks made after compiling
+    /// (`Config::line_of`).
+    pub(crate) fn remember(&mut self, span: std::ops::Range<usize>, key: &str) {
+        let line = line_of(self.text, span.start);
+        self.lines.insert(key.to_string(), line);
     }
 
     /// The line of a span's start.
@@ -238,11 +263,24 @@ fn toml_problem(text: &str, e: &toml::de::Error) -> Problem {
         })
         .filter(|k| !k.is_empty() && !k.starts_with('[') && !k.contains(' '))
         .unwrap_or_default();
-    Problem {
-        line,
-        key,
-        message: e.message().trim().to_string(),
+    let mut message = e.message().trim().to_string();
+    // An unknown top-level key is a misspelt table: name it as a table.
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some((name, tail)) = rest.split_once('`') {
+            if tail.contains("`daemon`, `http`") {
+                let written = line
+                    .and_then(|l| text.lines().nth(l - 1))
+                    .map(str::trim)
+                    .filter(|l| l.starts_with('['))
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("[{name}]"));
+                message = format!(
+                    "unknown table `{written}`; the tables are [daemon], [http], [exclusions], [[connectors]] (with [connectors.<kind>] options), [[rules]] and [reminders]"
+                );
+            }
+        }
     }
+    Problem { line, key, message }
 }
 
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
@@ -296,6 +334,7 @@ fn compile(
     }
     Ok(Config {
         file: file.to_path_buf(),
+        key_lines: problems.lines,
         daemon,
         http,
         exclusions,
@@ -308,6 +347,20 @@ fn compile(
 }
 
 impl Config {
+    /// The line `key` was written on, when it was.
+    pub fn line_of(&self, key: &str) -> Option<usize> {
+        self.key_lines.get(key).copied()
+    }
+
+    /// A problem found after compiling, at `key`'s line, as a [`ConfigError`].
+    pub fn problem(&self, key: &str, message: impl Into<String>) -> Problem {
+        Problem {
+            line: self.line_of(key),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
     /// A short human summary, printed by `erpsync check-config`.
     pub fn summary(&self) -> String {
         let mut s = format!("config {} is valid\n", self.file.display());

@@ -37,6 +37,7 @@ pub struct RawDaemon {
     pub tombstone_retention_days: Option<Spanned<u64>>,
     pub audit_retention_days: Option<Spanned<u64>>,
     pub resync_job_retention_days: Option<Spanned<u64>>,
+    pub store_failure_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -50,6 +51,9 @@ pub struct RawHttp {
     pub consumer_token_file: Option<Spanned<String>>,
     pub consumer_token_credential: Option<Spanned<String>>,
     pub max_body_bytes: Option<usize>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub header_read_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,10 +102,12 @@ pub struct RawConnector {
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
     pub requests_per_second: Option<f64>,
-    pub burst: Option<u32>,
-    pub max_concurrency: Option<u32>,
-    pub max_attempts: Option<u32>,
-    pub requests_per_day: Option<u32>,
+    // Integers as TOML has them: a value out of range is then reported
+    // under its own key by the compiler, not as a type error of the table.
+    pub burst: Option<i64>,
+    pub max_concurrency: Option<i64>,
+    pub max_attempts: Option<i64>,
+    pub requests_per_day: Option<i64>,
     pub max_retry_wait: Option<String>,
 }
 

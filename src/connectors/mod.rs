@@ -18,6 +18,7 @@ pub mod demo;
 pub mod netsuite;
 pub mod oauth;
 pub mod quickbooks;
+pub mod redact;
 pub mod registry;
 pub mod xero;
 

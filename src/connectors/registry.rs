@@ -56,6 +56,16 @@ pub trait ConnectorKind: Send + Sync + 'static {
         false
     }
 
+    /// Whether `id` has the form of a customer id of this ERP, for manual
+    /// decisions about customers not synced yet (the one place an id comes
+    /// from a person rather than the ERP). `Err` says what the form is.
+    /// Control and bidi characters, surrounding spaces and over-long ids
+    /// are refused for every kind before this is asked.
+    fn check_customer_id(id: &str) -> Result<(), String> {
+        let _ = id;
+        Ok(())
+    }
+
     /// Builds the running connector (reads secrets, builds clients). Called
     /// once per configured connector at start-up, after a clean check; an
     /// error refuses the start (exit 78) and must name keys or files, never
@@ -95,6 +105,8 @@ impl BuildContext {
 /// A registered kind, object-safe (see [`ConnectorKind`] for the meaning).
 pub trait RegisteredKind: KindSpec + Send + Sync {
     fn native_exclusions(&self) -> &'static [NativeExclusion];
+    /// [`check_id`] with this kind's own form.
+    fn check_customer_id(&self, id: &str) -> Result<(), String>;
     fn uses_oauth(&self, options: &ConnectorOptions) -> bool;
     /// Builds from options compiled by this kind.
     fn build(
@@ -141,6 +153,11 @@ impl<K: ConnectorKind> RegisteredKind for K {
         K::NATIVE_EXCLUSIONS
     }
 
+    fn check_customer_id(&self, id: &str) -> Result<(), String> {
+        check_id(id)?;
+        K::check_customer_id(id)
+    }
+
     fn uses_oauth(&self, options: &ConnectorOptions) -> bool {
         options.get::<K::Options>().is_some_and(K::uses_oauth)
     }
@@ -158,6 +175,57 @@ impl<K: ConnectorKind> RegisteredKind for K {
 
     fn spec(&self) -> &dyn KindSpec {
         self
+    }
+}
+
+/// The longest customer id a person may name before the customer is synced.
+pub const MAX_ID_CHARS: usize = 128;
+
+/// What every kind refuses in an id given by hand: empty, longer than
+/// [`MAX_ID_CHARS`], surrounding white space, control characters
+/// (newlines, tabs, NUL, ...) and bidirectional-text controls (which make
+/// an id display as another one). The message says which.
+pub fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("the id is empty".into());
+    }
+    let n = id.chars().count();
+    if n > MAX_ID_CHARS {
+        return Err(format!(
+            "the id is {n} characters long; at most {MAX_ID_CHARS}"
+        ));
+    }
+    if id.trim() != id {
+        return Err("the id starts or ends with white space".into());
+    }
+    if let Some(c) = id.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "the id contains the control character U+{:04X}",
+            c as u32
+        ));
+    }
+    const BIDI: &[char] = &[
+        '\u{061C}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}',
+        '\u{202E}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
+    ];
+    if let Some(c) = id.chars().find(|c| BIDI.contains(c)) {
+        return Err(format!(
+            "the id contains the bidirectional-text control U+{:04X}",
+            c as u32
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `id` is 1 to 20 ASCII digits (NetSuite internal ids, QuickBooks
+/// ids).
+pub fn check_digits(id: &str, erp: &str) -> Result<(), String> {
+    if !id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{erp} customer ids are numbers (internal ids such as 1234)"
+        ))
     }
 }
 

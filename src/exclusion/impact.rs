@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::{apply, Policy};
 use crate::classify;
-use crate::model::{Classification, CustomerKey, Record};
+use crate::model::{Classification, CustomerKey, ManualDecision, Record};
 use crate::resync::queue;
 use crate::rules::RuleSet;
 use crate::store::{Result, Store, StoredCustomer};
@@ -107,6 +107,23 @@ fn change(sc: &StoredCustomer, to: &Classification) -> Change {
 /// Classifies every stored customer with `rules` and compares with today.
 /// Changes nothing.
 pub fn of_rules(store: &Store, policy: &dyn Policy, rules: &RuleSet) -> Result<Impact> {
+    of_rules_since(store, policy, None, rules)
+}
+
+/// How a customer was classified under some earlier policy: its stored
+/// customer and manual decision in, its classification then out.
+pub type Baseline<'a> = &'a dyn Fn(&StoredCustomer, Option<&ManualDecision>) -> Classification;
+
+/// Like [`of_rules`], but compares with the classification `baseline`
+/// gives each customer instead of the stored one: a reload cut short left
+/// some customers classified with rules that never completed, and the ratio
+/// guard must measure a change against the last policy that did.
+pub fn of_rules_since(
+    store: &Store,
+    policy: &dyn Policy,
+    baseline: Option<Baseline<'_>>,
+    rules: &RuleSet,
+) -> Result<Impact> {
     let mut imp = Impact {
         rules: rules
             .rules()
@@ -141,13 +158,15 @@ pub fn of_rules(store: &Store, policy: &dyn Policy, rules: &RuleSet) -> Result<I
                 ri.excluding += 1;
             }
         }
-        let old = &sc.classification;
+        let then = baseline.map(|b| b(&sc, manual.as_ref()));
+        let old = then.as_ref().unwrap_or(&sc.classification);
         if new == *old {
             continue;
         }
         if new.excluded && !old.excluded {
             imp.would_exclude += 1;
             let mut c = change(&sc, &new);
+            c.from.clone_from(&old.reason);
             for r in store.records_of(&key)? {
                 match r {
                     Record::Invoice(_) => c.invoices += 1,
@@ -164,7 +183,9 @@ pub fn of_rules(store: &Store, policy: &dyn Policy, rules: &RuleSet) -> Result<I
         } else if !new.excluded && old.excluded {
             imp.would_include += 1;
             if imp.newly_included.len() < LIST_LIMIT {
-                imp.newly_included.push(change(&sc, &new));
+                let mut c = change(&sc, &new);
+                c.from.clone_from(&old.reason);
+                imp.newly_included.push(c);
             } else {
                 imp.truncated = true;
             }
@@ -276,6 +297,7 @@ pub async fn reclassify_all(
             })
             .await?;
         total.add(part);
+        crate::hooks::pause_point("reclassify.batch");
         if keys.len() < batch {
             break;
         }

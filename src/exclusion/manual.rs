@@ -133,6 +133,26 @@ fn parse_key(r: &str) -> Result<CustomerKey> {
     Ok(key)
 }
 
+/// An id for a message: control and bidi characters escaped, at most 64
+/// characters.
+fn printable(id: &str) -> String {
+    let mut out: String = id
+        .chars()
+        .take(64)
+        .flat_map(|c| {
+            if c.is_control() || ('\u{2000}'..='\u{206F}').contains(&c) || c == '\u{061C}' {
+                c.escape_unicode().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    if id.chars().count() > 64 {
+        out.push('…');
+    }
+    out
+}
+
 /// What happened to one customer of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -276,6 +296,19 @@ fn exclude_one(
             classification: stored.map(|s| s.classification),
         });
         return Ok(());
+    }
+    if stored.is_none() {
+        // The id comes from a person, not the ERP: it must have the ERP's
+        // form before a pending decision is kept for it.
+        policy
+            .check_new_id(&key.connector, &key.external_id)
+            .map_err(|why| {
+                ExclusionError::Invalid(format!(
+                    "`{}` is not a customer of `{}` yet, and cannot be one: {why}",
+                    printable(&key.external_id),
+                    key.connector
+                ))
+            })?;
     }
     tx.set_manual_decision(key, Some(&decision(ManualAction::Exclude, actor)))?;
     audit_decision(tx, key, "manual_exclude", actor, &actor.reason)?;

@@ -193,7 +193,8 @@ pub const NO_TOKEN: &str = "the admin API is disabled: no admin token is configu
 
 /// The middleware in front of every `/api/v1` route but the login itself.
 pub async fn require_token(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
-    let principal = match authenticate(&app, req.method(), req.headers()) {
+    let ip = session::client_ip(&req);
+    let principal = match authenticate(&app, ip, req.method(), req.headers()) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -227,7 +228,12 @@ pub async fn require_token(State(app): State<Arc<App>>, mut req: Request, next: 
 
 /// Identifies the caller by its bearer token or its session cookie; a
 /// session's state-changing request must carry the session's CSRF token.
-fn authenticate(app: &App, method: &Method, headers: &HeaderMap) -> Result<Principal, ApiError> {
+fn authenticate(
+    app: &App,
+    ip: std::net::IpAddr,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Principal, ApiError> {
     if !app.tokens.any() {
         return Err(ApiError::new(StatusCode::FORBIDDEN, NO_TOKEN));
     }
@@ -242,7 +248,7 @@ fn authenticate(app: &App, method: &Method, headers: &HeaderMap) -> Result<Princ
                 via: Via::Bearer,
             }),
             None => {
-                app.sessions.failures.record("a wrong bearer token");
+                app.sessions.failures.record(ip, "a wrong bearer token");
                 Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "wrong bearer token",

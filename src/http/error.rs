@@ -47,6 +47,12 @@ impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         match e {
             crate::store::StoreError::Rejected(m) => ApiError::bad_request(m),
+            e @ crate::store::StoreError::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{e}; nothing was changed, try again once the store is writable (see /status)"
+                ),
+            ),
             other => ApiError::internal(other),
         }
     }

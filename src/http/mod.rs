@@ -19,6 +19,7 @@ pub mod admin;
 pub mod auth;
 pub mod console;
 pub mod error;
+pub mod listener;
 pub mod session;
 pub mod status;
 
@@ -163,13 +164,15 @@ pub async fn serve(
     app: Arc<App>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // The client's address is what failed logins are counted by.
-    axum::serve(
-        listener,
-        router(app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    // The client's address (what failed logins are counted by) goes into
+    // each request as `ConnectInfo`.
+    let h = &app.config().http;
+    let limits = listener::Limits {
+        max_connections: h.max_connections,
+        header_read_timeout: h.header_read_timeout,
+        idle_timeout: h.idle_timeout,
+    };
+    listener::serve(listener, router(app), limits, shutdown).await
 }
 
 #[cfg(test)]

@@ -17,9 +17,10 @@
 //! Only a hash of each session id is kept. Failed logins are counted per
 //! client address: after [`MAX_FAILURES`] within [`FAILURE_WINDOW`] that
 //! address gets 429 (with `Retry-After`) until the window has passed, even
-//! with a right token. Failures are logged at most once a minute, as a
-//! summary, so a guessing client cannot flood the journal. No token, id or
-//! CSRF token is ever logged.
+//! with a right token. Failures (wrong console logins and wrong bearer
+//! tokens) are logged at most once a minute per client address, the first at
+//! once and later ones as a summary with their count, so a guessing client
+//! cannot flood the journal. No token, id or CSRF token is ever logged.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -187,11 +188,14 @@ impl Sessions {
         f.count += 1;
         let locked = f.count == MAX_FAILURES;
         drop(map);
-        self.failures.record(if locked {
-            "a failed console login (the address is now refused for a while)"
-        } else {
-            "a failed console login"
-        });
+        self.failures.record(
+            ip,
+            if locked {
+                "a failed console login (the address is now refused for a while)"
+            } else {
+                "a failed console login"
+            },
+        );
     }
 
     fn login_succeeded(&self, ip: IpAddr) {
@@ -199,11 +203,14 @@ impl Sessions {
     }
 }
 
-/// Logs authentication failures without flooding: the first one at once,
-/// then at most one summary line a minute with the count since.
+/// Logs authentication failures without flooding: per client address, the
+/// first one at once, then at most one summary line a minute with the count
+/// since. At most [`MAX_TRACKED_ADDRESSES`] addresses are tracked; past that
+/// (addresses not seen for a minute are forgotten first) the rest share one
+/// line.
 #[derive(Debug, Default)]
 pub struct FailureLog {
-    state: Mutex<LogState>,
+    state: Mutex<HashMap<IpAddr, LogState>>,
 }
 
 #[derive(Debug, Default)]
@@ -213,21 +220,30 @@ struct LogState {
 }
 
 impl FailureLog {
-    /// Counts one failure (`what`: a fixed description, never the token).
-    /// Returns whether a line was logged.
-    pub fn record(&self, what: &str) -> bool {
+    /// Counts one failure from `source` (`what`: a fixed description, never
+    /// the token). Returns whether a line was logged.
+    pub fn record(&self, source: IpAddr, what: &str) -> bool {
         let now = Instant::now();
-        let mut st = self.state.lock().expect("failure log lock poisoned");
+        let mut map = self.state.lock().expect("failure log lock poisoned");
+        let mut key = source;
+        if !map.contains_key(&key) && map.len() >= MAX_TRACKED_ADDRESSES {
+            map.retain(|_, st| st.last.is_some_and(|l| now.duration_since(l) < LOG_EVERY));
+            if map.len() >= MAX_TRACKED_ADDRESSES {
+                key = IpAddr::from([0, 0, 0, 0]);
+            }
+        }
+        let st = map.entry(key).or_default();
         st.unlogged += 1;
         if st.last.is_some_and(|l| now.duration_since(l) < LOG_EVERY) {
             return false;
         }
         let n = std::mem::take(&mut st.unlogged);
         st.last = Some(now);
-        drop(st);
+        drop(map);
         tracing::warn!(
+            source = %key,
             failures = n,
-            "authentication refused: {what} ({n} failure(s) since the last such line; at most one line a minute)"
+            "authentication refused: {what} ({n} failure(s) from {key} since the last such line; at most one line a minute per address)"
         );
         true
     }
@@ -303,7 +319,7 @@ impl SessionView {
 }
 
 /// The client's address; all clients behind one proxy share one.
-fn client_ip(req: &Request) -> IpAddr {
+pub(crate) fn client_ip(req: &Request) -> IpAddr {
     req.extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
@@ -441,11 +457,18 @@ mod tests {
     #[test]
     fn failures_are_logged_once_then_summarised() {
         let log = FailureLog::default();
-        assert!(log.record("x"));
+        let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        assert!(log.record(a, "x"));
         for _ in 0..100 {
-            assert!(!log.record("x"));
+            assert!(!log.record(a, "x"));
         }
-        assert_eq!(log.state.lock().unwrap().unlogged, 100);
+        assert!(log.record(b, "x"), "another address gets its own line");
+        assert!(!log.record(b, "x"));
+        assert_eq!(log.state.lock().unwrap()[&a].unlogged, 100);
+        // A minute later the address gets one summary line with the count.
+        log.state.lock().unwrap().get_mut(&a).unwrap().last = Some(Instant::now() - LOG_EVERY);
+        assert!(log.record(a, "x"));
+        assert!(!log.record(a, "x"));
     }
 
     #[test]

@@ -22,8 +22,15 @@ pub async fn healthz(Query(NoQuery {}): Query<NoQuery>) -> impl IntoResponse {
 }
 
 pub async fn readyz(State(app): State<Arc<App>>, Query(NoQuery {}): Query<NoQuery>) -> Response {
-    if app.is_ready() {
+    let store = app.store.health();
+    if app.is_ready() && store.writable {
         Json(json!({"status": "ready"})).into_response()
+    } else if !store.writable {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "reason": "the store cannot be written", "store": store})),
+        )
+            .into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -48,6 +55,8 @@ pub struct Status {
     pub feed: crate::store::FeedBounds,
     /// Webhook endpoints: state, position, lag, failures.
     pub webhooks: Vec<crate::feed::webhooks::WebhookStatus>,
+    /// Whether the store can be written, and if not since when and why.
+    pub store: crate::store::StoreHealth,
 }
 
 #[derive(Debug, Serialize)]
@@ -142,6 +151,7 @@ pub fn build_status(app: &App) -> Result<Status, crate::store::StoreError> {
         last_reload: app.last_reload.lock().expect("poisoned").clone(),
         feed,
         webhooks,
+        store: app.store.health(),
     })
 }
 
@@ -154,8 +164,23 @@ async fn status_of(app: Arc<App>) -> Result<Status, ApiError> {
 pub async fn status(
     State(app): State<Arc<App>>,
     Query(NoQuery {}): Query<NoQuery>,
-) -> Result<Json<Status>, ApiError> {
-    Ok(Json(status_of(app).await?))
+) -> Result<Response, ApiError> {
+    match status_of(Arc::clone(&app)).await {
+        Ok(s) => Ok(Json(s).into_response()),
+        // The store cannot be read either (a database server gone): say
+        // what is known without it.
+        Err(e) if !app.store.health().writable => Ok((
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "error": e.message,
+                "ready": false,
+                "store": app.store.health(),
+                "last_reload": app.last_reload.lock().expect("poisoned").clone(),
+            })),
+        )
+            .into_response()),
+        Err(e) => Err(e),
+    }
 }
 
 /// A Prometheus label value: backslash, double quote and line feed escaped

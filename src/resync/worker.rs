@@ -16,6 +16,14 @@
 //! resumes at the page after the last durable one and never re-fetches
 //! finished customers.
 //!
+//! A resync leaves exactly the ERP's records for its customers: each page's
+//! ids are recorded with the page (`Tx::resync_seen`), and the write of an
+//! entity stream's last page removes, with tombstones, the stored records
+//! of the batch's customers the stream did not return
+//! (`Tx::resync_reconcile`), such as records deleted upstream outside the
+//! deletion feed's window. Records modified upstream shortly before the
+//! stream started are left for the next resync (clock skew).
+//!
 //! The worker never retries a request itself (the budget does) and never
 //! classifies customers; a batch whose fetch still fails fails its job, or
 //! is first split per job when it mixes several.
@@ -44,6 +52,12 @@ pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// How long the worker waits before looking again while its connector
 /// needs reconnecting.
 const PAUSE_WHILE_DISCONNECTED: Duration = Duration::from_secs(30);
+
+/// A stored record last modified upstream within this long before a
+/// resync stream started is kept even when the stream did not return it:
+/// it may have been created meanwhile (clocks of the ERP and this host
+/// differ), and the next resync or the deletion feed settles it.
+const RECONCILE_MARGIN: chrono::Duration = chrono::Duration::minutes(10);
 
 /// How long the worker waits after a store error before trying again.
 const ERROR_PAUSE: Duration = Duration::from_secs(5);
@@ -195,6 +209,12 @@ async fn run_stream(
             .await
             .map_err(|source| BatchError::Connector { entity, source })
     };
+    // Durable before the first request: a stream's end only judges records
+    // last modified before it started (see `Tx::resync_reconcile`).
+    let started = chrono::Utc::now();
+    app.store
+        .write(|tx| tx.resync_stream_started(batch.id, entity, started))
+        .await?;
     let mut page = fetch(cursor.clone()).await?;
     loop {
         if !page.has_more {
@@ -238,6 +258,29 @@ async fn commit(
                 now: chrono::Utc::now(),
             };
             ingest::records(tx, &ctx, entity, page)?;
+            // What the ERP has for these customers, quarantined rows
+            // included (they exist upstream, they are only unreadable).
+            let seen: Vec<&str> = page
+                .items
+                .iter()
+                .map(Record::external_id)
+                .chain(page.quarantined.iter().filter_map(|q| q.external_id.as_deref()))
+                .collect();
+            tx.resync_seen(batch.id, entity, &seen)?;
+            if !page.has_more {
+                let removed = tx.resync_reconcile(
+                    &h.id,
+                    batch.id,
+                    entity,
+                    &batch.customer_ids(),
+                    RECONCILE_MARGIN,
+                    ctx.now,
+                )?;
+                tx.add_counter(&h.id, &format!("deleted_{entity}"), removed)?;
+                if removed > 0 {
+                    tracing::info!(connector = %h.id, batch = batch.id, %entity, removed, "resync removed records the ERP no longer has");
+                }
+            }
             queue::commit_page(
                 tx,
                 &PageCommit {

@@ -78,6 +78,52 @@ pub enum StoreError {
     /// Raised by a write closure to abort without changing anything.
     #[error("{0}")]
     Rejected(String),
+    /// The store cannot be written or reached for a reason outside the
+    /// daemon (disk full, I/O error, read-only file system, database server
+    /// gone): retried with back-off, and it heals when the cause goes.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// Whether this is a failure of the storage itself (see
+    /// [`StoreError::Unavailable`]), not of the data or the request.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// Whether the store could last be written, for `/readyz`, `/status` and
+/// the watchdog.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct StoreHealth {
+    /// False from the first write that failed with
+    /// [`StoreError::Unavailable`] until one succeeds.
+    pub writable: bool,
+    /// Since when writes fail.
+    pub failing_since: Option<Timestamp>,
+    /// Why (the last such error).
+    pub error: Option<String>,
+    /// Writes failed in a row.
+    pub consecutive_failures: u64,
+    /// When a write last failed (a probe's success only clears the state
+    /// once no write failed for [`PROBE_QUIET`]).
+    #[serde(skip)]
+    last_failure: Option<std::time::Instant>,
+}
+
+/// A probe's success says little while other writes keep failing (a full
+/// disk can still take a tiny write into space the log already holds): it
+/// clears the unwritable state only after this long without a failure.
+pub const PROBE_QUIET: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl StoreHealth {
+    fn ok() -> StoreHealth {
+        StoreHealth {
+            writable: true,
+            ..StoreHealth::default()
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -244,6 +290,8 @@ pub struct Store {
     /// The sequence number of the newest event this process committed
     /// (webhook deliveries wait on it).
     feed: tokio::sync::watch::Sender<u64>,
+    /// Whether writes currently succeed (see [`StoreHealth`]).
+    health: Mutex<StoreHealth>,
 }
 
 /// Runs blocking database work without stalling the async runtime's
@@ -290,6 +338,7 @@ impl Store {
             backend,
             writer: Mutex::new(()),
             feed: tokio::sync::watch::Sender::new(0),
+            health: Mutex::new(StoreHealth::ok()),
         })
     }
 
@@ -316,8 +365,55 @@ impl Store {
         offload(|| self.write_blocking(f))
     }
 
+    /// Whether writes currently succeed.
+    pub fn health(&self) -> StoreHealth {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A small write (the time of the probe in `meta`): whether the store
+    /// can be written now. Updates [`Store::health`] like any write.
+    pub async fn probe(&self) -> Result<()> {
+        let now = chrono::Utc::now();
+        let out = offload(|| self.write_inner(|tx| tx.put_meta("store_probe", &now)));
+        self.note(out.as_ref().map(|_| ()), true);
+        out
+    }
+
+    fn note(&self, outcome: std::result::Result<(), &StoreError>, probe: bool) {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        match outcome {
+            Ok(()) => {
+                let quiet = h.last_failure.is_none_or(|t| t.elapsed() >= PROBE_QUIET);
+                if !h.writable && (!probe || quiet) {
+                    tracing::info!(failures = h.consecutive_failures, "store writable again");
+                    *h = StoreHealth::ok();
+                }
+            }
+            Err(e) if e.is_unavailable() => {
+                if h.writable {
+                    tracing::error!(error = %e, "store cannot be written; retrying with back-off");
+                    h.writable = false;
+                    h.failing_since = Some(chrono::Utc::now());
+                }
+                h.consecutive_failures += 1;
+                h.error = Some(e.to_string());
+                h.last_failure = Some(std::time::Instant::now());
+            }
+            Err(_) => {}
+        }
+    }
+
     /// [`Store::write`] for synchronous callers (tools, `spawn_blocking`).
     pub fn write_blocking<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
+        let out = self.write_inner(f);
+        self.note(out.as_ref().map(|_| ()), false);
+        out
+    }
+
+    fn write_inner<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
         use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
         let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         match &self.backend {

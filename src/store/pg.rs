@@ -67,21 +67,36 @@ pub(crate) struct Pg {
 }
 
 pub(crate) fn err(e: tokio_postgres::Error) -> StoreError {
-    let text = match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+    match e.as_db_error() {
+        Some(db) => {
+            let text = format!("postgres: {}: {}", db.code().code(), db.message());
+            // Classes 08 (connection), 53 (insufficient resources: disk
+            // full, out of memory), 57P (server shutting down or starting),
+            // 58 (system error: I/O).
+            let code = db.code().code();
+            if code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || code.starts_with("58")
+            {
+                StoreError::Unavailable(text)
+            } else {
+                StoreError::Backend(text)
+            }
+        }
+        // No answer from the server: the connection is gone or cannot be made.
         None => {
             let mut s = e.to_string();
             if let Some(src) = e.source() {
                 s = format!("{s}: {src}");
             }
-            s
+            StoreError::Unavailable(format!("postgres: {s}"))
         }
-    };
-    StoreError::Backend(format!("postgres: {text}"))
+    }
 }
 
 fn closed() -> StoreError {
-    StoreError::Backend("postgres: the store's connection thread has stopped".into())
+    StoreError::Unavailable("postgres: the store's connection thread has stopped".into())
 }
 
 /// A database URL without its password, for messages.
@@ -307,7 +322,7 @@ impl Slot {
     async fn client(&mut self) -> Result<&Client> {
         let lost = self.client.as_ref().is_none_or(|c| c.is_closed());
         if lost && self.in_tx {
-            return Err(StoreError::Backend(
+            return Err(StoreError::Unavailable(
                 "postgres: the connection was lost inside a transaction; it is rolled back".into(),
             ));
         }
@@ -365,7 +380,7 @@ impl Slot {
                 return Ok(()); // the server rolled it back with the connection
             }
             if lost {
-                return Err(StoreError::Backend(
+                return Err(StoreError::Unavailable(
                     "postgres: the connection was lost before the commit; nothing was written"
                         .into(),
                 ));

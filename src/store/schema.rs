@@ -12,10 +12,30 @@
 //! tables.
 
 /// `(version, statements)`, in order.
-pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2)];
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3)];
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
+
+/// Resync reconciliation: which records each entity stream of a resync
+/// batch received, and when the stream started, so the stream's end can
+/// remove the stored records of the batch's customers the ERP no longer
+/// has (deleted outside its deletion feed's window).
+const V3: &str = r#"
+CREATE TABLE resync_streams (
+    batch {INT} NOT NULL,
+    entity TEXT NOT NULL,
+    started_at {TS} NOT NULL,
+    PRIMARY KEY (batch, entity)
+) {WR};
+
+CREATE TABLE resync_seen (
+    batch {INT} NOT NULL,
+    entity TEXT NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (batch, entity, id)
+) {WR};
+"#;
 
 const V1: &str = r#"
 CREATE TABLE meta (

@@ -36,7 +36,15 @@ pub(crate) struct Sqlite {
 }
 
 fn err(e: rusqlite::Error) -> StoreError {
-    StoreError::Backend(format!("sqlite: {e}"))
+    use rusqlite::ErrorCode as C;
+    match e.sqlite_error_code() {
+        // The file system, not the data: disk full, I/O error, read-only,
+        // cannot open (the folder went away), out of memory.
+        Some(C::DiskFull | C::SystemIoFailure | C::ReadOnly | C::CannotOpen | C::OutOfMemory) => {
+            StoreError::Unavailable(format!("sqlite: {e}"))
+        }
+        _ => StoreError::Backend(format!("sqlite: {e}")),
+    }
 }
 
 impl Sqlite {

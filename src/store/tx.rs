@@ -1390,6 +1390,95 @@ impl<'a> Tx<'a> {
 
     // ----- growth bounds ------------------------------------------------------
 
+    // ----- resync reconciliation -------------------------------------------
+
+    /// Records that an entity stream of resync batch `batch` started at `at`
+    /// (the first call for a stream wins: a resumed stream keeps its start).
+    pub fn resync_stream_started(&mut self, batch: u64, e: Entity, at: Timestamp) -> Result<()> {
+        self.conn.exec(
+            "INSERT INTO resync_streams (batch, entity, started_at) VALUES (?, ?, ?) \
+             ON CONFLICT (batch, entity) DO NOTHING",
+            &params![batch, e.as_str(), at],
+        )?;
+        Ok(())
+    }
+
+    /// Records that the ERP returned `ids` in an entity stream of `batch`.
+    pub fn resync_seen(&mut self, batch: u64, e: Entity, ids: &[&str]) -> Result<()> {
+        for id in ids {
+            self.conn.exec(
+                "INSERT INTO resync_seen (batch, entity, id) VALUES (?, ?, ?) \
+                 ON CONFLICT (batch, entity, id) DO NOTHING",
+                &params![batch, e.as_str(), *id],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// At the end of an entity stream of `batch`: removes, with a tombstone
+    /// at `now`, every stored record of that entity of `customers` that the
+    /// stream did not return and that was last modified upstream before the
+    /// stream started less `margin` (a record created meanwhile and stored
+    /// by polling is not the stream's to judge), then forgets the stream.
+    /// Returns how many records were removed.
+    pub fn resync_reconcile(
+        &mut self,
+        conn: &str,
+        batch: u64,
+        e: Entity,
+        customers: &[String],
+        margin: chrono::Duration,
+        now: Timestamp,
+    ) -> Result<u64> {
+        let started = self
+            .conn
+            .query_opt(
+                "SELECT started_at FROM resync_streams WHERE batch = ? AND entity = ?",
+                &params![batch, e.as_str()],
+            )?
+            .map(|r| r.time(0))
+            .transpose()?;
+        let mut removed = 0;
+        if let Some(started) = started {
+            let seen: std::collections::HashSet<String> = self
+                .conn
+                .query(
+                    "SELECT id FROM resync_seen WHERE batch = ? AND entity = ?",
+                    &params![batch, e.as_str()],
+                )?
+                .iter()
+                .map(|r| r.text(0))
+                .collect::<Result<_>>()?;
+            let before = started - margin;
+            for c in customers {
+                let stale: Vec<String> = load_records_of(self.conn, &CustomerKey::new(conn, c))?
+                    .into_iter()
+                    .filter(|r| r.entity() == e)
+                    .filter(|r| r.last_modified() < before && !seen.contains(r.external_id()))
+                    .map(|r| r.external_id().to_string())
+                    .collect();
+                for id in stale {
+                    if self.remove_record(conn, e, &id, Some(now))? {
+                        removed += 1;
+                    }
+                }
+            }
+        }
+        self.forget_resync_stream(batch, e)?;
+        Ok(removed)
+    }
+
+    fn forget_resync_stream(&mut self, batch: u64, e: Entity) -> Result<()> {
+        let p = params![batch, e.as_str()];
+        self.conn
+            .exec("DELETE FROM resync_seen WHERE batch = ? AND entity = ?", &p)?;
+        self.conn.exec(
+            "DELETE FROM resync_streams WHERE batch = ? AND entity = ?",
+            &p,
+        )?;
+        Ok(())
+    }
+
     pub(super) fn compact(&mut self, r: &Retention, now: Timestamp) -> Result<Compacted> {
         let tombstones = self.conn.exec(
             "DELETE FROM tombstones WHERE recorded_at < ?",
@@ -1409,6 +1498,18 @@ impl<'a> Tx<'a> {
             .collect::<Result<_>>()?;
         for id in &old {
             self.delete_resync_job(*id)?;
+        }
+        // Streams of batches that never finished (split or failed jobs).
+        let abandoned = self.conn.query(
+            "SELECT batch, entity FROM resync_streams WHERE started_at < ?",
+            &params![now - r.finished_jobs],
+        )?;
+        for row in &abandoned {
+            let name = row.text(1)?;
+            let Some(e) = Entity::ALL.into_iter().find(|e| e.as_str() == name) else {
+                continue;
+            };
+            self.forget_resync_stream(row.u64(0)?, e)?;
         }
         Ok(Compacted {
             tombstones,

@@ -16,7 +16,7 @@
 //! shows `needs_reconnect` with the reason and the command that fixes it.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::app::{App, ConnectorHandle, ConnectorStatus, LastError, Reconnect, WorkerState};
 use crate::connectors::{ConnectorError, Cursor, Page};
@@ -74,6 +74,12 @@ pub async fn run_poller(app: Arc<App>, h: Arc<ConnectorHandle>) {
         // interval (a sync-now request is refused meanwhile).
         let wait = match resumes_at {
             Some(at) => (at - chrono::Utc::now()).to_std().unwrap_or_default(),
+            // The store could not be written: try again soon, backing off
+            // (2 s doubling, at most the interval), not a whole interval later.
+            None if matches!(&result, Err(SyncError::Store(e)) if e.is_unavailable()) => {
+                let n = h.status().consecutive_errors.min(5) as u32;
+                (Duration::from_secs(2) * 2u32.pow(n.saturating_sub(1))).min(interval)
+            }
             None => interval,
         };
         tokio::select! {
@@ -107,7 +113,7 @@ fn record_outcome(
             s.consecutive_errors += 1;
             s.last_error = Some(LastError {
                 at: end,
-                message: e.to_string(),
+                message: crate::connectors::redact::redact(&e.to_string()),
             });
             match e {
                 SyncError::Connector {

@@ -8,7 +8,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use erpsync::connectors::demo::{DemoErp, DemoOptions};
+use erpsync::connectors::REGISTRY;
 use erpsync::model::{CustomerKey, Record};
+use erpsync::rules::RuleSet;
 use erpsync::store::Store;
 use rust_decimal::Decimal;
 
@@ -29,17 +31,50 @@ pub fn assert_store_equals_erp(state_dir: &Path, opts: &DemoOptions) {
     assert_equals_erp(&Store::open(state_dir).unwrap(), opts)
 }
 
-/// [`assert_store_equals_erp`] on an open store (any backend).
+/// [`assert_store_equals_erp`] on an open store (any backend), no rules.
 pub fn assert_equals_erp(store: &Store, opts: &DemoOptions) {
+    assert_equals_erp_with(store, opts, &RuleSet::default())
+}
+
+/// The rules of a config fragment (`[[rules]]` tables).
+pub fn rules_of(fragment: &str) -> RuleSet {
+    let text = format!("[[connectors]]\nid = \"demo\"\nkind = \"demo\"\n{fragment}");
+    erpsync::config::parse(Path::new("/x/erpsync.toml"), &text, &REGISTRY)
+        .unwrap()
+        .rules
+}
+
+/// Like [`assert_equals_erp`] with `rules` in force. Which customers must be
+/// excluded is derived from the ERP's data, the rules, the demo's native
+/// exclusions and the stored manual decisions, never from the store's own
+/// classification, so a consistent misclassification fails too.
+pub fn assert_equals_erp_with(store: &Store, opts: &DemoOptions, rules: &RuleSet) {
     let erp = DemoErp::new(opts);
-    let customers: BTreeMap<String, bool> = store
-        .customers(Some("demo"), None)
+    let native = REGISTRY.get("demo").unwrap().native_exclusions();
+    let customers: BTreeMap<String, bool> = erp
+        .customers()
+        .iter()
         .map(|c| {
-            let c = c.unwrap();
-            (c.customer.external_id.clone(), c.classification.excluded)
+            let key = CustomerKey::new("demo", &c.external_id);
+            let manual = store.manual_decision(&key).unwrap();
+            let expected = erpsync::classify::classify(c, manual.as_ref(), rules, native);
+            let stored = store
+                .customer(&key)
+                .unwrap()
+                .unwrap_or_else(|| panic!("customer {} missing", c.external_id));
+            assert_eq!(
+                stored.classification.excluded, expected.excluded,
+                "customer {} classified {:?}, expected {:?}",
+                c.external_id, stored.classification, expected
+            );
+            (c.external_id.clone(), expected.excluded)
         })
         .collect();
-    assert_eq!(customers.len(), erp.customers().len(), "customer count");
+    assert_eq!(
+        store.customers(Some("demo"), None).count(),
+        customers.len(),
+        "customer count"
+    );
     let mut expected = Vec::new();
     let mut dropped = 0u64;
     for r in erp
@@ -157,7 +192,7 @@ fn restart_resumes_from_stored_cursors(backend: Backend) {
 
 fn sigkill_mid_first_sync_then_restart_converges_exactly(backend: Backend) {
     let opts = DemoOptions {
-        page_size: 50,
+        page_size: 20,
         latency_ms: 15,
         ..small_demo()
     };
@@ -166,13 +201,22 @@ fn sigkill_mid_first_sync_then_restart_converges_exactly(backend: Backend) {
         return;
     };
     let d = setup.start();
-    // The first pass needs ~110 pages at 15 ms: kill it in the middle.
-    std::thread::sleep(Duration::from_millis(700));
-    let s = d.client.get("/status");
-    assert_eq!(
-        s["connectors"][0]["passes"], 0,
-        "first pass must still be running"
-    );
+    // The first pass needs ~265 pages at 15 ms: kill it once invoices are
+    // being written, seen in /status (never after a fixed time).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = d.client.get("/status");
+        let c = &s["connectors"][0];
+        assert_eq!(
+            c["passes"], 0,
+            "the first pass ended before it was seen half-way: {c:#}"
+        );
+        if c["counters"]["synced_invoices"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no progress: {c:#}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     d.kill9();
 
     let d = setup.start();
@@ -467,9 +511,12 @@ fn unwritable_state_dir_is_a_clear_error() {
         .arg(&p)
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(78), "a configuration problem");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot create state_dir"), "{err}");
+    assert!(
+        err.contains("key `daemon.state_dir`: ") && err.contains("exists and is not a directory"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -596,13 +643,24 @@ fn the_admin_api_is_forbidden_without_a_configured_token() {
 
 #[test]
 fn the_shipped_configs_are_valid() {
+    let named = regex::Regex::new(r#"_credential\s*=\s*"([^"]+)""#).unwrap();
     for name in ["erpsync.example.toml", "demo.toml"] {
         let p = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("config")
             .join(name);
+        // check-config reads every secret, as the service would: give it
+        // the credentials the unit's LoadCredential= lines would.
+        let creds = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+            for c in named.captures_iter(line) {
+                std::fs::write(creds.path().join(&c[1]), "value\n").unwrap();
+            }
+        }
         let out = Command::new(env!("CARGO_BIN_EXE_erpsync"))
             .args(["check-config", "--config"])
             .arg(&p)
+            .env("CREDENTIALS_DIRECTORY", creds.path())
             .output()
             .unwrap();
         assert!(
@@ -673,7 +731,7 @@ fn a_missing_credential_is_a_config_error_found_before_any_state_is_touched() {
         .unwrap();
     assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("admin token"), "{err}");
+    assert!(err.contains("key `http.admin_token_credential`"), "{err}");
     assert!(err.contains("CREDENTIALS_DIRECTORY is not set"), "{err}");
     assert!(!dir.path().join("state").exists(), "state touched");
 }

@@ -122,7 +122,9 @@ async fn customer_lists_are_capped_per_request_and_duplicates_cost_nothing() {
         .call(
             "POST",
             "/api/v1/exclusions",
-            Some(json!({"customers": refs(10_000, |i| format!("demo:NEW{i}")), "reason": "bulk"})),
+            Some(
+                json!({"customers": refs(10_000, |i| format!("demo:C9{i:05}")), "reason": "bulk"}),
+            ),
         )
         .await;
     assert_eq!(st, 200, "{v}");

@@ -158,7 +158,7 @@ fn purge_and_resync(backend: Backend) {
     assert!(d.terminate().0.success());
     let store = setup.open_store();
     assert_rule_state(&store, true);
-    assert_equals_erp(&store, &opts);
+    crate::daemon::assert_equals_erp_with(&store, &opts, &crate::daemon::rules_of(RULE));
     println!(
         "kill9 purge/resync ({backend:?}): {purge_kills} kills during mass purges, {resync_kills} during resyncs"
     );

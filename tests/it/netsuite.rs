@@ -25,7 +25,7 @@ use crate::netsuite_mock::{Fault, MockConfig, MockNetsuite, Overload};
 // Harness
 // ----------------------------------------------------------------------------
 
-fn limits(max_concurrency: u32) -> Limits {
+pub(crate) fn limits(max_concurrency: u32) -> Limits {
     Limits {
         requests_per_second: 10_000.0,
         burst: 1_000,
@@ -76,7 +76,7 @@ fn options(mock: &MockNetsuite, dir: &Path, extra: &str) -> NetsuiteOptions {
     o
 }
 
-fn connector(
+pub(crate) fn connector(
     mock: &MockNetsuite,
     dir: &Path,
     extra: &str,

@@ -12,7 +12,7 @@ use erpsync::store::Store;
 use crate::netsuite_mock::{MockConfig, MockNetsuite};
 use crate::support::{free_port, Daemon, TOKEN};
 
-fn write_config(
+pub(crate) fn write_config(
     mock: &MockNetsuite,
     dir: &Path,
     port: u16,

@@ -104,6 +104,30 @@ pub enum Fault {
     TruncatedBody,
     /// A 200 whose first row has an unparseable number and date.
     MalformedRow,
+    /// An error answer with `status` whose text echoes the request's
+    /// headers, `Authorization` included (as a misconfigured proxy or a
+    /// debugging endpoint does): in NetSuite's error envelope when `json`,
+    /// else as plain text.
+    EchoHeaders {
+        status: u16,
+        json: bool,
+    },
+    /// A normal answer (to place a later fault deeper into a sync).
+    Pass,
+    /// A 200 whose body stops half-way: the connection is reset.
+    ResetMidBody,
+    /// Runs the hook (say, changing the data), then answers normally.
+    Before(Hook),
+}
+
+/// A test's code run by the mock inside a request ([`Fault::Before`]).
+#[derive(Clone)]
+pub struct Hook(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
 }
 
 /// How the mock answers a request over its concurrency limit.
@@ -166,6 +190,7 @@ impl MockNetsuite {
             overload: Mutex::new(Overload::TooManyRequests),
             stats: Mutex::new(MockStats::default()),
             queries: Mutex::new(VecDeque::new()),
+            revoked: std::sync::atomic::AtomicBool::new(false),
         });
         let app = Router::new()
             .route("/services/rest/query/v1/suiteql", post(suiteql))
@@ -206,6 +231,17 @@ impl MockNetsuite {
 
     pub fn push_faults(&self, faults: impl IntoIterator<Item = Fault>) {
         self.state.faults.lock().unwrap().extend(faults);
+    }
+
+    /// Revokes the access token (every request then fails its login) or
+    /// issues it again.
+    pub fn set_revoked(&self, revoked: bool) {
+        self.state.revoked.store(revoked, Ordering::SeqCst);
+    }
+
+    /// Drops faults not applied yet.
+    pub fn clear_faults(&self) {
+        self.state.faults.lock().unwrap().clear();
     }
 
     pub fn pending_faults(&self) -> usize {
@@ -319,6 +355,18 @@ impl MockNetsuite {
             .get_mut(table)
             .unwrap()
             .set(id, column, value.map(str::to_string));
+    }
+
+    /// Deletes a record without a `DeletedRecord` row, as when the deletion
+    /// is older than the deletion log keeps: only a full read notices.
+    pub fn forget(&self, table: &str, id: u64) {
+        let mut db = self.state.db.lock().unwrap();
+        db.changed();
+        db.tables
+            .get_mut(table)
+            .unwrap()
+            .remove(id)
+            .unwrap_or_else(|| panic!("no {table} {id}"));
     }
 
     /// Deletes a record and writes its `DeletedRecord` row.
@@ -811,6 +859,8 @@ struct MockState {
     overload: Mutex<Overload>,
     stats: Mutex<MockStats>,
     queries: Mutex<VecDeque<String>>,
+    /// The token was revoked: every request gets INVALID_LOGIN.
+    revoked: std::sync::atomic::AtomicBool,
 }
 
 struct InFlight<'a>(&'a MockState);
@@ -902,6 +952,10 @@ async fn handle(
             Overload::InvalidLogin => ns_error(401, "INVALID_LOGIN", INVALID_LOGIN),
         };
     }
+    if st.revoked.load(Ordering::SeqCst) {
+        st.stats.lock().unwrap().last_auth_failure = Some("token revoked".into());
+        return ns_error(401, "INVALID_LOGIN", INVALID_LOGIN);
+    }
     if let Err(why) = verify_oauth(st, &method, &uri, &headers) {
         st.stats.lock().unwrap().last_auth_failure = Some(why);
         return ns_error(401, "INVALID_LOGIN", INVALID_LOGIN);
@@ -931,6 +985,26 @@ async fn handle(
             )
         }
         Some(Fault::Slow(d)) => tokio::time::sleep(*d).await,
+        Some(Fault::Before(hook)) => (hook.0)(),
+        Some(Fault::EchoHeaders { status, json }) => {
+            let echoed: String = headers
+                .iter()
+                .map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or("")))
+                .collect();
+            if *json {
+                return ns_error(
+                    *status,
+                    "INVALID_REQUEST",
+                    &format!("Invalid request. Received headers:\n{echoed}"),
+                );
+            }
+            return (
+                StatusCode::from_u16(*status).unwrap(),
+                [("content-type", "text/plain")],
+                format!("upstream error\n{echoed}"),
+            )
+                .into_response();
+        }
         _ => {}
     }
     if !headers
@@ -1043,6 +1117,26 @@ async fn handle(
         body.push('}');
     }
     body.push_str(&format!(r#"],"offset":{offset},"totalResults":{total}}}"#));
+    if matches!(fault, Some(Fault::ResetMidBody)) {
+        let cut = body.len() / 2;
+        let first = Bytes::from(body[..cut].to_string());
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(first),
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "reset mid-body",
+            )),
+        ];
+        return (
+            StatusCode::OK,
+            [(
+                "content-type",
+                "application/vnd.oracle.resource+json; type=collection",
+            )],
+            axum::body::Body::from_stream(futures::stream::iter(chunks)),
+        )
+            .into_response();
+    }
     if matches!(fault, Some(Fault::TruncatedBody)) {
         let cut = body.len() / 2;
         return (

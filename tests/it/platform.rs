@@ -341,10 +341,7 @@ fn oauth_connect_with_the_daemon_stopped_or_running_and_recovery_from_needs_reco
         ],
     );
     assert_ne!(code, 0);
-    assert!(
-        err.contains("cannot read secret file /nonexistent/file"),
-        "{err}"
-    );
+    assert!(err.contains("/nonexistent/file does not exist"), "{err}");
 }
 
 #[test]

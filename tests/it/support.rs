@@ -2,7 +2,7 @@
 //! real server in-process with a shared demo ERP the test can change.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -21,12 +21,99 @@ pub const VIEWER_TOKEN: &str = "test-viewer-token";
 /// The consumer token (read side only) of in-process daemons.
 pub const CONSUMER_TOKEN: &str = "test-consumer-token";
 
+/// Ports the tests reserve: a socket bound to 127.0.0.1:port but not
+/// listening (connections are refused, as with no daemon, and no other
+/// process can bind the port). A daemon spawned on a reserved port is
+/// handed the socket, made listening (socket activation, `LISTEN_FDS`), so
+/// the answer on that port always comes from that daemon; when it exits the
+/// port is reserved again.
+static HELD: std::sync::Mutex<BTreeMap<u16, std::os::fd::OwnedFd>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// A bound, not listening, close-on-exec socket on 127.0.0.1:`port`.
+fn reserve(port: u16) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor this function owns.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+            },
+            sin_zero: [0; 8],
+        };
+        if libc::bind(
+            fd,
+            &addr as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(owned)
+    }
+}
+
+/// A port on 127.0.0.1 reserved by this test process (see [`HELD`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::os::fd::AsRawFd;
+    let fd = reserve(0).unwrap();
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: getsockname writes at most `len` bytes into `addr`.
+    let rc = unsafe {
+        libc::getsockname(
+            fd.as_raw_fd(),
+            &mut addr as *mut _ as *mut libc::sockaddr,
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0);
+    let port = u16::from_be(addr.sin_port);
+    HELD.lock().unwrap().insert(port, fd);
+    port
+}
+
+/// Gives up the reservation of `port`.
+pub fn release_port(port: u16) {
+    HELD.lock().unwrap().remove(&port);
+}
+
+/// The port of a base URL.
+fn port_of(base: &str) -> Option<u16> {
+    base.rsplit(':').next()?.parse().ok()
+}
+
+/// Takes the reserved socket of `base`'s port, listening, for a child.
+fn take_socket(base: &str) -> Option<(u16, std::os::fd::OwnedFd)> {
+    use std::os::fd::AsRawFd;
+    let port = port_of(base)?;
+    let fd = HELD.lock().unwrap().remove(&port)?;
+    // SAFETY: listen on a socket this process owns.
+    assert_eq!(unsafe { libc::listen(fd.as_raw_fd(), 1024) }, 0);
+    Some((port, fd))
+}
+
+/// Reserves `port` again once the daemon that listened on it is gone (if
+/// another process took it meanwhile, later spawns bind it themselves).
+fn re_reserve(port: u16) {
+    if let Ok(fd) = reserve(port) {
+        HELD.lock().unwrap().insert(port, fd);
+    }
 }
 
 /// A small demo ERP that syncs in well under a second.
@@ -150,6 +237,8 @@ pub struct Daemon {
     pub base: String,
     pub client: Api,
     log: PathBuf,
+    /// The reserved port handed to the daemon: reserved again when it exits.
+    reserved: Option<u16>,
 }
 
 impl Daemon {
@@ -174,20 +263,57 @@ impl Daemon {
             "daemon-{}.log",
             Instant::now().elapsed().as_nanos() ^ rand_u32()
         ));
-        let child = Command::new(env!("CARGO_BIN_EXE_erpsync"))
+        let socket = take_socket(&base);
+        let mut cmd = match &socket {
+            // Socket activation as systemd does it: the socket on fd 3,
+            // LISTEN_FDS=1 and LISTEN_PID set to the daemon's own pid
+            // (the shell's, which `exec` keeps).
+            Some((_, fd)) => {
+                use std::os::fd::AsRawFd;
+                use std::os::unix::process::CommandExt;
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(r#"export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" "$@""#)
+                    .arg(env!("CARGO_BIN_EXE_erpsync"));
+                let raw = fd.as_raw_fd();
+                // SAFETY: dup2 is async-signal-safe; `socket` outlives
+                // the spawn (it is dropped after it).
+                unsafe {
+                    c.pre_exec(move || {
+                        // dup2 onto itself keeps close-on-exec: clear it.
+                        let rc = if raw == 3 {
+                            libc::fcntl(3, libc::F_SETFD, 0)
+                        } else {
+                            libc::dup2(raw, 3)
+                        };
+                        if rc < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_erpsync")),
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(config)
             .env_remove("RUST_LOG")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDS")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
+        let reserved = socket.map(|(port, _)| port);
         Daemon {
             child,
             client: Api::new(&base),
             base,
             log,
+            reserved,
         }
     }
 
@@ -236,6 +362,9 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
+                if let Some(p) = self.reserved.take() {
+                    re_reserve(p);
+                }
                 return (st, t.elapsed());
             }
             if Instant::now() > deadline {
@@ -249,6 +378,9 @@ impl Daemon {
     pub fn kill9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+        if let Some(p) = self.reserved.take() {
+            re_reserve(p);
+        }
     }
 }
 
@@ -256,6 +388,9 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(p) = self.reserved.take() {
+            re_reserve(p);
+        }
     }
 }
 

@@ -998,6 +998,15 @@ impl DemoErp {
         s.invoices.delete(id, at).is_some()
     }
 
+    /// Removes an invoice or transaction without a trace in the change
+    /// stream, as an ERP does once a deletion is older than its deletion
+    /// log keeps: only a full read of the customer's records notices.
+    /// False if there is no such record.
+    pub fn forget_record(&self, id: &str) -> bool {
+        let mut s = self.state();
+        s.invoices.unindex(id).is_some() || s.transactions.unindex(id).is_some()
+    }
+
     /// Stores a payment or credit note; like [`add_invoice`](Self::add_invoice),
     /// an empty id gets the next `PMT…` / `CRN…` id.
     ///

@@ -187,6 +187,16 @@ impl ConnectorKind for Demo {
     type Options = DemoOptions;
     const NATIVE_EXCLUSIONS: &'static [NativeExclusion] = &[NATIVE_INACTIVE, NATIVE_INTERCOMPANY];
 
+    /// `C` and digits, like `C00042`.
+    fn check_customer_id(id: &str) -> Result<(), String> {
+        match id.strip_prefix('C') {
+            Some(d) if !d.is_empty() && d.len() <= 18 && d.bytes().all(|b| b.is_ascii_digit()) => {
+                Ok(())
+            }
+            _ => Err("demo customer ids are C and digits, such as C00042".into()),
+        }
+    }
+
     fn check(options: &DemoOptions, check: &mut OptionsCheck<'_>) {
         for (key, message) in options.validate() {
             check.problem(key, message);

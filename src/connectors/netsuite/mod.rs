@@ -64,6 +64,11 @@ impl ConnectorKind for Netsuite {
         options.check(check);
     }
 
+    /// Internal ids are digits.
+    fn check_customer_id(id: &str) -> Result<(), String> {
+        crate::connectors::registry::check_digits(id, "NetSuite")
+    }
+
     fn build(options: &NetsuiteOptions, cx: BuildContext) -> Result<Arc<dyn Connector>, String> {
         Ok(Arc::new(NetsuiteConnector::new(
             options,
@@ -369,6 +374,7 @@ fn classify_failure(
     body: &[u8],
     recent_success: bool,
 ) -> ConnectorError {
+    crate::connectors::redact::log_body("netsuite", status, body);
     let (codes, text) = suiteql::error_text(body);
     let has_code = |c: &[&str]| codes.iter().any(|x| c.contains(&x.as_str()));
     match status {

@@ -8,6 +8,7 @@
 //! (numeric ids, formatted timestamps, identifiers checked by the options),
 //! never text taken from a caller or from upstream.
 
+use crate::connectors::redact;
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
@@ -74,14 +75,13 @@ pub fn error_text(body: &[u8]) -> (Vec<String>, String) {
             .filter(|s| !s.is_empty())
             .collect();
         if !parts.is_empty() {
-            return (codes, parts.join("; "));
+            return (codes, redact::summary(&parts.join("; ")));
         }
         if let Some(t) = env.title {
-            return (codes, t);
+            return (codes, redact::summary(&t));
         }
     }
-    let text = String::from_utf8_lossy(body);
-    (Vec::new(), truncate(text.trim(), 300).to_string())
+    (Vec::new(), redact::body_summary(body))
 }
 
 /// What the queries need to know about the account's configuration.

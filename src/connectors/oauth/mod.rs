@@ -540,6 +540,7 @@ impl OAuthClient {
             }
             return Ok(answer);
         }
+        super::redact::log_body(&self.connector, status, &body);
         let parsed: Option<ErrorResponse> = serde_json::from_slice(&body).ok();
         let described = |e: &ErrorResponse| {
             let code: String = e
@@ -549,13 +550,7 @@ impl OAuthClient {
                 .take(64)
                 .collect();
             match &e.error_description {
-                Some(d) => format!(
-                    "{code}: {}",
-                    d.chars()
-                        .filter(|c| !c.is_control())
-                        .take(300)
-                        .collect::<String>()
-                ),
+                Some(d) => format!("{code}: {}", super::redact::summary(d)),
                 None => code,
             }
         };

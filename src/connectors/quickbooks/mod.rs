@@ -72,6 +72,11 @@ impl ConnectorKind for Quickbooks {
     type Options = QuickbooksOptions;
     const NATIVE_EXCLUSIONS: &'static [NativeExclusion] = &[NATIVE_INACTIVE];
 
+    /// QuickBooks `Customer.Id` values are digits.
+    fn check_customer_id(id: &str) -> Result<(), String> {
+        crate::connectors::registry::check_digits(id, "QuickBooks")
+    }
+
     /// Intuit allows 500 requests per minute and 10 concurrent requests per
     /// app and company: 8/s with a burst of 8 is at most 488 in any minute.
     fn default_limits() -> Limits {

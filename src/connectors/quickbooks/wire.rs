@@ -222,7 +222,7 @@ impl Fault {
 
     /// The error a `Fault` in an answer with `status` means.
     pub fn into_error(self, status: u16) -> ConnectorError {
-        let text = self.text();
+        let text = crate::connectors::redact::summary(&self.text());
         let kind = self.kind.to_ascii_lowercase();
         if self.has_code(&["3001", "003001"]) || kind.contains("throttle") {
             return ConnectorError::RateLimited { retry_after: None };
@@ -308,10 +308,11 @@ pub fn parse_fault(body: &[u8]) -> Option<Fault> {
 /// the caller first (one token refresh, then this).
 pub fn classify_failure(status: u16, retry_after: Option<Duration>, body: &[u8]) -> ConnectorError {
     let fault = parse_fault(body);
+    crate::connectors::redact::log_body("quickbooks", status, body);
     let text = fault
         .as_ref()
-        .map(Fault::text)
-        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
+        .map(|f| crate::connectors::redact::summary(&f.text()))
+        .unwrap_or_else(|| crate::connectors::redact::body_summary(body));
     match status {
         // Intuit sends no Retry-After; the budget backs off with jitter.
         429 => ConnectorError::RateLimited { retry_after },

@@ -87,6 +87,15 @@ impl ConnectorKind for Xero {
     type Options = XeroOptions;
     const NATIVE_EXCLUSIONS: &'static [NativeExclusion] = &[NATIVE_ARCHIVED, NATIVE_GDPR_REQUEST];
 
+    /// ContactIDs are GUIDs.
+    fn check_customer_id(id: &str) -> Result<(), String> {
+        if options::is_guid(id) {
+            Ok(())
+        } else {
+            Err("Xero customer ids are ContactIDs, GUIDs such as 9b2c4a8e-1f3d-4c5e-8a7b-112233445566".into())
+        }
+    }
+
     /// Xero's documented limits per organisation: 60 a minute (one a
     /// second, no burst, so no 60-second window ever holds more than 60),
     /// 5 at once, 5,000 a day.
@@ -262,6 +271,7 @@ impl XeroConnector {
                     if (200..300).contains(&status) {
                         return Ok(Answer { headers, body });
                     }
+                    super::redact::log_body("xero", status, &body);
                     Err(classify_failure(status, refusal, &body))
                 })
             })
@@ -445,14 +455,7 @@ impl Refusal {
 /// The readable part of a Xero error body: `Detail` (problem details),
 /// `Message` (API exceptions) with the first validation error, or the text.
 fn error_text(body: &[u8]) -> String {
-    let clean = |s: &str| -> String {
-        s.chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .take(300)
-            .collect::<String>()
-            .trim()
-            .to_string()
-    };
+    let clean = super::redact::summary;
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
         let s = |k: &str| v.get(k).and_then(|x| x.as_str()).filter(|x| !x.is_empty());
         let mut parts = Vec::new();
@@ -472,13 +475,7 @@ fn error_text(body: &[u8]) -> String {
             return parts.join(": ");
         }
     }
-    let text = String::from_utf8_lossy(body);
-    let t = clean(&text);
-    if t.is_empty() {
-        "(no body)".into()
-    } else {
-        t
-    }
+    super::redact::body_summary(body)
 }
 
 /// Maps a non-2xx answer to the error the budget and the OAuth client act on.

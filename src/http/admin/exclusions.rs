@@ -618,7 +618,9 @@ async fn reload_rules(
             tracing::error!(actor = %actor, error = %e, "reload refused (API)");
             let status = match &e {
                 ReloadError::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                ReloadError::TooManyExclusions { .. } => StatusCode::CONFLICT,
+                ReloadError::TooManyExclusions { .. } | ReloadError::Reverted { .. } => {
+                    StatusCode::CONFLICT
+                }
                 ReloadError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
             let mut body = json!({ "error": e.to_string() });
