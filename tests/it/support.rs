@@ -462,7 +462,7 @@ impl Api {
         Self::rt().block_on(async move {
             let mut r = reqwest::Client::new()
                 .request(method, url)
-                .timeout(Duration::from_secs(60));
+                .timeout(Duration::from_secs(180));
             if let Some(t) = token {
                 r = r.bearer_auth(t);
             }
