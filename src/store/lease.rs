@@ -1,0 +1,567 @@
+//! Leases: which daemon does a connector's (or a webhook endpoint's) work
+//! when several daemons share one PostgreSQL store.
+//!
+//! A lease row names its resource, its owner, a fencing token that grows by
+//! one at every claim, and an expiry in the **database's** clock
+//! (`clock_timestamp()`), so the hosts' clocks never decide who owns what.
+//! Claims, renewals and releases are conditional `UPDATE`s inside an
+//! ordinary store write, which holds the store's write lock
+//! (`pg_advisory_xact_lock`): lease changes and page writes of every daemon
+//! run one after the other.
+//!
+//! **Fencing.** Work done under a lease runs inside [`Fence::scope`]. Every
+//! [`Store::write`](super::Store::write) made from such a task first checks,
+//! in the same transaction, that the lease still names this owner and token
+//! and has not expired; otherwise the write fails with
+//! [`StoreError::LeaseLost`] and changes nothing. A daemon that was paused or
+//! cut off past its lease can therefore never write after a peer took over.
+//!
+//! The history of leases (`lease_history`: owner, token, when it began and
+//! ended, how many fenced writes it carried) is kept for a day, for
+//! `/status` and for audits of who synced what.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::sql::{params, Conn};
+use super::{Result, StoreError, Tx};
+use crate::model::Timestamp;
+
+/// The lease a task works under (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub resource: String,
+    pub owner: String,
+    pub token: u64,
+}
+
+tokio::task_local! {
+    static FENCE: Fence;
+}
+
+impl Fence {
+    /// Runs `f` under this lease: every store write it makes (in this task;
+    /// not in tasks it spawns) is fenced.
+    pub fn scope<F: std::future::Future>(
+        self,
+        f: F,
+    ) -> impl std::future::Future<Output = F::Output> {
+        FENCE.scope(self, f)
+    }
+
+    /// The lease of the running task, if it works under one.
+    pub fn current() -> Option<Fence> {
+        FENCE.try_with(Fence::clone).ok()
+    }
+}
+
+/// The fencing check of a write, on PostgreSQL: counts the write on the
+/// lease when it is still this owner's, unexpired, with this token.
+pub(super) fn check_pg(conn: &mut dyn Conn, f: &Fence) -> Result<()> {
+    let n = conn.exec(
+        "UPDATE leases SET writes = writes + 1 WHERE resource = ? AND owner = ? AND token = ? \
+         AND expires_at > clock_timestamp()",
+        &params![&f.resource, &f.owner, f.token],
+    )?;
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(lost(f))
+    }
+}
+
+/// The same check with the host's clock (SQLite: one daemon, one host).
+pub(super) fn check_local(conn: &mut dyn Conn, f: &Fence) -> Result<()> {
+    let n = conn.exec(
+        "UPDATE leases SET writes = writes + 1 WHERE resource = ? AND owner = ? AND token = ? \
+         AND expires_at > ?",
+        &params![&f.resource, &f.owner, f.token, chrono::Utc::now()],
+    )?;
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(lost(f))
+    }
+}
+
+fn lost(f: &Fence) -> StoreError {
+    StoreError::LeaseLost {
+        resource: f.resource.clone(),
+        token: f.token,
+    }
+}
+
+/// One daemon of the installation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Member {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    pub started_at: Timestamp,
+}
+
+/// A lease claimed in a round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acquired {
+    pub resource: String,
+    pub token: u64,
+    /// The daemon whose lease had expired (a takeover), if any.
+    pub took_over_from: Option<String>,
+}
+
+/// What one lease round did.
+#[derive(Debug, Clone, Default)]
+pub struct Round {
+    /// The database's time of the round.
+    pub now: Option<Timestamp>,
+    /// Resource → fencing token of every lease held after the round.
+    pub held: BTreeMap<String, u64>,
+    pub acquired: Vec<Acquired>,
+    /// Given up to even out the spread (or no longer configured).
+    pub released: Vec<String>,
+    /// Found expired at renewal (this daemon was too late).
+    pub expired: Vec<String>,
+    /// Live daemons with this daemon's rules, this one included.
+    pub peers: usize,
+    /// The number of leases this daemon aims at: ⌈resources / peers⌉.
+    pub target: usize,
+}
+
+/// A live peer that holds leases under other rules.
+#[derive(Debug, Clone)]
+pub struct ForeignPeer {
+    pub id: String,
+    pub host: String,
+    pub rules_hash: String,
+    pub leases: u64,
+}
+
+/// A daemon row with its leases, for `/status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DaemonView {
+    #[serde(flatten)]
+    pub member: Member,
+    pub rules_hash: String,
+    pub heartbeat: Timestamp,
+    pub heartbeat_age_s: f64,
+    /// Heartbeat within the lease timeout.
+    pub live: bool,
+    pub leases: Vec<LeaseView>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LeaseView {
+    pub resource: String,
+    pub token: u64,
+    pub acquired_at: Timestamp,
+    /// Since the lease was claimed (it is renewed, not re-claimed).
+    pub age_s: f64,
+    pub expires_in_s: f64,
+    /// Fenced writes made under this lease.
+    pub writes: u64,
+}
+
+/// One row of `lease_history`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HistoryEntry {
+    pub resource: String,
+    pub token: u64,
+    pub owner: String,
+    pub acquired_at: Timestamp,
+    /// The expiry while the lease runs; when it ended otherwise.
+    pub ended_at: Timestamp,
+    pub took_over_from: Option<String>,
+    /// `released`, `expired`, `revoked`, or none while it runs.
+    pub end_reason: Option<String>,
+    pub writes: u64,
+}
+
+fn secs(d: chrono::Duration) -> f64 {
+    d.num_milliseconds() as f64 / 1000.0
+}
+
+fn plus(t: Timestamp, d: Duration) -> Timestamp {
+    t + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// History rows are kept this long after their lease ended.
+const HISTORY_KEPT: chrono::Duration = chrono::Duration::hours(24);
+
+impl Tx<'_> {
+    /// One lease round of `me` at `now` (the database's time): heartbeat,
+    /// renewal of its leases, release of the excess over its fair share
+    /// (⌈resources / live peers with the same rules⌉) and claims of free
+    /// or expired leases up to it. `eligible == false` (this daemon's rules
+    /// are not the ones in force) releases everything and claims nothing.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn lease_round(
+        &mut self,
+        now: Timestamp,
+        me: &Member,
+        rules_hash: &str,
+        eligible: bool,
+        resources: &[String],
+        timeout: Duration,
+    ) -> Result<Round> {
+        let c = &mut *self.conn;
+        let expiry = plus(now, timeout);
+        let mut round = Round {
+            now: Some(now),
+            ..Round::default()
+        };
+        c.exec(
+            "INSERT INTO daemons (id, host, pid, started_at, heartbeat, rules_hash) VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat = excluded.heartbeat, rules_hash = excluded.rules_hash",
+            &params![&me.id, &me.host, me.pid as u64, me.started_at, now, rules_hash],
+        )?;
+        // Dead daemons stay visible in /status for ten lease timeouts.
+        let forget = now - chrono::Duration::from_std(timeout * 10).unwrap_or_default();
+        c.exec("DELETE FROM daemons WHERE heartbeat < ?", &params![forget])?;
+        c.exec(
+            "DELETE FROM lease_history WHERE end_reason IS NOT NULL AND ended_at < ?",
+            &params![now - HISTORY_KEPT],
+        )?;
+        for r in resources {
+            c.exec(
+                "INSERT INTO leases (resource, owner, token, acquired_at, expires_at, writes) \
+                 VALUES (?, NULL, 0, ?, ?, 0) ON CONFLICT (resource) DO NOTHING",
+                &params![r, now, now],
+            )?;
+        }
+        // Renew what is still ours; what expired is lost.
+        let mine = c.query(
+            "SELECT resource, token, expires_at FROM leases WHERE owner = ? ORDER BY resource",
+            &params![&me.id],
+        )?;
+        for row in &mine {
+            let (resource, token, expires) = (row.text(0)?, row.u64(1)?, row.time(2)?);
+            let configured = resources.contains(&resource);
+            if expires <= now {
+                end(c, &resource, token, "expired", expires)?;
+                round.expired.push(resource);
+            } else if !configured || !eligible {
+                end(c, &resource, token, "released", now)?;
+                round.released.push(resource);
+            } else {
+                round.held.insert(resource, token);
+            }
+        }
+        c.exec(
+            "UPDATE leases SET expires_at = ? WHERE owner = ? AND expires_at > ?",
+            &params![expiry, &me.id, now],
+        )?;
+        c.exec(
+            "UPDATE lease_history SET ended_at = ? WHERE owner = ? AND end_reason IS NULL",
+            &params![expiry, &me.id],
+        )?;
+        let live = now - chrono::Duration::from_std(timeout).unwrap_or_default();
+        round.peers = c
+            .query_opt(
+                "SELECT COUNT(*) FROM daemons WHERE heartbeat > ? AND rules_hash = ?",
+                &params![live, rules_hash],
+            )?
+            .map(|r| r.u64(0))
+            .transpose()?
+            .unwrap_or(1)
+            .max(1) as usize;
+        round.target = if eligible {
+            resources.len().div_ceil(round.peers)
+        } else {
+            0
+        };
+        // Give back the excess: the last ones in resource order.
+        while round.held.len() > round.target {
+            let (resource, token) = round.held.pop_last().expect("non-empty");
+            end(c, &resource, token, "released", now)?;
+            round.released.push(resource);
+        }
+        if round.held.len() < round.target {
+            let free = c.query(
+                "SELECT resource, owner, token, writes FROM leases WHERE owner IS NULL OR expires_at <= ? \
+                 ORDER BY resource",
+                &params![now],
+            )?;
+            for row in free {
+                if round.held.len() >= round.target {
+                    break;
+                }
+                let resource = row.text(0)?;
+                if !resources.contains(&resource) || round.held.contains_key(&resource) {
+                    continue;
+                }
+                let (owner, token, writes) = (row.opt_text(1)?, row.u64(2)?, row.u64(3)?);
+                if owner.is_some() {
+                    // Expired under its owner: a takeover. Close its history.
+                    c.exec(
+                        "UPDATE lease_history SET end_reason = 'expired', writes = ? \
+                         WHERE resource = ? AND token = ? AND end_reason IS NULL",
+                        &params![writes, &resource, token],
+                    )?;
+                }
+                let next = token + 1;
+                let n = c.exec(
+                    "UPDATE leases SET owner = ?, token = ?, acquired_at = ?, expires_at = ?, writes = 0 \
+                     WHERE resource = ? AND token = ?",
+                    &params![&me.id, next, now, expiry, &resource, token],
+                )?;
+                if n != 1 {
+                    continue;
+                }
+                let took_over_from = owner.filter(|o| o != &me.id);
+                c.exec(
+                    "INSERT INTO lease_history (resource, token, owner, acquired_at, ended_at, took_over_from, end_reason, writes) \
+                     VALUES (?, ?, ?, ?, ?, ?, NULL, 0)",
+                    &params![&resource, next, &me.id, now, expiry, took_over_from.clone()],
+                )?;
+                round.held.insert(resource.clone(), next);
+                round.acquired.push(Acquired {
+                    resource,
+                    token: next,
+                    took_over_from,
+                });
+            }
+        }
+        Ok(round)
+    }
+
+    /// Gives up every lease of `daemon` at `now` and removes its row (a
+    /// clean stop): peers claim them at their next round.
+    pub(super) fn leave(&mut self, now: Timestamp, daemon: &str) -> Result<usize> {
+        let c = &mut *self.conn;
+        let mine = c.query(
+            "SELECT resource, token FROM leases WHERE owner = ?",
+            &params![daemon],
+        )?;
+        for row in &mine {
+            end(c, &row.text(0)?, row.u64(1)?, "released", now)?;
+        }
+        c.exec("DELETE FROM daemons WHERE id = ?", &params![daemon])?;
+        Ok(mine.len())
+    }
+
+    /// A new classification policy (hash `rules_hash`) is being put in
+    /// force by daemon `me`: every lease of a daemon with other rules is
+    /// revoked in this transaction, so no page classified by the old rules
+    /// commits after it; `me`'s row takes the new hash. Returns how many
+    /// leases were revoked. Nothing to do without other daemons (SQLite).
+    pub fn revoke_other_rules(&mut self, me: Option<&str>, rules_hash: &str) -> Result<usize> {
+        let c = &mut *self.conn;
+        if let Some(me) = me {
+            c.exec(
+                "UPDATE daemons SET rules_hash = ? WHERE id = ?",
+                &params![rules_hash, me],
+            )?;
+        }
+        let rows = c.query(
+            "SELECT l.resource, l.token FROM leases l JOIN daemons d ON d.id = l.owner \
+             WHERE d.rules_hash <> ?",
+            &params![rules_hash],
+        )?;
+        let now = chrono::Utc::now();
+        for row in &rows {
+            end(c, &row.text(0)?, row.u64(1)?, "revoked", now)?;
+        }
+        Ok(rows.len())
+    }
+}
+
+/// Ends the lease `resource`/`token`: frees the row and closes its history.
+fn end(c: &mut dyn Conn, resource: &str, token: u64, reason: &str, at: Timestamp) -> Result<()> {
+    let writes = c
+        .query_opt(
+            "SELECT writes FROM leases WHERE resource = ? AND token = ?",
+            &params![resource, token],
+        )?
+        .map(|r| r.u64(0))
+        .transpose()?
+        .unwrap_or(0);
+    c.exec_dyn(
+        "UPDATE lease_history SET end_reason = ?, ended_at = ?, writes = ? \
+         WHERE resource = ? AND token = ? AND end_reason IS NULL",
+        &params![reason, at, writes, resource, token],
+    )?;
+    c.exec(
+        "UPDATE leases SET owner = NULL, expires_at = ? WHERE resource = ? AND token = ?",
+        &params![at, resource, token],
+    )?;
+    Ok(())
+}
+
+/// Reads for `/status`, the start-up check and tests.
+pub(super) fn foreign_peers(
+    c: &mut dyn Conn,
+    now: Timestamp,
+    me: &str,
+    rules_hash: &str,
+    timeout: Duration,
+) -> Result<Vec<ForeignPeer>> {
+    let live = now - chrono::Duration::from_std(timeout).unwrap_or_default();
+    c.query(
+        "SELECT d.id, d.host, d.rules_hash, COUNT(*) FROM daemons d JOIN leases l ON l.owner = d.id \
+         WHERE d.heartbeat > ? AND d.id <> ? AND d.rules_hash <> ? AND l.expires_at > ? \
+         GROUP BY d.id, d.host, d.rules_hash ORDER BY d.id",
+        &params![live, me, rules_hash, now],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(ForeignPeer {
+            id: r.text(0)?,
+            host: r.text(1)?,
+            rules_hash: r.text(2)?,
+            leases: r.u64(3)?,
+        })
+    })
+    .collect()
+}
+
+pub(super) fn view(c: &mut dyn Conn, now: Timestamp, timeout: Duration) -> Result<Vec<DaemonView>> {
+    let mut daemons: Vec<DaemonView> = c
+        .query(
+            "SELECT id, host, pid, started_at, heartbeat, rules_hash FROM daemons ORDER BY started_at, id",
+            &[],
+        )?
+        .iter()
+        .map(|r| {
+            let heartbeat = r.time(4)?;
+            let age = now - heartbeat;
+            Ok(DaemonView {
+                member: Member {
+                    id: r.text(0)?,
+                    host: r.text(1)?,
+                    pid: r.u64(2)? as u32,
+                    started_at: r.time(3)?,
+                },
+                rules_hash: r.text(5)?,
+                heartbeat,
+                heartbeat_age_s: secs(age),
+                live: age.to_std().unwrap_or_default() < timeout,
+                leases: Vec::new(),
+            })
+        })
+        .collect::<Result<_>>()?;
+    for r in c.query(
+        "SELECT owner, resource, token, acquired_at, expires_at, writes FROM leases \
+         WHERE owner IS NOT NULL AND expires_at > ? ORDER BY resource",
+        &params![now],
+    )? {
+        let owner = r.text(0)?;
+        let acquired_at = r.time(3)?;
+        let lease = LeaseView {
+            resource: r.text(1)?,
+            token: r.u64(2)?,
+            acquired_at,
+            age_s: secs(now - acquired_at),
+            expires_in_s: secs(r.time(4)? - now),
+            writes: r.u64(5)?,
+        };
+        if let Some(d) = daemons.iter_mut().find(|d| d.member.id == owner) {
+            d.leases.push(lease);
+        }
+    }
+    Ok(daemons)
+}
+
+pub(super) fn history(c: &mut dyn Conn, resource: Option<&str>) -> Result<Vec<HistoryEntry>> {
+    let rows = match resource {
+        Some(r) => c.query(
+            "SELECT h.resource, h.token, h.owner, h.acquired_at, h.ended_at, h.took_over_from, h.end_reason, \
+             CASE WHEN h.end_reason IS NULL THEN COALESCE(l.writes, h.writes) ELSE h.writes END \
+             FROM lease_history h LEFT JOIN leases l ON l.resource = h.resource AND l.token = h.token \
+             WHERE h.resource = ? ORDER BY h.resource, h.token",
+            &params![r],
+        )?,
+        None => c.query(
+            "SELECT h.resource, h.token, h.owner, h.acquired_at, h.ended_at, h.took_over_from, h.end_reason, \
+             CASE WHEN h.end_reason IS NULL THEN COALESCE(l.writes, h.writes) ELSE h.writes END \
+             FROM lease_history h LEFT JOIN leases l ON l.resource = h.resource AND l.token = h.token \
+             ORDER BY h.resource, h.token",
+            &[],
+        )?,
+    };
+    rows.iter()
+        .map(|r| {
+            Ok(HistoryEntry {
+                resource: r.text(0)?,
+                token: r.u64(1)?,
+                owner: r.text(2)?,
+                acquired_at: r.time(3)?,
+                ended_at: r.time(4)?,
+                took_over_from: r.opt_text(5)?,
+                end_reason: r.opt_text(6)?,
+                writes: r.u64(7)?,
+            })
+        })
+        .collect()
+}
+
+impl super::Store {
+    /// Whether several daemons can share this store (PostgreSQL): then
+    /// connectors and webhook endpoints are worked under leases.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, super::Backend::Postgres(_))
+    }
+
+    fn db_now(&self, c: &mut dyn Conn) -> Result<Timestamp> {
+        match self.backend {
+            super::Backend::Postgres(_) => c
+                .query_opt("SELECT clock_timestamp()", &[])?
+                .ok_or_else(|| StoreError::Backend("no time from the database".into()))?
+                .time(0),
+            super::Backend::Sqlite(_) => Ok(chrono::Utc::now()),
+        }
+    }
+
+    /// One lease round (see [`Tx::lease_round`]), in one write, at the
+    /// database's time.
+    pub async fn lease_round(
+        &self,
+        me: &Member,
+        rules_hash: &str,
+        eligible: bool,
+        resources: &[String],
+        timeout: Duration,
+    ) -> Result<Round> {
+        self.write(|tx| {
+            let now = self.db_now(tx.conn)?;
+            tx.lease_round(now, me, rules_hash, eligible, resources, timeout)
+        })
+        .await
+    }
+
+    /// Releases every lease of `daemon` and removes its row; returns how
+    /// many leases it held.
+    pub async fn leave(&self, daemon: &str) -> Result<usize> {
+        self.write(|tx| {
+            let now = self.db_now(tx.conn)?;
+            tx.leave(now, daemon)
+        })
+        .await
+    }
+
+    /// Live peers other than `me` holding leases under rules other than
+    /// `rules_hash`.
+    pub fn foreign_peers(
+        &self,
+        me: &str,
+        rules_hash: &str,
+        timeout: Duration,
+    ) -> Result<Vec<ForeignPeer>> {
+        self.read(|c| {
+            let now = self.db_now(c)?;
+            foreign_peers(c, now, me, rules_hash, timeout)
+        })
+    }
+
+    /// Every known daemon with its live leases, at the database's time.
+    pub fn cluster_view(&self, timeout: Duration) -> Result<Vec<DaemonView>> {
+        self.read(|c| {
+            let now = self.db_now(c)?;
+            view(c, now, timeout)
+        })
+    }
+
+    /// The lease history (the last day), of one resource or all.
+    pub fn lease_history(&self, resource: Option<&str>) -> Result<Vec<HistoryEntry>> {
+        self.read(|c| history(c, resource))
+    }
+}
