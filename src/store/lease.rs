@@ -565,3 +565,229 @@ impl super::Store {
         self.read(|c| history(c, resource))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, DEFAULT_CACHE_MB};
+
+    /// The store's connections close before its database is dropped.
+    struct Fixture {
+        store: Store,
+        _dir: Option<tempfile::TempDir>,
+        _pg: Option<crate::store::testing::TestPg>,
+    }
+
+    fn sqlite() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        Fixture {
+            store: Store::open(dir.path()).unwrap(),
+            _dir: Some(dir),
+            _pg: None,
+        }
+    }
+
+    fn postgres(test: &str) -> Option<Fixture> {
+        let pg = crate::store::testing::TestPg::create(test)?;
+        Some(Fixture {
+            store: Store::open_location(&pg.location(), DEFAULT_CACHE_MB).unwrap(),
+            _dir: None,
+            _pg: Some(pg),
+        })
+    }
+
+    fn member(id: &str) -> Member {
+        Member {
+            id: id.into(),
+            host: "host".into(),
+            pid: 1,
+            started_at: chrono::Utc::now(),
+        }
+    }
+
+    fn resources(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("connector:c{i}")).collect()
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// A round at `now` (the tests move time themselves).
+    async fn round(s: &Store, now: Timestamp, me: &Member, hash: &str, res: &[String]) -> Round {
+        s.write(|tx| tx.lease_round(now, me, hash, true, res, TIMEOUT))
+            .await
+            .unwrap()
+    }
+
+    async fn spread_evenly_and_hand_over(s: &Store) {
+        let res = resources(5);
+        let (a, b, c) = (member("a"), member("b"), member("c"));
+        let t0 = chrono::Utc::now();
+        let r = round(s, t0, &a, "h", &res).await;
+        assert_eq!((r.held.len(), r.peers, r.target), (5, 1, 5));
+        assert!(r.held.values().all(|t| *t == 1), "{:?}", r.held);
+        // A second daemon: it finds nothing free; the first gives back its
+        // excess over ⌈5/2⌉ at its next round, the second takes it.
+        let r = round(s, t0, &b, "h", &res).await;
+        assert_eq!((r.held.len(), r.peers, r.target), (0, 2, 3));
+        let r = round(s, t0, &a, "h", &res).await;
+        assert_eq!(r.held.len(), 3);
+        assert_eq!(r.released, vec!["connector:c4", "connector:c3"]);
+        let r = round(s, t0, &b, "h", &res).await;
+        assert_eq!(r.held.len(), 2);
+        assert_eq!(
+            r.held
+                .iter()
+                .map(|(k, v)| (k.as_str(), *v))
+                .collect::<Vec<_>>(),
+            vec![("connector:c3", 2), ("connector:c4", 2)],
+            "a new claim takes the next fencing token"
+        );
+        assert!(r.acquired.iter().all(|a| a.took_over_from.is_none()));
+        // A daemon with other rules is not counted as a peer.
+        let r = round(s, t0, &c, "other", &res).await;
+        assert_eq!((r.peers, r.held.len()), (1, 0));
+        // A clean stop hands everything over at once.
+        assert_eq!(s.leave("a").await.unwrap(), 3);
+        let r = round(s, t0, &b, "h", &res).await;
+        assert_eq!(r.held.len(), 5, "{r:?}");
+        let hist = s.lease_history(Some("connector:c0")).unwrap();
+        assert_eq!(
+            hist.iter()
+                .map(|h| (h.owner.as_str(), h.token, h.end_reason.as_deref()))
+                .collect::<Vec<_>>(),
+            vec![("a", 1, Some("released")), ("b", 2, None)]
+        );
+        let view = s.cluster_view(TIMEOUT).unwrap();
+        assert_eq!(
+            view.iter()
+                .map(|d| d.member.id.as_str())
+                .collect::<Vec<_>>(),
+            vec!["b", "c"],
+            "the leaving daemon's row is gone"
+        );
+        assert_eq!(view[0].leases.len(), 5);
+    }
+
+    async fn expired_leases_are_taken_over_and_fenced(s: &Store) {
+        let res = resources(2);
+        let (a, b) = (member("a"), member("b"));
+        let t0 = chrono::Utc::now();
+        let r = round(s, t0, &a, "h", &res).await;
+        assert_eq!(r.held.len(), 2);
+        let fence = Fence {
+            resource: "connector:c0".into(),
+            owner: "a".into(),
+            token: 1,
+        };
+        // A fenced write under a valid lease goes through and is counted.
+        fence
+            .clone()
+            .scope(s.write(|tx| tx.put_meta("probe", &1)))
+            .await
+            .unwrap();
+        // `a` stops renewing; past the timeout `b` (alone alive) takes over.
+        let later = t0 + chrono::Duration::seconds(31);
+        let r = round(s, later, &b, "h", &res).await;
+        assert_eq!(r.held.len(), 2, "{r:?}");
+        assert!(r
+            .acquired
+            .iter()
+            .all(|x| x.took_over_from.as_deref() == Some("a") && x.token == 2));
+        // `a`'s write under the superseded token changes nothing.
+        let err = fence
+            .clone()
+            .scope(s.write(|tx| tx.put_meta("probe", &2)))
+            .await
+            .unwrap_err();
+        assert!(err.is_lease_lost(), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "lease lost: `connector:c0` (fencing token 1) expired or was taken over by another daemon; nothing was written"
+        );
+        assert_eq!(s.meta::<i64>("probe").unwrap(), Some(1));
+        // When `a` comes back its renewal finds the leases expired.
+        let r = round(s, later, &a, "h", &res).await;
+        assert_eq!(
+            r.expired.len(),
+            0,
+            "already taken over: nothing of a's left"
+        );
+        assert!(r.held.is_empty());
+        let hist = s.lease_history(Some("connector:c0")).unwrap();
+        assert_eq!(hist.len(), 2);
+        assert_eq!(
+            (
+                hist[0].owner.as_str(),
+                hist[0].end_reason.as_deref(),
+                hist[0].writes
+            ),
+            ("a", Some("expired"), 1)
+        );
+        assert_eq!(
+            (hist[1].owner.as_str(), hist[1].took_over_from.as_deref()),
+            ("b", Some("a"))
+        );
+        // Unfenced work (admin writes) is not affected by leases.
+        s.write(|tx| tx.put_meta("probe", &3)).await.unwrap();
+    }
+
+    async fn a_reload_revokes_leases_of_other_rules(s: &Store) {
+        let res = resources(4);
+        let (a, b) = (member("a"), member("b"));
+        let t0 = chrono::Utc::now();
+        round(s, t0, &a, "old", &res).await;
+        round(s, t0, &b, "old", &res).await;
+        round(s, t0, &a, "old", &res).await;
+        let r = round(s, t0, &b, "old", &res).await;
+        assert_eq!(r.held.len(), 2);
+        // `a` starts putting new rules in force: `b`'s leases go with it.
+        let revoked = s
+            .write(|tx| tx.revoke_other_rules(Some("a"), "new"))
+            .await
+            .unwrap();
+        assert_eq!(revoked, 2);
+        let fence = Fence {
+            resource: "connector:c2".into(),
+            owner: "b".into(),
+            token: 2,
+        };
+        let err = fence
+            .scope(s.write(|tx| tx.put_meta("x", &1)))
+            .await
+            .unwrap_err();
+        assert!(err.is_lease_lost(), "{err}");
+        assert_eq!(s.meta::<i64>("x").unwrap(), None);
+        let peers = s.foreign_peers("b", "old", TIMEOUT).unwrap();
+        assert_eq!(peers.len(), 1);
+        assert_eq!(
+            (peers[0].id.as_str(), peers[0].rules_hash.as_str()),
+            ("a", "new")
+        );
+        assert!(s.foreign_peers("c", "new", TIMEOUT).unwrap().is_empty());
+    }
+
+    macro_rules! on_both_backends {
+        ($($name:ident),* $(,)?) => {$(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let f = super::sqlite();
+                    super::$name(&f.store).await;
+                }
+                #[tokio::test]
+                async fn postgres() {
+                    let Some(f) = super::postgres(concat!("store::lease::", stringify!($name))) else {
+                        return;
+                    };
+                    super::$name(&f.store).await;
+                }
+            }
+        )*};
+    }
+
+    on_both_backends!(
+        spread_evenly_and_hand_over,
+        expired_leases_are_taken_over_and_fenced,
+        a_reload_revokes_leases_of_other_rules,
+    );
+}
