@@ -57,7 +57,8 @@ pub struct Cluster {
     held: Mutex<BTreeMap<String, HeldLease>>,
     /// Leases claimed from a peer whose lease had expired.
     pub takeovers: AtomicU64,
-    /// Leases this daemon found expired at renewal (it was too late).
+    /// Leases this daemon lost: found expired at renewal, or already
+    /// taken over by a peer (it was paused or cut off too long).
     pub lost: AtomicU64,
     /// Why this daemon claims nothing (its rules differ), if so.
     standby: Mutex<Option<String>>,
@@ -117,6 +118,14 @@ impl Cluster {
     /// of the timeout, at most one second.
     pub fn interval(&self) -> Duration {
         (self.timeout / 3).min(Duration::from_secs(1))
+    }
+
+    /// Whether this daemon works `resource` now.
+    pub fn holds(&self, resource: &str) -> bool {
+        self.held
+            .lock()
+            .expect("held lock poisoned")
+            .contains_key(resource)
     }
 
     pub fn leases_held(&self) -> usize {
@@ -240,6 +249,18 @@ impl Cluster {
         let now = round.now.unwrap_or_else(chrono::Utc::now);
         let mut held = self.held.lock().expect("held lock poisoned");
         let before = std::mem::take(&mut *held);
+        // Held at the last round, neither renewed, released nor found
+        // expired: a peer claimed it after it expired (this daemon was
+        // paused or cut off longer than the timeout).
+        for resource in before.keys() {
+            if !round.held.contains_key(resource)
+                && !round.released.contains(resource)
+                && !round.expired.contains(resource)
+            {
+                self.lost.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(resource = %resource, "lease lost: another daemon took it over after it expired (this one was paused or cut off); its work stops here");
+            }
+        }
         for (resource, token) in &round.held {
             let since = match before.get(resource) {
                 Some(h) if h.token == *token => h.since,

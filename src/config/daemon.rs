@@ -38,7 +38,7 @@ pub(super) fn compile(d: RawDaemon, base: &Path, p: &mut Problems<'_>) -> Daemon
     let lease_timeout = match &d.lease_timeout {
         Some(s) => duration::parse_within(
             s.get_ref(),
-            Duration::from_secs(1),
+            Duration::from_secs(5),
             Duration::from_secs(3600),
         )
         .unwrap_or_else(|e| {

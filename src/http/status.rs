@@ -471,7 +471,7 @@ pub async fn metrics(
             &mut text,
             "erpsync_leases_lost_total",
             "counter",
-            "Leases this daemon found expired before it renewed them.",
+            "Leases this daemon lost: expired before it renewed them, or taken over by a peer meanwhile.",
             vec![(String::new(), c.this.lost as f64)],
         );
         fam(

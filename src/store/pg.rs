@@ -38,6 +38,11 @@ use crate::secrets::Secret;
 const WRITE_LOCK_KEY: i64 = 0x0065_7270_7379_6e63; // "erpsync"
 const READERS: usize = 4;
 
+/// How long the server keeps a transaction that sends nothing: far longer
+/// than any write transaction waits between its statements, far shorter
+/// than the shortest lease (`daemon.lease_timeout`, at least 5 s).
+pub const IDLE_TX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Which connection a request goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Lane {
@@ -337,8 +342,16 @@ impl Slot {
             // Plan each execution with the tables' current size: a plan
             // cached while a table was empty (the first sync) would scan it
             // whole once it is large.
+            //
+            // A transaction left idle (its process paused or cut off) is
+            // ended by the server after IDLE_TX_TIMEOUT, so it cannot hold
+            // the write lock of every daemon sharing the database for
+            // longer than that (docs/scale-out.md).
             client
-                .batch_execute("SET plan_cache_mode = force_custom_plan")
+                .batch_execute(&format!(
+                    "SET plan_cache_mode = force_custom_plan; SET idle_in_transaction_session_timeout = {}",
+                    IDLE_TX_TIMEOUT.as_millis()
+                ))
                 .await
                 .map_err(err)?;
             self.client = Some(client);
