@@ -53,6 +53,10 @@ struct Node {
 
 impl Node {
     fn new(root: &std::path::Path, name: &str, url: &str, extra: &str) -> Node {
+        Self::with(root, name, url, extra, CONNECTORS)
+    }
+
+    fn with(root: &std::path::Path, name: &str, url: &str, extra: &str, n: usize) -> Node {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
@@ -60,7 +64,7 @@ impl Node {
         let mut cfg = format!(
             "[daemon]\nstate_dir = \"state\"\nlog_level = \"info,erpsync=debug\"\nshutdown_timeout = \"8s\"\nstore = \"{url}\"\nlease_timeout = \"{LEASE_TIMEOUT_S}s\"\n\n[http]\nlisten = \"127.0.0.1:{port}\"\nadmin_token_file = \"token\"\n\n"
         );
-        for i in 0..CONNECTORS {
+        for i in 0..n {
             cfg += &format!(
                 "[[connectors]]\nid = \"{}\"\nkind = \"demo\"\npoll_interval = \"1h\"\nrate_limit = {{ requests_per_second = 1000, burst = 1000, max_concurrency = 2 }}\n{}\n",
                 id(i),
@@ -151,6 +155,10 @@ fn sizes(l: &BTreeMap<String, Vec<String>>) -> Vec<usize> {
 /// Waits until every connector finished a pass on the daemon holding its
 /// lease.
 fn wait_all_synced(daemons: &[&Daemon]) {
+    wait_all_synced_n(daemons, CONNECTORS)
+}
+
+fn wait_all_synced_n(daemons: &[&Daemon], n: usize) {
     let t = Instant::now();
     loop {
         let mut done = std::collections::BTreeSet::new();
@@ -169,7 +177,7 @@ fn wait_all_synced(daemons: &[&Daemon]) {
                 }
             }
         }
-        if done.len() == CONNECTORS {
+        if done.len() == n {
             return;
         }
         assert!(
@@ -431,4 +439,81 @@ fn three_daemons_share_thirty_connectors() {
     }
     assert!(dropped > 0, "some records belong to excluded customers");
     drop(store);
+}
+
+const RULE: &str = "\n[exclusions]\nmax_new_exclusion_ratio = 1.0\n\n[[rules]]\nid = \"big\"\ndescription = \"Large balances are handled elsewhere\"\nwhen = { field = \"balance\", op = \"gt\", value = 1000 }\n";
+
+/// A reload on one daemon puts its rules in force everywhere: the leases of
+/// the daemon with the old rules are revoked in the reload's first write,
+/// it stands by (and says why) until it is reloaded with the same rules,
+/// then it gets its share back.
+#[test]
+fn a_reload_on_one_daemon_stands_the_others_by_until_they_follow() {
+    const N: usize = 6;
+    let Some(pg) = erpsync::store::testing::TestPg::create("scaleout::reload") else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let (na, nb) = (
+        Node::with(root.path(), "a", &pg.url, "", N),
+        Node::with(root.path(), "b", &pg.url, "", N),
+    );
+    let a = na.start();
+    let b = nb.start();
+    wait_leases(&a, "3 leases each", |l| l.len() == 2 && sizes(l) == [3, 3]);
+    let (ida, idb) = (self_id(&a), self_id(&b));
+
+    // New rules on a only, reloaded there.
+    let plain = std::fs::read_to_string(na.config()).unwrap();
+    std::fs::write(na.config(), format!("{plain}{RULE}")).unwrap();
+    let (st, v) = a.client.call("POST", "/api/v1/reload", None);
+    assert_eq!(st, 200, "{v}");
+    wait_leases(&a, "a holds everything", |l| {
+        l.get(&ida).is_some_and(|v| v.len() == N) && l.get(&idb).is_none_or(Vec::is_empty)
+    });
+    let store = Store::open_location(&pg.location(), DEFAULT_CACHE_MB).unwrap();
+    let revoked: Vec<_> = store
+        .lease_history(None)
+        .unwrap()
+        .into_iter()
+        .filter(|h| h.owner == idb && h.end_reason.as_deref() == Some("revoked"))
+        .collect();
+    assert_eq!(revoked.len(), 3, "b's leases were revoked by the reload");
+    let sb = b.client.get("/status");
+    let standby = sb["cluster"]["self"]["standby"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        standby.contains("the rules in force in the store differ from this daemon's config"),
+        "{sb:#}"
+    );
+    assert!(
+        sb["connectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["state"] == "standby"),
+        "{sb:#}"
+    );
+    // b's API still answers, from the shared store.
+    assert_eq!(
+        sb["customers"]["total"],
+        a.client.get("/status")["customers"]["total"]
+    );
+
+    // b follows: reloaded with the same file it takes its share again.
+    let plain_b = std::fs::read_to_string(nb.config()).unwrap();
+    std::fs::write(nb.config(), format!("{plain_b}{RULE}")).unwrap();
+    let (st, v) = b.client.call("POST", "/api/v1/reload", None);
+    assert_eq!(st, 200, "{v}");
+    wait_leases(&a, "3 leases each again", |l| sizes(l) == [3, 3]);
+    assert!(b.client.get("/status")["cluster"]["self"]["standby"].is_null());
+    wait_all_synced_n(&[&a, &b], N);
+    assert!(a.terminate().0.success());
+    assert!(b.terminate().0.success());
+    let rules = crate::daemon::rules_of(RULE);
+    for i in 0..N {
+        assert_connector_equals_erp(&store, &id(i), &opts(i), &rules);
+    }
 }
