@@ -62,6 +62,8 @@ pub struct Cluster {
     pub lost: AtomicU64,
     /// Why this daemon claims nothing (its rules differ), if so.
     standby: Mutex<Option<String>>,
+    /// Held while the daemon runs (see [`Cluster::new`]).
+    _lock: std::fs::File,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -90,16 +92,47 @@ pub enum JoinError {
     Store(#[from] StoreError),
 }
 
+/// The file in `state_dir` that names this daemon in the store.
+pub const ID_FILE: &str = "daemon-id";
+/// The file in `state_dir` locked while the daemon runs.
+const LOCK_FILE: &str = "daemon.lock";
+
 impl Cluster {
-    pub fn new(timeout: Duration) -> Cluster {
+    /// This daemon's membership. Its id is kept in `state_dir` (created at
+    /// the first start), so a daemon restarted after a crash is the same
+    /// member and takes its leases back at once instead of waiting for them
+    /// to expire; an exclusive lock on `state_dir` keeps a second process
+    /// from running under the same id.
+    pub fn new(state_dir: &std::path::Path, timeout: Duration) -> Result<Cluster, String> {
+        use std::os::fd::AsRawFd;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(state_dir.join(LOCK_FILE))
+            .map_err(|e| format!("cannot open {}: {e}", state_dir.join(LOCK_FILE).display()))?;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(format!(
+                "another erpsync runs with state_dir {}: every daemon sharing the store needs its own state_dir",
+                state_dir.display()
+            ));
+        }
         let host = hostname();
         let pid = std::process::id();
         let started_at = chrono::Utc::now();
-        let id = format!(
-            "{host}:{pid}:{:08x}",
-            rand::random::<u32>() ^ started_at.timestamp_subsec_nanos()
-        );
-        Cluster {
+        let path = state_dir.join(ID_FILE);
+        let id = match std::fs::read_to_string(&path) {
+            Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
+            Ok(_) | Err(_) => {
+                let id = format!("{host}-{:08x}", rand::random::<u32>());
+                std::fs::write(&path, format!("{id}\n"))
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                id
+            }
+        };
+        Ok(Cluster {
+            _lock: lock,
             me: Member {
                 id,
                 host,
@@ -111,7 +144,7 @@ impl Cluster {
             takeovers: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             standby: Mutex::new(None),
-        }
+        })
     }
 
     /// How often leases are renewed (and free ones looked for): a third
@@ -142,12 +175,23 @@ impl Cluster {
         }
     }
 
-    /// The start-up check, before anything is re-classified: refused while
-    /// a live peer holds leases under other rules.
-    pub fn check_peers(&self, app: &App) -> Result<(), JoinError> {
+    /// Joining, before anything is re-classified: refused while a live peer
+    /// holds leases under other rules; the leases of this daemon's previous
+    /// run (a crash: nobody else can hold its id) are released, so the first
+    /// round claims them back with new tokens.
+    pub async fn join(&self, app: &App) -> Result<(), JoinError> {
+        self.check_peers(app)?;
+        let n = app.store.leave(&self.me.id).await?;
+        if n > 0 {
+            tracing::info!(leases = n, "leases of this daemon's previous run released");
+        }
+        Ok(())
+    }
+
+    fn check_peers(&self, app: &App) -> Result<(), JoinError> {
         let hash = crate::reload::policy_hash(app);
         let foreign = app.store.foreign_peers(&self.me.id, &hash, self.timeout)?;
-        if let Some(p) = foreign.first() {
+        if let Some(p) = foreign.into_iter().find(|p| p.id != self.me.id) {
             return Err(JoinError::ForeignRules(format!(
                 "daemon {} on {} holds {} lease(s) with other rules (rule set {}, this config's is {}); every daemon sharing the store must run the same [[rules]], [exclusions] and native_exclusions: copy that daemon's rules into this config (or reload every daemon with the new ones), then start again",
                 p.id,
@@ -258,7 +302,7 @@ impl Cluster {
                 && !round.expired.contains(resource)
             {
                 self.lost.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(resource = %resource, "lease lost: another daemon took it over after it expired (this one was paused or cut off); its work stops here");
+                tracing::warn!(resource = %resource, "lease lost: another daemon took it over after it expired (this one was paused or cut off), or a reload with other rules revoked it; its work stops here");
             }
         }
         for (resource, token) in &round.held {

@@ -126,9 +126,13 @@ pub fn build(config: Config) -> anyhow::Result<Arc<App>> {
     app.set_webhooks(webhooks);
     if app.store.is_shared() {
         // Several daemons may share this store: work under leases.
-        let c = Arc::new(crate::cluster::Cluster::new(
-            app.config().daemon.lease_timeout,
-        ));
+        let c = Arc::new(
+            crate::cluster::Cluster::new(
+                &app.config().daemon.state_dir,
+                app.config().daemon.lease_timeout,
+            )
+            .map_err(StartupRefused)?,
+        );
         tracing::info!(daemon = %c.me.id, lease_timeout_s = c.timeout.as_secs_f64(), "shared store: connectors and webhook endpoints are worked under leases");
         for h in &app.connectors {
             h.update_status(|s| s.state = crate::app::WorkerState::Standby);
@@ -154,7 +158,7 @@ pub async fn run_with(
     // A peer holding leases under other rules: refuse before re-classifying
     // anything with ours.
     let joined = match app.cluster() {
-        Some(c) => c.check_peers(&app),
+        Some(c) => c.join(&app).await,
         None => Ok(()),
     };
     if let Err(e) = joined {

@@ -202,6 +202,7 @@ impl Tx<'_> {
         eligible: bool,
         resources: &[String],
         timeout: Duration,
+        pg: bool,
     ) -> Result<Round> {
         let c = &mut *self.conn;
         let expiry = plus(now, timeout);
@@ -276,11 +277,20 @@ impl Tx<'_> {
             round.released.push(resource);
         }
         if round.held.len() < round.target {
-            let free = c.query(
-                "SELECT resource, owner, token, writes FROM leases WHERE owner IS NULL OR expires_at <= ? \
-                 ORDER BY resource",
-                &params![now],
-            )?;
+            // Rows another round is claiming right now are skipped.
+            let free = if pg {
+                c.query(
+                    "SELECT resource, owner, token, writes FROM leases WHERE owner IS NULL OR expires_at <= ? \
+                     ORDER BY resource FOR UPDATE SKIP LOCKED",
+                    &params![now],
+                )?
+            } else {
+                c.query(
+                    "SELECT resource, owner, token, writes FROM leases WHERE owner IS NULL OR expires_at <= ? \
+                     ORDER BY resource",
+                    &params![now],
+                )?
+            };
             for row in free {
                 if round.held.len() >= round.target {
                     break;
@@ -365,24 +375,21 @@ impl Tx<'_> {
     }
 }
 
-/// Ends the lease `resource`/`token`: frees the row and closes its history.
+/// Ends the lease `resource`/`token`: frees the row (its final write count
+/// read in the same statement) and closes its history.
 fn end(c: &mut dyn Conn, resource: &str, token: u64, reason: &str, at: Timestamp) -> Result<()> {
-    let writes = c
-        .query_opt(
-            "SELECT writes FROM leases WHERE resource = ? AND token = ?",
-            &params![resource, token],
-        )?
-        .map(|r| r.u64(0))
-        .transpose()?
-        .unwrap_or(0);
-    c.exec_dyn(
+    let Some(row) = c.query_opt(
+        "UPDATE leases SET owner = NULL, expires_at = ? WHERE resource = ? AND token = ? \
+         AND owner IS NOT NULL RETURNING writes",
+        &params![at, resource, token],
+    )?
+    else {
+        return Ok(());
+    };
+    c.exec(
         "UPDATE lease_history SET end_reason = ?, ended_at = ?, writes = ? \
          WHERE resource = ? AND token = ? AND end_reason IS NULL",
-        &params![reason, at, writes, resource, token],
-    )?;
-    c.exec(
-        "UPDATE leases SET owner = NULL, expires_at = ? WHERE resource = ? AND token = ?",
-        &params![at, resource, token],
+        &params![reason, at, row.u64(0)?, resource, token],
     )?;
     Ok(())
 }
@@ -511,8 +518,50 @@ impl super::Store {
         }
     }
 
-    /// One lease round (see [`Tx::lease_round`]), in one write, at the
-    /// database's time.
+    /// Runs lease work in its own transaction. On PostgreSQL it runs on the
+    /// lease connection without the store's write lock, so a renewal never
+    /// waits behind page writes (of this or another daemon): lease rows are
+    /// claimed with row locks, and a page write's fencing check takes the
+    /// same row's lock, so a claim and a fenced write are ordered by the
+    /// database either way. On SQLite it is an ordinary write.
+    fn lease_write<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
+        use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let super::Backend::Postgres(p) = &self.backend else {
+            return self.write_blocking(f);
+        };
+        super::offload(|| {
+            let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+            p.batch(
+                super::pg::Lane::Lease,
+                "BEGIN ISOLATION LEVEL READ COMMITTED",
+            )?;
+            let res = catch_unwind(AssertUnwindSafe(|| {
+                let mut conn = p.lease();
+                let mut tx = Tx::new(&mut conn);
+                f(&mut tx)
+            }));
+            match res {
+                Ok(Ok(v)) => {
+                    p.batch(super::pg::Lane::Lease, "COMMIT")?;
+                    Ok(v)
+                }
+                Ok(Err(e)) => {
+                    if let Err(r) = p.batch(super::pg::Lane::Lease, "ROLLBACK") {
+                        tracing::warn!(error = %r, "lease transaction rollback failed");
+                    }
+                    Err(e)
+                }
+                Err(panic) => {
+                    let _ = p.batch(super::pg::Lane::Lease, "ROLLBACK");
+                    resume_unwind(panic)
+                }
+            }
+        })
+    }
+
+    /// One lease round (see [`Tx::lease_round`]), in one transaction, at
+    /// the database's time.
     pub async fn lease_round(
         &self,
         me: &Member,
@@ -521,21 +570,20 @@ impl super::Store {
         resources: &[String],
         timeout: Duration,
     ) -> Result<Round> {
-        self.write(|tx| {
+        let pg = self.is_shared();
+        self.lease_write(|tx| {
             let now = self.db_now(tx.conn)?;
-            tx.lease_round(now, me, rules_hash, eligible, resources, timeout)
+            tx.lease_round(now, me, rules_hash, eligible, resources, timeout, pg)
         })
-        .await
     }
 
     /// Releases every lease of `daemon` and removes its row; returns how
     /// many leases it held.
     pub async fn leave(&self, daemon: &str) -> Result<usize> {
-        self.write(|tx| {
+        self.lease_write(|tx| {
             let now = self.db_now(tx.conn)?;
             tx.leave(now, daemon)
         })
-        .await
     }
 
     /// Live peers other than `me` holding leases under rules other than
@@ -613,7 +661,8 @@ mod tests {
 
     /// A round at `now` (the tests move time themselves).
     async fn round(s: &Store, now: Timestamp, me: &Member, hash: &str, res: &[String]) -> Round {
-        s.write(|tx| tx.lease_round(now, me, hash, true, res, TIMEOUT))
+        let pg = s.is_shared();
+        s.write(|tx| tx.lease_round(now, me, hash, true, res, TIMEOUT, pg))
             .await
             .unwrap()
     }

@@ -48,6 +48,10 @@ pub const IDLE_TX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 pub(crate) enum Lane {
     Writer,
     Reader,
+    /// Lease rounds (`store::lease`): their own connection and
+    /// transactions, without the write lock, so renewals never wait behind
+    /// page writes.
+    Lease,
 }
 
 enum Req {
@@ -68,6 +72,8 @@ pub(crate) struct Pg {
     writer_tx: tokio::sync::mpsc::UnboundedSender<Req>,
     /// Requests for the reader connections.
     reader_tx: tokio::sync::mpsc::UnboundedSender<Req>,
+    /// Requests for the lease connection, served strictly in order.
+    lease_tx: tokio::sync::mpsc::UnboundedSender<Req>,
     label: String,
 }
 
@@ -154,6 +160,7 @@ impl Pg {
         let label = describe(&config);
         let (writer_tx, wrx) = tokio::sync::mpsc::unbounded_channel();
         let (reader_tx, rrx) = tokio::sync::mpsc::unbounded_channel();
+        let (lease_tx, lrx) = tokio::sync::mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = sync_channel::<Result<()>>(1);
         let thread_label = label.clone();
         std::thread::Builder::new()
@@ -171,13 +178,14 @@ impl Pg {
                         return;
                     }
                 };
-                rt.block_on(actor(config, thread_label, wrx, rrx, ready_tx));
+                rt.block_on(actor(config, thread_label, wrx, rrx, lrx, ready_tx));
             })
             .map_err(|e| StoreError::Backend(format!("cannot start a thread: {e}")))?;
         ready_rx.recv().map_err(|_| closed())??;
         let pg = Pg {
             writer_tx,
             reader_tx,
+            lease_tx,
             label,
         };
         pg.migrate()?;
@@ -192,6 +200,7 @@ impl Pg {
         match lane {
             Lane::Writer => &self.writer_tx,
             Lane::Reader => &self.reader_tx,
+            Lane::Lease => &self.lease_tx,
         }
     }
 
@@ -240,6 +249,15 @@ impl Pg {
             lane: Lane::Writer,
         }
     }
+    /// The lease connection, inside a transaction begun with `BEGIN` on it
+    /// (no write lock: lease rows are claimed with row locks).
+    pub(crate) fn lease(&self) -> PgConn<'_> {
+        PgConn {
+            pg: self,
+            lane: Lane::Lease,
+        }
+    }
+
     /// A reader connection, for statements outside any transaction.
     pub(crate) fn reader(&self) -> PgConn<'_> {
         PgConn {
@@ -425,6 +443,7 @@ async fn actor(
     label: String,
     mut wrx: tokio::sync::mpsc::UnboundedReceiver<Req>,
     mut rrx: tokio::sync::mpsc::UnboundedReceiver<Req>,
+    mut lrx: tokio::sync::mpsc::UnboundedReceiver<Req>,
     ready: SyncSender<Result<()>>,
 ) {
     let new_slot = || Slot {
@@ -448,6 +467,12 @@ async fn actor(
             writer.serve(req).await;
         }
     });
+    let mut lease = new_slot();
+    let lease_task = tokio::spawn(async move {
+        while let Some(req) = lrx.recv().await {
+            lease.serve(req).await;
+        }
+    });
     let readers: Arc<Vec<tokio::sync::Mutex<Slot>>> = Arc::new(
         (0..READERS)
             .map(|_| tokio::sync::Mutex::new(new_slot()))
@@ -462,6 +487,7 @@ async fn actor(
         });
     }
     let _ = writer_task.await;
+    let _ = lease_task.await;
 }
 
 // ----- value conversions ----------------------------------------------------
