@@ -4,10 +4,11 @@
 //! A lease row names its resource, its owner, a fencing token that grows by
 //! one at every claim, and an expiry in the **database's** clock
 //! (`clock_timestamp()`), so the hosts' clocks never decide who owns what.
-//! Claims, renewals and releases are conditional `UPDATE`s inside an
-//! ordinary store write, which holds the store's write lock
-//! (`pg_advisory_xact_lock`): lease changes and page writes of every daemon
-//! run one after the other.
+//! Claims, renewals and releases are conditional `UPDATE`s in their own
+//! transaction, on PostgreSQL on a connection of their own and without the
+//! store's write lock, so a renewal never waits behind page writes. A page
+//! write's fencing check updates its lease row, taking the row's lock: a
+//! claim of that row and the write are ordered by the database either way.
 //!
 //! **Fencing.** Work done under a lease runs inside [`Fence::scope`]. Every
 //! [`Store::write`](super::Store::write) made from such a task first checks,
