@@ -388,13 +388,19 @@ fn start(app: &Arc<App>, tracker: &TaskTracker, res: &Resource, fence: Fence) ->
             let poller = crate::sync::run_poller(Arc::clone(app), Arc::clone(h));
             let worker = crate::resync::worker::run(Arc::clone(app), Arc::clone(h));
             let (s1, s2, h1) = (stop.clone(), stop.clone(), Arc::clone(h));
+            let shutdown = app.shutdown.clone();
             tasks.push(tracker.spawn(fence.clone().scope(async move {
                 tokio::select! {
                     _ = poller => {}
                     _ = s1.cancelled() => {}
                 }
                 h1.set_pass_running(false);
-                h1.update_status(|s| s.state = WorkerState::Standby);
+                let state = if shutdown.is_cancelled() {
+                    WorkerState::Stopped
+                } else {
+                    WorkerState::Standby
+                };
+                h1.update_status(|s| s.state = state);
             })));
             tasks.push(tracker.spawn(fence.scope(async move {
                 tokio::select! {

@@ -235,6 +235,33 @@ fn three_daemons_share_thirty_connectors() {
     });
     let (ida, idb, idc) = (self_id(&a), self_id(&b), self_id(&c));
 
+    // Sync-now through a daemon that does not hold the connector names the
+    // one that does, and starts nothing.
+    let of_c = leases(&b)[&idc][0].clone();
+    let conn = of_c.strip_prefix("connector:").unwrap();
+    let (st, v) = b
+        .client
+        .call("POST", &format!("/api/v1/connectors/{conn}/sync"), None);
+    assert_eq!(st, 409, "{v}");
+    assert_eq!(v["owner"], idc.as_str(), "{v}");
+    assert_eq!(
+        v["error"],
+        format!(
+            "connector `{conn}` is synced by daemon {idc} (it holds the lease): ask that daemon"
+        )
+    );
+    let on_b = b.client.get("/status")["connectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == conn)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (on_b["state"].clone(), on_b["passes"].clone()),
+        (Value::from("standby"), Value::from(0))
+    );
+
     // kill -9 one daemon mid-sync: its connectors go to the others after
     // the lease timeout.
     let killed: Vec<String> = leases(&b)[&ida].clone();
