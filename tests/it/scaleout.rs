@@ -432,8 +432,7 @@ fn three_daemons_share_thirty_connectors() {
     for res in &c_res {
         let last_c = history
             .iter()
-            .filter(|h| &h.resource == res && h.owner == idc)
-            .next_back()
+            .rfind(|h| &h.resource == res && h.owner == idc)
             .unwrap();
         assert_eq!(last_c.end_reason.as_deref(), Some("released"), "{res}");
         let next = history
