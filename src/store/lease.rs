@@ -223,7 +223,12 @@ impl Tx<'_> {
             "DELETE FROM lease_history WHERE end_reason IS NOT NULL AND ended_at < ?",
             &params![now - HISTORY_KEPT],
         )?;
-        for r in resources {
+        let known: std::collections::HashSet<String> = c
+            .query("SELECT resource FROM leases", &[])?
+            .iter()
+            .map(|r| r.text(0))
+            .collect::<Result<_>>()?;
+        for r in resources.iter().filter(|r| !known.contains(*r)) {
             c.exec(
                 "INSERT INTO leases (resource, owner, token, acquired_at, expires_at, writes) \
                  VALUES (?, NULL, 0, ?, ?, 0) ON CONFLICT (resource) DO NOTHING",
