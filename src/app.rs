@@ -45,6 +45,8 @@ pub struct App {
     pub last_reload: Mutex<Option<ReloadStatus>>,
     /// The webhook endpoints the change feed is delivered to.
     webhooks: RwLock<Vec<Arc<Endpoint>>>,
+    /// With a shared (PostgreSQL) store: this daemon's leases.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -76,6 +78,7 @@ impl App {
             resync_wakeup: Notify::new(),
             last_reload: Mutex::new(None),
             webhooks: RwLock::new(Vec::new()),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 
@@ -89,6 +92,17 @@ impl App {
 
     pub fn set_webhooks(&self, endpoints: Vec<Arc<Endpoint>>) {
         *self.webhooks.write().expect("webhooks lock poisoned") = endpoints;
+    }
+
+    /// This daemon's membership when several daemons share the store.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Makes this daemon work under leases (set once, by the daemon, with
+    /// a shared store).
+    pub fn set_cluster(&self, c: Arc<crate::cluster::Cluster>) {
+        let _ = self.cluster.set(c);
     }
 
     /// Ids of the configured connectors, for the read side's filters.
@@ -235,6 +249,9 @@ pub enum WorkerState {
     NeedsReconnect,
     /// The daily request quota is used up; requests resume at `resumes_at`.
     QuotaExhausted,
+    /// Several daemons share the store and another one holds this
+    /// connector's lease (see `/status.cluster`).
+    Standby,
     Stopped,
 }
 

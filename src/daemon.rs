@@ -124,6 +124,21 @@ pub fn build(config: Config) -> anyhow::Result<Arc<App>> {
         crate::http::auth::Tokens::new(admin_token, viewer_token).with_consumer(consumer_token),
     );
     app.set_webhooks(webhooks);
+    if app.store.is_shared() {
+        // Several daemons may share this store: work under leases.
+        let c = Arc::new(
+            crate::cluster::Cluster::new(
+                &app.config().daemon.state_dir,
+                app.config().daemon.lease_timeout,
+            )
+            .map_err(StartupRefused)?,
+        );
+        tracing::info!(daemon = %c.me.id, lease_timeout_s = c.timeout.as_secs_f64(), "shared store: connectors and webhook endpoints are worked under leases");
+        for h in &app.connectors {
+            h.update_status(|s| s.state = crate::app::WorkerState::Standby);
+        }
+        app.set_cluster(c);
+    }
     Ok(app)
 }
 
@@ -140,6 +155,22 @@ pub async fn run_with(
         let t = token.clone();
         async move { t.cancelled().await }
     }));
+    // A peer holding leases under other rules: refuse before re-classifying
+    // anything with ours.
+    let joined = match app.cluster() {
+        Some(c) => c.join(&app).await,
+        None => Ok(()),
+    };
+    if let Err(e) = joined {
+        tracing::error!("{e}");
+        token.cancel();
+        tracker.close();
+        tracker.wait().await;
+        return Err(match e {
+            crate::cluster::JoinError::ForeignRules(_) => StartupRefused(e.to_string()).into(),
+            crate::cluster::JoinError::Store(e) => e.into(),
+        });
+    }
     // Rules or native exclusions changed while stopped (or a reload was cut
     // short): re-classify stored customers before the first sync.
     if let Err(refused) = crate::reload::reconcile_on_start(&app).await {
@@ -150,16 +181,25 @@ pub async fn run_with(
         app.store.flush()?;
         return Err(refused.into());
     }
-    for h in &app.connectors {
-        tracker.spawn(crate::sync::run_poller(Arc::clone(&app), Arc::clone(h)));
+    match app.cluster() {
+        // Shared store: the lease loop starts each connector's poller and
+        // resync worker, and each webhook delivery, while it holds the lease.
+        Some(c) => {
+            tracker.spawn(Arc::clone(c).run(Arc::clone(&app), tracker.clone()));
+        }
+        None => {
+            for h in &app.connectors {
+                tracker.spawn(crate::sync::run_poller(Arc::clone(&app), Arc::clone(h)));
+            }
+            crate::resync::spawn_workers(&app, &tracker);
+            crate::feed::webhooks::spawn(&app, &tracker);
+        }
     }
-    crate::resync::spawn_workers(&app, &tracker);
     tracker.spawn(hangup_reloads(Arc::clone(&app)));
     tracker.spawn(watchdog(Arc::clone(&app)));
     tracker.spawn(watch_store(Arc::clone(&app)));
     tracker.spawn(compact_store(Arc::clone(&app)));
     tracker.spawn(crate::feed::run_retention(Arc::clone(&app)));
-    crate::feed::webhooks::spawn(&app, &tracker);
     app.set_ready(true);
     notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(connectors = app.connectors.len(), "erpsync ready");
@@ -179,6 +219,10 @@ pub async fn run_with(
             timeout_s = timeout.as_secs_f64(),
             "tasks did not stop in time; exiting anyway"
         );
+    }
+    // Hand the leases over at once (the tasks under them have stopped).
+    if let Some(c) = app.cluster() {
+        c.leave(&app).await;
     }
     // A checkpoint only: commits are durable without it, so a store that
     // cannot be written (disk full) does not make the exit unclean.

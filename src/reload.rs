@@ -215,6 +215,39 @@ fn applied_policy(app: &App, rules: &RuleSet) -> AppliedPolicy {
     }
 }
 
+/// The hash of this daemon's classification policy (rules and native
+/// exclusions), compared between daemons sharing a store.
+pub fn policy_hash(app: &App) -> String {
+    policy_hash_of(&applied_policy(app, &app.rules()))
+}
+
+fn policy_hash_of(p: &AppliedPolicy) -> String {
+    use sha2::Digest;
+    let text = serde_json::to_string(p).expect("policy serialises");
+    let d = sha2::Sha256::digest(text.as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `None` when this daemon's policy is the one in force in the store (the
+/// one being applied while a re-classification runs, else the completed
+/// one, else none recorded yet); otherwise why not. A daemon sharing the
+/// store claims leases only while this is `None`.
+pub fn policy_mismatch(app: &App) -> Result<Option<String>, StoreError> {
+    let mine = applied_policy(app, &app.rules());
+    if let Some(p) = app.store.meta::<PendingPolicy>(PENDING_POLICY_KEY)? {
+        return Ok((p.policy != mine).then(|| format!(
+            "another daemon is putting other rules in force (since {}); reload this daemon with the same rules",
+            p.started_at
+        )));
+    }
+    Ok(match app.store.meta::<AppliedPolicy>(APPLIED_POLICY_KEY)? {
+        Some(p) if p != mine => Some(
+            "the rules in force in the store differ from this daemon's config; reload it with the rules of the other daemons".into(),
+        ),
+        _ => None,
+    })
+}
+
 /// Where the store keeps the policy being applied while a
 /// re-classification runs.
 const PENDING_POLICY_KEY: &str = "classification_policy_pending";
@@ -235,12 +268,25 @@ async fn begin_pending(app: &App, target: &AppliedPolicy, trigger: &str) -> Resu
         started_at: chrono::Utc::now(),
         trigger: trigger.to_string(),
     };
-    app.store
+    let me = app.cluster().map(|c| c.me.id.clone());
+    let hash = policy_hash_of(target);
+    let revoked = app
+        .store
         .write(|tx| {
             tx.put_meta(PENDING_POLICY_KEY, &pending)?;
-            Ok(())
+            // Daemons sharing the store with other rules stop here: their
+            // leases go in this write, so none of their pages commits after
+            // it (fencing); they stand by until reloaded with these rules.
+            tx.revoke_other_rules(me.as_deref(), &hash)
         })
-        .await
+        .await?;
+    if revoked > 0 {
+        tracing::warn!(
+            leases = revoked,
+            "leases of daemons with other rules revoked: they stand by until reloaded with these rules"
+        );
+    }
+    Ok(())
 }
 
 /// Every customer is classified with `p`: it becomes the completed policy

@@ -35,6 +35,18 @@ pub(super) fn compile(d: RawDaemon, base: &Path, p: &mut Problems<'_>) -> Daemon
         }),
         None => Duration::from_secs(300),
     };
+    let lease_timeout = match &d.lease_timeout {
+        Some(s) => duration::parse_within(
+            s.get_ref(),
+            Duration::from_secs(5),
+            Duration::from_secs(3600),
+        )
+        .unwrap_or_else(|e| {
+            p.at(Some(s.span()), "daemon.lease_timeout", e);
+            DEFAULT_LEASE_TIMEOUT
+        }),
+        None => DEFAULT_LEASE_TIMEOUT,
+    };
     let store_cache_mb = match &d.store_cache_mb {
         Some(v) => {
             if !(1..=1 << 20).contains(v.get_ref()) {
@@ -182,5 +194,10 @@ pub(super) fn compile(d: RawDaemon, base: &Path, p: &mut Problems<'_>) -> Daemon
         store,
         retention,
         store_failure_timeout,
+        lease_timeout,
     }
 }
+
+/// How long a connector's lease lasts without renewal when several daemons
+/// share a PostgreSQL store (`daemon.lease_timeout`).
+pub const DEFAULT_LEASE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -91,6 +91,10 @@ pub struct DaemonConfig {
     /// How long the store may stay unwritable before the daemon stops
     /// feeding the systemd watchdog (which then restarts the service).
     pub store_failure_timeout: Duration,
+    /// With PostgreSQL: how long a daemon's lease on a connector or webhook
+    /// endpoint lasts without renewal (renewed every third of it); a peer
+    /// takes over a dead daemon's work after this. See docs/scale-out.md.
+    pub lease_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -38,6 +38,7 @@ pub struct RawDaemon {
     pub audit_retention_days: Option<Spanned<u64>>,
     pub resync_job_retention_days: Option<Spanned<u64>>,
     pub store_failure_timeout: Option<Spanned<String>>,
+    pub lease_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -197,3 +197,22 @@ fn the_viewer_token_comes_from_a_file_or_a_credential_like_the_admin_token() {
         "{err}"
     );
 }
+
+#[test]
+fn lease_timeout_defaults_to_30s_and_is_bounded() {
+    assert_eq!(parse_ok(MIN).daemon.lease_timeout, Duration::from_secs(30));
+    let c = parse_ok(&format!("[daemon]\nlease_timeout = \"12s\"\n{MIN}"));
+    assert_eq!(c.daemon.lease_timeout, Duration::from_secs(12));
+    let e = parse_err(&format!("[daemon]\nlease_timeout = \"2s\"\n{MIN}"));
+    assert!(
+        e.contains("erpsync.toml:2: key `daemon.lease_timeout`: `2s` is too short; at least 5s"),
+        "{e}"
+    );
+    let e = parse_err(&format!("[daemon]\nlease_timeout = \"30\"\n{MIN}"));
+    assert!(
+        e.contains("erpsync.toml:2: key `daemon.lease_timeout`:") && e.contains("no unit"),
+        "{e}"
+    );
+    let e = parse_err(&format!("[daemon]\nlease_timeout = \"2h\"\n{MIN}"));
+    assert!(e.contains("`2h` is too long; at most 1h"), "{e}");
+}

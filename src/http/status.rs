@@ -57,6 +57,21 @@ pub struct Status {
     pub webhooks: Vec<crate::feed::webhooks::WebhookStatus>,
     /// Whether the store can be written, and if not since when and why.
     pub store: crate::store::StoreHealth,
+    /// With a shared (PostgreSQL) store: this daemon, every daemon of the
+    /// installation and the leases each holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClusterStatus {
+    /// This daemon: its id, the leases it works under, takeovers.
+    #[serde(rename = "self")]
+    pub this: crate::cluster::LocalView,
+    pub lease_timeout_seconds: f64,
+    /// Every daemon seen in the last ten lease timeouts, with its live
+    /// leases and their age (the database's clock).
+    pub daemons: Vec<crate::store::DaemonView>,
 }
 
 #[derive(Debug, Serialize)]
@@ -152,6 +167,14 @@ pub fn build_status(app: &App) -> Result<Status, crate::store::StoreError> {
         feed,
         webhooks,
         store: app.store.health(),
+        cluster: match app.cluster() {
+            Some(c) => Some(ClusterStatus {
+                this: c.local_view(),
+                lease_timeout_seconds: c.timeout.as_secs_f64(),
+                daemons: app.store.cluster_view(c.timeout)?,
+            }),
+            None => None,
+        },
     })
 }
 
@@ -429,6 +452,39 @@ pub async fn metrics(
         "Change-feed events up to this sequence number were dropped by retention.",
         vec![(String::new(), s.feed.expired_through as f64)],
     );
+    if let Some(c) = &s.cluster {
+        fam(
+            &mut text,
+            "erpsync_leases_held",
+            "gauge",
+            "Leases (connectors and webhook endpoints) this daemon works under.",
+            vec![(String::new(), c.this.leases.len() as f64)],
+        );
+        fam(
+            &mut text,
+            "erpsync_lease_takeovers_total",
+            "counter",
+            "Leases this daemon took over from a peer whose lease had expired.",
+            vec![(String::new(), c.this.takeovers as f64)],
+        );
+        fam(
+            &mut text,
+            "erpsync_leases_lost_total",
+            "counter",
+            "Leases this daemon lost: expired before it renewed them, or taken over by a peer meanwhile.",
+            vec![(String::new(), c.this.lost as f64)],
+        );
+        fam(
+            &mut text,
+            "erpsync_cluster_daemons",
+            "gauge",
+            "Daemons sharing the store with a heartbeat within the lease timeout.",
+            vec![(
+                String::new(),
+                c.daemons.iter().filter(|d| d.live).count() as f64,
+            )],
+        );
+    }
     let wl = |id: &str| format!("{{endpoint=\"{}\"}}", label_value(id));
     let per = |f: &dyn Fn(&crate::feed::webhooks::WebhookStatus) -> f64| {
         s.webhooks

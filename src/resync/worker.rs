@@ -76,6 +76,10 @@ pub async fn run(app: Arc<App>, h: Arc<ConnectorHandle>) {
         let pause = match drain(&app, &h).await {
             Ok(None) => CHECK_INTERVAL,
             Ok(Some(paused)) => paused,
+            Err(e) if e.is_lease_lost() => {
+                tracing::warn!(connector = %h.id, error = %e, "resync worker stopped");
+                return;
+            }
             Err(e) => {
                 tracing::error!(connector = %h.id, error = %e, "resync worker: store error; trying again shortly");
                 ERROR_PAUSE

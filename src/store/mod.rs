@@ -30,6 +30,7 @@
 
 mod codec;
 mod feed;
+mod lease;
 pub mod pg;
 mod schema;
 mod sql;
@@ -50,6 +51,7 @@ pub use feed::{
     EventData, EventType, FeedBounds, FeedEvent, ListedRecord, RecordQuery, StatusFilter,
     WebhookCursor, PURGE_IDS_PER_EVENT,
 };
+pub use lease::{Acquired, DaemonView, Fence, ForeignPeer, HistoryEntry, LeaseView, Member, Round};
 pub use schema::SCHEMA_VERSION;
 use sql::{params, Conn, Value};
 pub use tx::{Tx, Upsert};
@@ -83,6 +85,10 @@ pub enum StoreError {
     /// gone): retried with back-off, and it heals when the cause goes.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A write made under a lease ([`Fence`]) found the lease expired or
+    /// claimed by another daemon: nothing was written.
+    #[error("lease lost: `{resource}` (fencing token {token}) expired or was taken over by another daemon; nothing was written")]
+    LeaseLost { resource: String, token: u64 },
 }
 
 impl StoreError {
@@ -90,6 +96,11 @@ impl StoreError {
     /// [`StoreError::Unavailable`]), not of the data or the request.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
+    }
+
+    /// Whether a fenced write found its lease gone (see [`Fence`]).
+    pub fn is_lease_lost(&self) -> bool {
+        matches!(self, StoreError::LeaseLost { .. })
     }
 }
 
@@ -415,12 +426,18 @@ impl Store {
 
     fn write_inner<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
         use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+        // Work done under a lease: the write first checks the lease, in
+        // its own transaction (see `lease`).
+        let fence = Fence::current();
         let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         match &self.backend {
             Backend::Sqlite(s) => {
                 let mut c = s.writer.lock().unwrap_or_else(|e| e.into_inner());
                 sqlite::begin(&mut c)?;
                 let res = catch_unwind(AssertUnwindSafe(|| {
+                    if let Some(f) = &fence {
+                        lease::check_local(&mut *c, f)?;
+                    }
                     let mut tx = Tx::new(&mut *c);
                     let out = f(&mut tx)?;
                     let seq = tx.finish()?;
@@ -446,6 +463,9 @@ impl Store {
                 p.begin()?;
                 let res = catch_unwind(AssertUnwindSafe(|| {
                     let mut w = p.writer();
+                    if let Some(f) = &fence {
+                        lease::check_pg(&mut w, f)?;
+                    }
                     let mut tx = Tx::new(&mut w);
                     let out = f(&mut tx)?;
                     let seq = tx.finish()?;

@@ -38,11 +38,20 @@ use crate::secrets::Secret;
 const WRITE_LOCK_KEY: i64 = 0x0065_7270_7379_6e63; // "erpsync"
 const READERS: usize = 4;
 
+/// How long the server keeps a transaction that sends nothing: far longer
+/// than any write transaction waits between its statements, far shorter
+/// than the shortest lease (`daemon.lease_timeout`, at least 5 s).
+pub const IDLE_TX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Which connection a request goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Lane {
     Writer,
     Reader,
+    /// Lease rounds (`store::lease`): their own connection and
+    /// transactions, without the write lock, so renewals never wait behind
+    /// page writes.
+    Lease,
 }
 
 enum Req {
@@ -63,6 +72,8 @@ pub(crate) struct Pg {
     writer_tx: tokio::sync::mpsc::UnboundedSender<Req>,
     /// Requests for the reader connections.
     reader_tx: tokio::sync::mpsc::UnboundedSender<Req>,
+    /// Requests for the lease connection, served strictly in order.
+    lease_tx: tokio::sync::mpsc::UnboundedSender<Req>,
     label: String,
 }
 
@@ -149,6 +160,7 @@ impl Pg {
         let label = describe(&config);
         let (writer_tx, wrx) = tokio::sync::mpsc::unbounded_channel();
         let (reader_tx, rrx) = tokio::sync::mpsc::unbounded_channel();
+        let (lease_tx, lrx) = tokio::sync::mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = sync_channel::<Result<()>>(1);
         let thread_label = label.clone();
         std::thread::Builder::new()
@@ -166,13 +178,14 @@ impl Pg {
                         return;
                     }
                 };
-                rt.block_on(actor(config, thread_label, wrx, rrx, ready_tx));
+                rt.block_on(actor(config, thread_label, wrx, rrx, lrx, ready_tx));
             })
             .map_err(|e| StoreError::Backend(format!("cannot start a thread: {e}")))?;
         ready_rx.recv().map_err(|_| closed())??;
         let pg = Pg {
             writer_tx,
             reader_tx,
+            lease_tx,
             label,
         };
         pg.migrate()?;
@@ -187,6 +200,7 @@ impl Pg {
         match lane {
             Lane::Writer => &self.writer_tx,
             Lane::Reader => &self.reader_tx,
+            Lane::Lease => &self.lease_tx,
         }
     }
 
@@ -235,6 +249,15 @@ impl Pg {
             lane: Lane::Writer,
         }
     }
+    /// The lease connection, inside a transaction begun with `BEGIN` on it
+    /// (no write lock: lease rows are claimed with row locks).
+    pub(crate) fn lease(&self) -> PgConn<'_> {
+        PgConn {
+            pg: self,
+            lane: Lane::Lease,
+        }
+    }
+
     /// A reader connection, for statements outside any transaction.
     pub(crate) fn reader(&self) -> PgConn<'_> {
         PgConn {
@@ -337,8 +360,16 @@ impl Slot {
             // Plan each execution with the tables' current size: a plan
             // cached while a table was empty (the first sync) would scan it
             // whole once it is large.
+            //
+            // A transaction left idle (its process paused or cut off) is
+            // ended by the server after IDLE_TX_TIMEOUT, so it cannot hold
+            // the write lock of every daemon sharing the database for
+            // longer than that (docs/scale-out.md).
             client
-                .batch_execute("SET plan_cache_mode = force_custom_plan")
+                .batch_execute(&format!(
+                    "SET plan_cache_mode = force_custom_plan; SET idle_in_transaction_session_timeout = {}",
+                    IDLE_TX_TIMEOUT.as_millis()
+                ))
                 .await
                 .map_err(err)?;
             self.client = Some(client);
@@ -412,6 +443,7 @@ async fn actor(
     label: String,
     mut wrx: tokio::sync::mpsc::UnboundedReceiver<Req>,
     mut rrx: tokio::sync::mpsc::UnboundedReceiver<Req>,
+    mut lrx: tokio::sync::mpsc::UnboundedReceiver<Req>,
     ready: SyncSender<Result<()>>,
 ) {
     let new_slot = || Slot {
@@ -435,6 +467,12 @@ async fn actor(
             writer.serve(req).await;
         }
     });
+    let mut lease = new_slot();
+    let lease_task = tokio::spawn(async move {
+        while let Some(req) = lrx.recv().await {
+            lease.serve(req).await;
+        }
+    });
     let readers: Arc<Vec<tokio::sync::Mutex<Slot>>> = Arc::new(
         (0..READERS)
             .map(|_| tokio::sync::Mutex::new(new_slot()))
@@ -449,6 +487,7 @@ async fn actor(
         });
     }
     let _ = writer_task.await;
+    let _ = lease_task.await;
 }
 
 // ----- value conversions ----------------------------------------------------

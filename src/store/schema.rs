@@ -12,10 +12,48 @@
 //! tables.
 
 /// `(version, statements)`, in order.
-pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3)];
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3), (6, V6)];
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 6;
+
+/// Scale-out: the daemons sharing a PostgreSQL store, the lease each
+/// connector's (and webhook endpoint's) work is done under, and the history
+/// of those leases. Expiry is in the database's clock. Unused on SQLite (one
+/// daemon owns the file).
+const V6: &str = r#"
+CREATE TABLE daemons (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid {INT} NOT NULL,
+    started_at {TS} NOT NULL,
+    heartbeat {TS} NOT NULL,
+    rules_hash TEXT NOT NULL
+) {WR};
+
+CREATE TABLE leases (
+    resource TEXT PRIMARY KEY,
+    owner TEXT,
+    token {INT} NOT NULL,
+    acquired_at {TS} NOT NULL,
+    expires_at {TS} NOT NULL,
+    writes {INT} NOT NULL
+) {WR};
+CREATE INDEX leases_owner ON leases (owner);
+
+CREATE TABLE lease_history (
+    resource TEXT NOT NULL,
+    token {INT} NOT NULL,
+    owner TEXT NOT NULL,
+    acquired_at {TS} NOT NULL,
+    ended_at {TS} NOT NULL,
+    took_over_from TEXT,
+    end_reason TEXT,
+    writes {INT} NOT NULL,
+    PRIMARY KEY (resource, token)
+) {WR};
+CREATE INDEX lease_history_ended ON lease_history (ended_at);
+"#;
 
 /// Resync reconciliation: which records each entity stream of a resync
 /// batch received, and when the stream started, so the stream's end can

@@ -33,7 +33,7 @@ const CACHE_MAX: usize = 4096;
 type RecKey = (Entity, String);
 
 pub struct Tx<'a> {
-    conn: &'a mut (dyn Conn + 'a),
+    pub(super) conn: &'a mut (dyn Conn + 'a),
     /// Customers read or written by this transaction (write-through).
     customers: HashMap<CustomerKey, Option<StoredCustomer>>,
     /// Whether customers are excluded (`None`: not stored), for ingest's

@@ -49,6 +49,14 @@ pub async fn run_poller(app: Arc<App>, h: Arc<ConnectorHandle>) {
         };
         h.set_pass_running(false);
         let Some(result) = result else { break };
+        if let Err(SyncError::Store(e)) = &result {
+            if e.is_lease_lost() {
+                // Another daemon works this connector now: stop at once.
+                tracing::warn!(connector = %h.id, error = %e, "poller stopped");
+                h.update_status(|s| s.state = WorkerState::Standby);
+                return;
+            }
+        }
         let end = chrono::Utc::now();
         let ms = started.elapsed().as_millis() as u64;
         let mut resumes_at = None;

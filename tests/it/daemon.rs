@@ -49,19 +49,34 @@ pub fn rules_of(fragment: &str) -> RuleSet {
 /// exclusions and the stored manual decisions, never from the store's own
 /// classification, so a consistent misclassification fails too.
 pub fn assert_equals_erp_with(store: &Store, opts: &DemoOptions, rules: &RuleSet) {
+    let dropped = assert_connector_equals_erp(store, "demo", opts, rules);
+    assert!(
+        dropped > 0,
+        "the demo should have records of excluded customers"
+    );
+}
+
+/// [`assert_equals_erp_with`] for the demo connector `connector` (one of
+/// several); returns how many ERP records belong to excluded customers.
+pub fn assert_connector_equals_erp(
+    store: &Store,
+    connector: &str,
+    opts: &DemoOptions,
+    rules: &RuleSet,
+) -> u64 {
     let erp = DemoErp::new(opts);
     let native = REGISTRY.get("demo").unwrap().native_exclusions();
     let customers: BTreeMap<String, bool> = erp
         .customers()
         .iter()
         .map(|c| {
-            let key = CustomerKey::new("demo", &c.external_id);
+            let key = CustomerKey::new(connector, &c.external_id);
             let manual = store.manual_decision(&key).unwrap();
             let expected = erpsync::classify::classify(c, manual.as_ref(), rules, native);
             let stored = store
                 .customer(&key)
                 .unwrap()
-                .unwrap_or_else(|| panic!("customer {} missing", c.external_id));
+                .unwrap_or_else(|| panic!("{connector}: customer {} missing", c.external_id));
             assert_eq!(
                 stored.classification.excluded, expected.excluded,
                 "customer {} classified {:?}, expected {:?}",
@@ -71,7 +86,7 @@ pub fn assert_equals_erp_with(store: &Store, opts: &DemoOptions, rules: &RuleSet
         })
         .collect();
     assert_eq!(
-        store.customers(Some("demo"), None).count(),
+        store.customers(Some(connector), None).count(),
         customers.len(),
         "customer count"
     );
@@ -90,7 +105,7 @@ pub fn assert_equals_erp_with(store: &Store, opts: &DemoOptions, rules: &RuleSet
         }
     }
     let mut stored: Vec<_> = store
-        .records(Some("demo"))
+        .records(Some(connector))
         .map(|r| fingerprint(&r.unwrap().1))
         .collect();
     expected.sort();
@@ -103,7 +118,7 @@ pub fn assert_equals_erp_with(store: &Store, opts: &DemoOptions, rules: &RuleSet
     assert_eq!(stored, expected);
     for (id, excluded) in &customers {
         if *excluded {
-            let recs = store.records_of(&CustomerKey::new("demo", id)).unwrap();
+            let recs = store.records_of(&CustomerKey::new(connector, id)).unwrap();
             assert!(
                 recs.is_empty(),
                 "excluded customer {id} has {} records",
@@ -111,10 +126,7 @@ pub fn assert_equals_erp_with(store: &Store, opts: &DemoOptions, rules: &RuleSet
             );
         }
     }
-    assert!(
-        dropped > 0,
-        "the demo should have records of excluded customers"
-    );
+    dropped
 }
 
 fn demo_sync_end_to_end_then_clean_shutdown(backend: Backend) {

@@ -25,6 +25,7 @@ mod quickbooks_mock;
 mod reliability;
 mod reminders;
 mod resync;
+mod scaleout;
 mod support;
 mod xero;
 mod xero_daemon;

@@ -302,7 +302,9 @@ async fn persist(store: &Store, id: &str, cur: &WebhookCursor) {
 }
 
 /// Delivers to one endpoint until shutdown.
-async fn run(app: Arc<App>, ep: Arc<Endpoint>) {
+/// Delivers to one endpoint until shutdown (started by [`spawn`], or by
+/// the lease loop when several daemons share the store).
+pub async fn run(app: Arc<App>, ep: Arc<Endpoint>) {
     let id = ep.config.id.clone();
     let store = Arc::clone(&app.store);
     let mut cur = loop {

@@ -4,7 +4,9 @@
 //!   `202 {"started": true}`, or `409` when a pass is already running
 //!   (`{"error": "a sync pass is already running", "running": true,
 //!   "since": ...}`) or requests are parked until the daily quota resets
-//!   (`{"error": ..., "resumes_at": ...}`);
+//!   (`{"error": ..., "resumes_at": ...}`) or, when several daemons share
+//!   the store, another daemon holds the connector's lease (`{"error": ...,
+//!   "owner": "<daemon id>"}`: ask that daemon);
 //! - `POST /api/v1/connectors/{id}/connect` `{"refresh_token": "..."}`:
 //!   loads the first (or a new) OAuth 2.0 refresh token of a connector that
 //!   uses OAuth (`erpsync connect` calls it while the daemon runs) and asks
@@ -61,6 +63,30 @@ async fn sync(
     Query(NoQuery {}): Query<NoQuery>,
 ) -> Result<Response, ApiError> {
     let h = connector(&app, id)?;
+    if let Some(c) = app.cluster() {
+        let resource = crate::cluster::connector_resource(&h.id);
+        if !c.holds(&resource) {
+            let timeout = c.timeout;
+            let a = Arc::clone(&app);
+            let owner = crate::http::blocking(move || a.store.cluster_view(timeout))
+                .await??
+                .into_iter()
+                .find(|d| d.leases.iter().any(|l| l.resource == resource))
+                .map(|d| d.member.id);
+            return Ok((
+                StatusCode::CONFLICT,
+                Json(json!({
+                    "error": match &owner {
+                        Some(o) => format!("connector `{}` is synced by daemon {o} (it holds the lease): ask that daemon", h.id),
+                        None => format!("connector `{}` is not leased to any daemon right now: try again in a moment", h.id),
+                    },
+                    "connector": h.id,
+                    "owner": owner,
+                })),
+            )
+                .into_response());
+        }
+    }
     Ok(match h.request_pass() {
         Ok(()) => {
             tracing::info!(connector = %h.id, actor = %principal.actor(None, "api"), "sync pass requested");
