@@ -32,6 +32,7 @@ mod codec;
 mod feed;
 pub mod pg;
 mod schema;
+mod sets;
 mod sql;
 mod sqlite;
 pub mod testing;
