@@ -1132,3 +1132,135 @@ async fn postgres_a_connection_lost_inside_a_write_writes_nothing_and_the_store_
     assert!(f.store.customer(&key("C")).unwrap().is_some());
     assert_eq!(f.store.classification_counts(None).unwrap().total, 1);
 }
+
+/// Migration 4 on a SQLite store holding records: every row and column is
+/// kept, `invoices` and `transactions` become rowid tables with the same
+/// named indexes (less `invoices_due`), and upserts by id still find them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_4_keeps_records_and_named_indexes() {
+    use super::schema::{render, Dialect, MIGRATIONS};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(SQLITE_FILE);
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(&super::schema::migrations_table(Dialect::Sqlite))
+            .unwrap();
+        for (v, sql) in &MIGRATIONS[..3] {
+            c.execute_batch(&render(sql, Dialect::Sqlite)).unwrap();
+            c.execute(
+                "INSERT INTO schema_migrations VALUES (?1, '2026-01-01T00:00:00.000000000Z')",
+                [v],
+            )
+            .unwrap();
+        }
+        for id in ["A", "B"] {
+            c.execute(
+                "INSERT INTO customers VALUES ('demo', ?1, ?1, NULL, NULL, 'EUR', '0', 0, 0,
+                   '2026-01-01T00:00:00.000000000Z', '{}', 0, NULL, 'included',
+                   '2026-01-01T00:00:00.000000000Z', '2026-01-01T00:00:00.000000000Z')",
+                [id],
+            )
+            .unwrap();
+        }
+        c.execute_batch(
+            "INSERT INTO invoices VALUES ('demo', 'I1', 'A', 'N1', '2026-01-01', '2026-02-01',
+               'EUR', '10.5', '7', 'open', 1, '2026-01-03T00:00:00.000000000Z',
+               '2026-01-04T00:00:00.000000000Z');
+             INSERT INTO invoices VALUES ('demo', 'I0', 'B', 'N0', '2026-01-01', '2026-02-01',
+               'USD', '3', '0', 'paid', 0, '2026-01-02T00:00:00.000000000Z',
+               '2026-01-02T00:00:00.000000000Z');
+             INSERT INTO transactions VALUES ('demo', 'P1', 'A', 'payment', '2026-01-05', '2.25',
+               'EUR', '2026-01-05T00:00:00.000000000Z', '2026-01-06T00:00:00.000000000Z');",
+        )
+        .unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let a = store.records_of(&key("A")).unwrap();
+    assert_eq!(a.len(), 2);
+    assert_eq!(
+        a[0],
+        Record::Invoice(Invoice {
+            external_id: "I1".into(),
+            number: "N1".into(),
+            customer_id: "A".into(),
+            issue_date: NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
+            due_date: NaiveDate::from_ymd_opt(2026, 2, 1).unwrap(),
+            currency: "EUR".into(),
+            total: Decimal::new(105, 1),
+            amount_due: Decimal::new(7, 0),
+            status: InvoiceStatus::Open,
+            on_hold: true,
+            last_modified: Utc.with_ymd_and_hms(2026, 1, 3, 0, 0, 0).unwrap(),
+        })
+    );
+    assert_eq!(store.records_of(&key("B")).unwrap().len(), 1);
+    let listed = store
+        .invoices_page(&RecordQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .find(|l| l.record.external_id() == "I1")
+            .unwrap()
+            .changed_at,
+        Utc.with_ymd_and_hms(2026, 1, 4, 0, 0, 0).unwrap()
+    );
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let names = |table: &str| -> Vec<String> {
+            let mut st = c
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 AND name NOT LIKE 'sqlite_autoindex%' ORDER BY name")
+                .unwrap();
+            st.query_map([table], |r| r.get(0))
+                .unwrap()
+                .collect::<std::result::Result<_, _>>()
+                .unwrap()
+        };
+        assert_eq!(
+            names("invoices"),
+            [
+                "invoices_changed",
+                "invoices_currency",
+                "invoices_customer",
+                "invoices_status"
+            ]
+        );
+        assert_eq!(
+            names("transactions"),
+            ["transactions_changed", "transactions_customer"]
+        );
+        for table in ["invoices", "transactions"] {
+            let sql: String = c
+                .query_row(
+                    "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                    [table],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert!(!sql.contains("WITHOUT ROWID"), "{sql}");
+        }
+        let version: i64 = c
+            .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+    // Upserts by id find the migrated rows (a newer version replaces, an
+    // older one is refused), also in the batched form.
+    let out = store
+        .write(|tx| {
+            tx.upsert_records(
+                "demo",
+                &[&inv("I1", "A", -10, 1), &inv("I0", "A", 1_000_000_000, 1)],
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(out, [Upsert::Stale, Upsert::Updated]);
+    assert!(store.records_of(&key("B")).unwrap().is_empty());
+    assert_eq!(store.records_of(&key("A")).unwrap().len(), 3);
+}
