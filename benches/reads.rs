@@ -18,8 +18,8 @@ use erpsync::config;
 use erpsync::connectors::demo::{DemoConnector, DemoErp, DemoOptions};
 use erpsync::connectors::Budget;
 use erpsync::exclusion::{impact, manual, search};
-use erpsync::model::{Invoice, InvoiceStatus, Record};
-use erpsync::reminders::{self, Filter};
+use erpsync::model::Record;
+use erpsync::reminders::{self, candidates, Filter};
 use erpsync::store::testing::TestPg;
 use erpsync::store::{Store, DEFAULT_CACHE_MB};
 use rust_decimal::Decimal;
@@ -41,8 +41,13 @@ fn time<T>(label: &str, before: Option<f64>, f: impl FnOnce() -> T) -> (T, f64) 
 }
 
 /// The reminder summary read one customer, one record and one flag at a
-/// time (how the list read before): listed rows and money due.
-fn summary_one_by_one(store: &Store, as_of: chrono::NaiveDate) -> (u64, Decimal) {
+/// time, as the list read before (each customer then assessed the same
+/// way): listed rows and money due.
+fn summary_one_by_one(
+    store: &Store,
+    cfg: &erpsync::reminders::RemindersConfig,
+    as_of: chrono::NaiveDate,
+) -> (u64, Decimal) {
     let (mut rows, mut due) = (0u64, Decimal::ZERO);
     for sc in store.customers(None, None) {
         let sc = sc.unwrap();
@@ -50,30 +55,37 @@ fn summary_one_by_one(store: &Store, as_of: chrono::NaiveDate) -> (u64, Decimal)
             continue;
         }
         let key = sc.key();
-        let mut any = false;
+        let mut overdue = Vec::new();
         for r in store.records_of(&key).unwrap() {
-            if let Record::Invoice(Invoice {
-                status: InvoiceStatus::Open,
-                amount_due,
-                due_date,
-                external_id,
-                on_hold,
-                ..
-            }) = r
-            {
-                if amount_due > Decimal::ZERO && due_date < as_of {
+            if let Record::Invoice(inv) = r {
+                if candidates::is_overdue(&inv, as_of) {
                     let hold: Option<serde_json::Value> =
-                        store.hold_flag(&key.connector, &external_id).unwrap();
-                    if !on_hold && hold.is_none() {
-                        due += amount_due;
-                        any = true;
-                    }
+                        store.hold_flag(&key.connector, &inv.external_id).unwrap();
+                    overdue.push((inv, hold.is_some()));
                 }
             }
         }
-        let _stop: Option<serde_json::Value> = store.stop_flag(&key).unwrap();
-        if any || sc.customer.balance < Decimal::ZERO {
+        let stop: Option<serde_json::Value> = store.stop_flag(&key).unwrap();
+        let overdue: Vec<candidates::OverdueInvoice<'_>> = overdue
+            .iter()
+            .map(|(inv, held)| candidates::OverdueInvoice {
+                invoice: inv,
+                held: inv.on_hold || *held,
+            })
+            .collect();
+        let a = reminders::assess(
+            cfg,
+            &candidates::Facts {
+                key: &key,
+                customer: &sc.customer,
+                excluded: None,
+                overdue: &overdue,
+                stopped: stop.is_some(),
+            },
+        );
+        if let reminders::Assessment::Listed(c) = a {
             rows += 1;
+            due += c.total_due.values().copied().sum::<Decimal>();
         }
     }
     (rows, due)
@@ -145,7 +157,7 @@ async fn run(postgres: bool, customers: usize) {
 
     // The reminder summary: the whole list, in stretches of 2,000 customers.
     let (reference, before) = time("reminder summary, one customer at a time", None, || {
-        summary_one_by_one(store, as_of)
+        summary_one_by_one(store, &cfg.reminders, as_of)
     });
     let (listed, _) = time(
         "reminder summary (GET /api/v1/reminders/summary)",

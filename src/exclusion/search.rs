@@ -122,7 +122,9 @@ pub fn page(
     let mut items = Vec::with_capacity(limit.min(64));
     let mut decisions = Vec::with_capacity(limit.min(64));
     let mut more = false;
-    for r in store.customers_with_decisions(filter.connector.as_deref(), after) {
+    // The page and one more row (is there a next page?) in the first query
+    // when most customers match.
+    for r in store.customers_with_decisions_from(filter.connector.as_deref(), after, limit + 1) {
         let (sc, d) = r?;
         if !filter.matches(&sc) {
             continue;

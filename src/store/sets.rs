@@ -40,6 +40,19 @@ impl Store {
         connector: Option<&str>,
         after: Option<&CustomerKey>,
     ) -> impl Iterator<Item = Result<(StoredCustomer, Option<ManualDecision>)>> + 'a {
+        self.customers_with_decisions_from(connector, after, PAGE as usize)
+    }
+
+    /// [`Store::customers_with_decisions`] for a caller that may want only
+    /// a few: the first page holds `first_page` rows (at least 1), each
+    /// next one twice as many, up to the usual page size.
+    pub fn customers_with_decisions_from<'a>(
+        &'a self,
+        connector: Option<&str>,
+        after: Option<&CustomerKey>,
+        first_page: usize,
+    ) -> impl Iterator<Item = Result<(StoredCustomer, Option<ManualDecision>)>> + 'a {
+        let mut size = (first_page.max(1) as i64).min(PAGE);
         let connector = connector.map(str::to_string);
         let mut last: Option<(String, String)> = after
             .map(|a| (a.connector.clone(), a.external_id.clone()))
@@ -53,28 +66,28 @@ impl Store {
              LEFT JOIN decisions d ON d.connector = c.connector AND d.customer_id = c.id",
             customer_cols("c")
         );
-        self.paged(move |c| {
-            if skip_all {
-                return Ok(Vec::new());
-            }
+        let mut buf: std::collections::VecDeque<(StoredCustomer, Option<ManualDecision>)> =
+            Default::default();
+        let mut done = skip_all;
+        let mut fetch = move |c: &mut dyn super::Conn, size: i64| -> Result<Vec<_>> {
             let rows = match (&connector, &last) {
                 (Some(k), Some((_, id))) => c.query_dyn(
                     &format!("{head} WHERE c.connector = ? AND c.id > ? ORDER BY c.id LIMIT ?"),
-                    &params![k, id, PAGE],
+                    &params![k, id, size],
                 )?,
                 (Some(k), None) => c.query_dyn(
                     &format!("{head} WHERE c.connector = ? ORDER BY c.id LIMIT ?"),
-                    &params![k, PAGE],
+                    &params![k, size],
                 )?,
                 (None, Some((k, id))) => c.query_dyn(
                     &format!(
                         "{head} WHERE (c.connector, c.id) > (?, ?) ORDER BY c.connector, c.id LIMIT ?"
                     ),
-                    &params![k, id, PAGE],
+                    &params![k, id, size],
                 )?,
                 (None, None) => c.query_dyn(
                     &format!("{head} ORDER BY c.connector, c.id LIMIT ?"),
-                    &params![PAGE],
+                    &params![size],
                 )?,
             };
             let mut out = Vec::with_capacity(rows.len());
@@ -91,6 +104,25 @@ impl Store {
                 last = Some((l.connector.clone(), l.customer.external_id.clone()));
             }
             Ok(out)
+        };
+        std::iter::from_fn(move || loop {
+            if let Some(v) = buf.pop_front() {
+                return Some(Ok(v));
+            }
+            if done {
+                return None;
+            }
+            match self.read(|c| fetch(c, size)) {
+                Ok(page) => {
+                    done = (page.len() as i64) < size;
+                    size = (size * 2).min(PAGE);
+                    buf.extend(page);
+                }
+                Err(e) => {
+                    done = true;
+                    return Some(Err(e));
+                }
+            }
         })
     }
 

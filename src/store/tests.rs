@@ -896,6 +896,13 @@ async fn set_reads_match_per_customer_reads(store: &Store) {
             })
             .collect();
         assert_eq!(joined, one_by_one, "{conn:?} after {after:?}");
+        for first in [1, 3, 7] {
+            let growing: Vec<_> = store
+                .customers_with_decisions_from(conn, after.as_ref(), first)
+                .collect::<Result<_>>()
+                .unwrap();
+            assert_eq!(growing, joined, "{conn:?} after {after:?} from {first}");
+        }
     }
     assert!(store
         .customers_with_decisions(None, None)
