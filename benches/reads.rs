@@ -219,7 +219,8 @@ async fn run(postgres: bool, customers: usize) {
                 p.items
                     .iter()
                     .map(|sc| search::summary(store, sc).unwrap())
-                    .count()
+                    .collect::<Vec<_>>()
+                    .len()
             };
             match p.next {
                 Some(k) => after = Some(k),
