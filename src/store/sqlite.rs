@@ -193,6 +193,11 @@ impl rusqlite::ToSql for Value {
             Value::Dec(d) => ToSqlOutput::Owned(V::Text(d.normalize().to_string())),
             Value::Time(t) => ToSqlOutput::Owned(V::Text(time_text(t))),
             Value::Date(d) => ToSqlOutput::Owned(V::Text(d.format("%Y-%m-%d").to_string())),
+            Value::Array(_) => {
+                return Err(rusqlite::Error::ToSqlConversionFailure(
+                    "array parameters are for PostgreSQL only".into(),
+                ))
+            }
         })
     }
 }
