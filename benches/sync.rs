@@ -2,7 +2,9 @@
 //! 288k and 1M records, on SQLite and on PostgreSQL, through the real
 //! connector, ingest and store (one durable transaction per page), then an
 //! incremental pass. Prints records/s and the resident-memory growth during
-//! the sync, which should not grow with the data size.
+//! the sync, which should not grow with the data size, and the CPU time and
+//! bytes written during the sync (less sensitive to a busy machine than the
+//! wall-clock rate).
 //!
 //! Run: `cargo bench --bench sync` (every size on both backends, one process
 //! each), or `cargo bench --bench sync -- SCALE [sqlite|postgres]` for one
@@ -25,6 +27,27 @@ fn rss_kib() -> u64 {
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// CPU seconds (user + system) this process used so far.
+fn cpu_secs() -> f64 {
+    // SAFETY: getrusage fills the struct we pass; no other memory is touched.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// Bytes this process wrote through the file system (`/proc/self/io`).
+fn written_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("wchar:"))
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
@@ -68,22 +91,28 @@ async fn run(customers: usize, invoices: usize, transactions: usize, postgres: b
     let app = App::new(cfg, store, vec![Arc::clone(&h)], None);
 
     let rss_before = rss_kib();
+    let (cpu_before, written_before) = (cpu_secs(), written_bytes());
     let t = Instant::now();
     let stats = erpsync::sync::sync_pass(&app, &h).await.unwrap();
     let full = t.elapsed();
     let rss_after = rss_kib();
+    let cpu = cpu_secs() - cpu_before;
+    let written = written_bytes() - written_before;
     let t = Instant::now();
     let again = erpsync::sync::sync_pass(&app, &h).await.unwrap();
     let incr = t.elapsed();
     let total = customers + invoices + transactions;
     println!(
-        "{:<8} {:>9} records  full sync {:>7.2} s  {:>8.0} records/s  {:>5} requests  RSS growth {:>7} KiB  | incremental pass {:>6.1} ms, {} records read",
+        "{:<8} {:>9} records  full sync {:>7.2} s  {:>8.0} records/s  {:>5} requests  RSS growth {:>7} KiB  CPU {:>6.2} s  written {:>6} MiB ({:.1} KiB/record)  | incremental pass {:>6.1} ms, {} records read",
         if postgres { "postgres" } else { "sqlite" },
         total,
         full.as_secs_f64(),
         stats.received as f64 / full.as_secs_f64(),
         h.budget.stats().poll_requests,
         rss_after.saturating_sub(rss_before),
+        cpu,
+        written / (1 << 20),
+        written as f64 / 1024.0 / total as f64,
         incr.as_secs_f64() * 1000.0,
         again.received
     );

@@ -16,13 +16,16 @@ use serde::Serialize;
 
 use super::{apply, Policy};
 use crate::classify;
-use crate::model::{Classification, CustomerKey, ManualDecision, Record};
+use crate::model::{Classification, CustomerKey, ManualDecision};
 use crate::resync::queue;
 use crate::rules::RuleSet;
 use crate::store::{Result, Store, StoredCustomer};
 
 /// How many customers each list of an impact shows at most.
 pub const LIST_LIMIT: usize = 1000;
+
+/// Customers whose records are counted together.
+const COUNT_BATCH: usize = 512;
 /// Customers re-classified per store write during a reload.
 pub const RECLASSIFY_BATCH: usize = 256;
 
@@ -137,60 +140,89 @@ pub fn of_rules_since(
             .collect(),
         ..Default::default()
     };
-    for sc in store.customers(None, None) {
-        let sc = sc?;
-        imp.total_customers += 1;
-        let key = sc.key();
-        let manual = store.manual_decision(&key)?;
-        for (i, r) in rules.rules().iter().enumerate() {
-            if r.condition.matches(&sc.customer) {
-                imp.rules[i].matching += 1;
-            }
+    // Customers come with their decisions, a page at a time; the records
+    // of those that would be excluded are counted per stretch, in a few
+    // grouped queries.
+    let mut customers = store.customers_with_decisions(None, None);
+    loop {
+        let chunk = customers
+            .by_ref()
+            .take(COUNT_BATCH)
+            .collect::<Result<Vec<_>>>()?;
+        if chunk.is_empty() {
+            break;
         }
-        let new = classify::classify(
-            &sc.customer,
-            manual.as_ref(),
-            rules,
-            policy.native(&sc.connector),
-        );
-        if let Some(id) = new.reason.strip_prefix("rule:") {
-            if let Some(ri) = imp.rules.iter_mut().find(|r| r.id == id) {
-                ri.excluding += 1;
-            }
-        }
-        let then = baseline.map(|b| b(&sc, manual.as_ref()));
-        let old = then.as_ref().unwrap_or(&sc.classification);
-        if new == *old {
-            continue;
-        }
-        if new.excluded && !old.excluded {
-            imp.would_exclude += 1;
-            let mut c = change(&sc, &new);
-            c.from.clone_from(&old.reason);
-            for r in store.records_of(&key)? {
-                match r {
-                    Record::Invoice(_) => c.invoices += 1,
-                    Record::Transaction(_) => c.transactions += 1,
+        // Customers that would lose their data, with their place in the list.
+        let mut to_count: Vec<(CustomerKey, Option<usize>)> = Vec::new();
+        for (sc, manual) in &chunk {
+            imp.total_customers += 1;
+            for (i, r) in rules.rules().iter().enumerate() {
+                if r.condition.matches(&sc.customer) {
+                    imp.rules[i].matching += 1;
                 }
             }
-            imp.invoices_to_purge += c.invoices;
-            imp.transactions_to_purge += c.transactions;
-            if imp.newly_excluded.len() < LIST_LIMIT {
-                imp.newly_excluded.push(c);
-            } else {
-                imp.truncated = true;
+            let new = classify::classify(
+                &sc.customer,
+                manual.as_ref(),
+                rules,
+                policy.native(&sc.connector),
+            );
+            if let Some(id) = new.reason.strip_prefix("rule:") {
+                if let Some(ri) = imp.rules.iter_mut().find(|r| r.id == id) {
+                    ri.excluding += 1;
+                }
             }
-        } else if !new.excluded && old.excluded {
-            imp.would_include += 1;
-            if imp.newly_included.len() < LIST_LIMIT {
-                let mut c = change(&sc, &new);
+            let then = baseline.map(|b| b(sc, manual.as_ref()));
+            let old = then.as_ref().unwrap_or(&sc.classification);
+            if new == *old {
+                continue;
+            }
+            if new.excluded && !old.excluded {
+                imp.would_exclude += 1;
+                let mut c = change(sc, &new);
                 c.from.clone_from(&old.reason);
-                imp.newly_included.push(c);
+                let listed = if imp.newly_excluded.len() < LIST_LIMIT {
+                    imp.newly_excluded.push(c);
+                    Some(imp.newly_excluded.len() - 1)
+                } else {
+                    imp.truncated = true;
+                    None
+                };
+                to_count.push((sc.key(), listed));
+            } else if !new.excluded && old.excluded {
+                imp.would_include += 1;
+                if imp.newly_included.len() < LIST_LIMIT {
+                    let mut c = change(sc, &new);
+                    c.from.clone_from(&old.reason);
+                    imp.newly_included.push(c);
+                } else {
+                    imp.truncated = true;
+                }
             } else {
-                imp.truncated = true;
+                imp.reason_changes += 1;
             }
-        } else {
-            imp.reason_changes += 1;
+        }
+        let mut by_connector: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (k, _) in &to_count {
+            by_connector
+                .entry(k.connector.as_str())
+                .or_default()
+                .push(k.external_id.as_str());
+        }
+        let mut counts = std::collections::HashMap::new();
+        for (conn, ids) in by_connector {
+            for (id, n) in store.record_counts(conn, &ids)? {
+                counts.insert(CustomerKey::new(conn, id), n);
+            }
+        }
+        for (k, listed) in &to_count {
+            let (invoices, transactions) = counts.get(k).copied().unwrap_or_default();
+            imp.invoices_to_purge += invoices;
+            imp.transactions_to_purge += transactions;
+            if let Some(i) = listed {
+                imp.newly_excluded[*i].invoices = invoices;
+                imp.newly_excluded[*i].transactions = transactions;
+            }
         }
     }
     if imp.total_customers > 0 {

@@ -525,29 +525,41 @@ pub struct MassImpact {
 fn scan_selection(store: &Store, sel: &Selection) -> Result<(Vec<CustomerKey>, MassImpact)> {
     let mut keys = Vec::new();
     let mut impact = MassImpact::default();
-    for sc in store.customers(sel.filter.connector.as_deref(), None) {
-        let sc = sc?;
-        if !sel.matches(&sc) {
-            continue;
+    // Customers come with their decisions, a page at a time; the records of
+    // the included ones are counted per stretch, in a few grouped queries.
+    let mut customers = store.customers_with_decisions(sel.filter.connector.as_deref(), None);
+    loop {
+        let chunk = customers
+            .by_ref()
+            .take(512)
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        if chunk.is_empty() {
+            break;
         }
-        let key = sc.key();
-        if store.manual_decision(&key)?.map(|d| d.action) == Some(ManualAction::Exclude) {
-            continue;
+        let mut included: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for (sc, d) in &chunk {
+            if !sel.matches(sc) || d.as_ref().map(|d| d.action) == Some(ManualAction::Exclude) {
+                continue;
+            }
+            impact.customers += 1;
+            if !sc.classification.excluded {
+                impact.newly_excluded += 1;
+                included
+                    .entry(sc.connector.as_str())
+                    .or_default()
+                    .push(sc.customer.external_id.as_str());
+            }
+            if impact.sample.len() < MASS_SAMPLE {
+                impact.sample.push(search::summary_with(sc, d.clone()));
+            }
+            keys.push(sc.key());
         }
-        impact.customers += 1;
-        if !sc.classification.excluded {
-            impact.newly_excluded += 1;
-            for r in store.records_of(&key)? {
-                match r {
-                    crate::model::Record::Invoice(_) => impact.invoices += 1,
-                    crate::model::Record::Transaction(_) => impact.transactions += 1,
-                }
+        for (conn, ids) in included {
+            for (invoices, transactions) in store.record_counts(conn, &ids)?.into_values() {
+                impact.invoices += invoices;
+                impact.transactions += transactions;
             }
         }
-        if impact.sample.len() < MASS_SAMPLE {
-            impact.sample.push(search::summary(store, &sc)?);
-        }
-        keys.push(key);
     }
     Ok((keys, impact))
 }

@@ -7,6 +7,8 @@
 //! of the previous page), so a listing never holds more than one page. This
 //! module only reads the store; it changes nothing.
 
+use std::collections::{BTreeMap, HashMap};
+
 use serde::{Deserialize, Serialize};
 
 use super::Policy;
@@ -92,8 +94,21 @@ impl Filter {
 #[derive(Debug, Clone)]
 pub struct Page {
     pub items: Vec<StoredCustomer>,
+    /// The manual decision of each item (same order), read with the page.
+    pub decisions: Vec<Option<ManualDecision>>,
     /// `None` on the last page.
     pub next: Option<CustomerKey>,
+}
+
+impl Page {
+    /// The items as search lists them.
+    pub fn summaries(&self) -> Vec<CustomerSummary> {
+        self.items
+            .iter()
+            .zip(&self.decisions)
+            .map(|(sc, d)| summary_with(sc, d.clone()))
+            .collect()
+    }
 }
 
 /// Up to `limit` customers matching `filter`, in key order, after `after`.
@@ -105,9 +120,12 @@ pub fn page(
 ) -> Result<Page> {
     let limit = limit.clamp(1, MAX_LIMIT);
     let mut items = Vec::with_capacity(limit.min(64));
+    let mut decisions = Vec::with_capacity(limit.min(64));
     let mut more = false;
-    for sc in store.customers(filter.connector.as_deref(), after) {
-        let sc = sc?;
+    // The page and one more row (is there a next page?) in the first query
+    // when most customers match.
+    for r in store.customers_with_decisions_from(filter.connector.as_deref(), after, limit + 1) {
+        let (sc, d) = r?;
         if !filter.matches(&sc) {
             continue;
         }
@@ -116,13 +134,18 @@ pub fn page(
             break;
         }
         items.push(sc);
+        decisions.push(d);
     }
     let next = if more {
         items.last().map(StoredCustomer::key)
     } else {
         None
     };
-    Ok(Page { items, next })
+    Ok(Page {
+        items,
+        decisions,
+        next,
+    })
 }
 
 /// A customer as listed by search.
@@ -144,10 +167,15 @@ pub struct CustomerSummary {
 }
 
 pub fn summary(store: &Store, sc: &StoredCustomer) -> Result<CustomerSummary> {
+    Ok(summary_with(sc, store.manual_decision(&sc.key())?))
+}
+
+/// [`summary`] with the decision already read.
+pub fn summary_with(sc: &StoredCustomer, decision: Option<ManualDecision>) -> CustomerSummary {
     let key = sc.key();
-    Ok(CustomerSummary {
+    CustomerSummary {
         customer: key.to_string(),
-        decision: store.manual_decision(&key)?,
+        decision,
         connector: key.connector,
         external_id: key.external_id,
         name: sc.customer.name.clone(),
@@ -156,7 +184,7 @@ pub fn summary(store: &Store, sc: &StoredCustomer) -> Result<CustomerSummary> {
         source: sc.classification.source,
         reason: sc.classification.reason.clone(),
         classified_at: sc.classified_at,
-    })
+    }
 }
 
 /// One line of the excluded list.
@@ -194,35 +222,48 @@ impl ExcludedEntry {
     }
 }
 
+/// Audit entries of a customer looked at for who excluded it.
+const ACTOR_WINDOW: u64 = 50;
+
 /// The excluded-list entry of an excluded customer (`None` if included).
 pub fn excluded_entry(
     store: &Store,
     policy: &dyn Policy,
     sc: &StoredCustomer,
 ) -> Result<Option<ExcludedEntry>> {
+    let key = sc.key();
+    let decision = store.manual_decision(&key)?;
+    let actor = store
+        .audit(Some(&key), ACTOR_WINDOW as usize)?
+        .into_iter()
+        .find(|e| e.action == "classified")
+        .map(|e| e.actor);
+    Ok(excluded_entry_with(policy, sc, decision, actor))
+}
+
+/// [`excluded_entry`] from its facts: the customer's manual decision and
+/// the actor of its latest `classified` audit entry.
+fn excluded_entry_with(
+    policy: &dyn Policy,
+    sc: &StoredCustomer,
+    decision: Option<ManualDecision>,
+    classified_by: Option<String>,
+) -> Option<ExcludedEntry> {
     let cl = &sc.classification;
     if !cl.excluded {
-        return Ok(None);
+        return None;
     }
     let key = sc.key();
     let source = cl.source.unwrap_or(ExclusionSource::Native);
-    let decision = store
-        .manual_decision(&key)?
-        .filter(|d| d.action == ManualAction::Exclude);
+    let decision = decision.filter(|d| d.action == ManualAction::Exclude);
     let (detail, excluded_by) = match (&decision, source) {
         (Some(d), ExclusionSource::Manual) => (d.reason.clone(), d.actor.clone()),
-        _ => {
-            let detail = describe_reason(policy, &sc.connector, &cl.reason);
-            let by = store
-                .audit(Some(&key), 50)?
-                .into_iter()
-                .find(|e| e.action == "classified")
-                .map(|e| e.actor)
-                .unwrap_or_else(|| "sync".into());
-            (detail, by)
-        }
+        _ => (
+            describe_reason(policy, &sc.connector, &cl.reason),
+            classified_by.unwrap_or_else(|| "sync".into()),
+        ),
     };
-    Ok(Some(ExcludedEntry {
+    Some(ExcludedEntry {
         customer: key.to_string(),
         connector: key.connector,
         external_id: key.external_id,
@@ -234,7 +275,7 @@ pub fn excluded_entry(
         excluded_at: sc.classified_at,
         excluded_by,
         synced: true,
-    }))
+    })
 }
 
 /// What a `rule:<id>` or `native:<flag>` reason means, in words.
@@ -270,9 +311,24 @@ pub fn excluded_page(
         ..filter.clone()
     };
     let p = page(store, &filter, after, limit)?;
-    let mut out = Vec::with_capacity(p.items.len());
+    // Who classified each customer: one query per connector of the page.
+    let mut actors: HashMap<CustomerKey, String> = HashMap::new();
+    let mut by_connector: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for sc in &p.items {
-        out.extend(excluded_entry(store, policy, sc)?);
+        by_connector
+            .entry(sc.connector.as_str())
+            .or_default()
+            .push(sc.customer.external_id.as_str());
+    }
+    for (conn, ids) in by_connector {
+        for (id, actor) in store.latest_actors(conn, &ids, "classified", ACTOR_WINDOW)? {
+            actors.insert(CustomerKey::new(conn, id), actor);
+        }
+    }
+    let mut out = Vec::with_capacity(p.items.len());
+    for (sc, d) in p.items.iter().zip(p.decisions) {
+        let actor = actors.remove(&sc.key());
+        out.extend(excluded_entry_with(policy, sc, d, actor));
     }
     Ok((out, p.next))
 }
@@ -286,31 +342,53 @@ pub fn pending_exclusions(store: &Store, filter: &Filter) -> Result<Vec<Excluded
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
-    for r in store.manual_decisions() {
+    let mut waiting: Vec<(CustomerKey, ManualDecision)> = Vec::new();
+    let mut decisions = store.manual_decisions().peekable();
+    while let Some(r) = decisions.next() {
         let (key, d) = r?;
-        if d.action != ManualAction::Exclude
-            || filter
+        if d.action == ManualAction::Exclude
+            && filter
                 .connector
                 .as_ref()
-                .is_some_and(|c| c != &key.connector)
-            || !filter.text_matches(&key.external_id, "", None)
-            || store.customer(&key)?.is_some()
+                .is_none_or(|c| c == &key.connector)
+            && filter.text_matches(&key.external_id, "", None)
         {
-            continue;
+            waiting.push((key, d));
         }
-        out.push(ExcludedEntry {
-            customer: key.to_string(),
-            connector: key.connector,
-            external_id: key.external_id,
-            name: None,
-            email: None,
-            source: ExclusionSource::Manual,
-            reason: "manual".into(),
-            detail: d.reason,
-            excluded_at: d.at,
-            excluded_by: d.actor,
-            synced: false,
-        });
+        // Which of them were synced: one look-up per stretch of decisions.
+        if waiting.len() >= 256 || (decisions.peek().is_none() && !waiting.is_empty()) {
+            let mut by_connector: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+            for (k, _) in &waiting {
+                by_connector
+                    .entry(k.connector.as_str())
+                    .or_default()
+                    .push(k.external_id.as_str());
+            }
+            let mut synced = std::collections::HashSet::new();
+            for (conn, ids) in by_connector {
+                for id in store.stored_customers(conn, &ids)? {
+                    synced.insert(CustomerKey::new(conn, id));
+                }
+            }
+            for (key, d) in waiting.drain(..) {
+                if synced.contains(&key) {
+                    continue;
+                }
+                out.push(ExcludedEntry {
+                    customer: key.to_string(),
+                    connector: key.connector,
+                    external_id: key.external_id,
+                    name: None,
+                    email: None,
+                    source: ExclusionSource::Manual,
+                    reason: "manual".into(),
+                    detail: d.reason,
+                    excluded_at: d.at,
+                    excluded_by: d.actor,
+                    synced: false,
+                });
+            }
+        }
     }
     Ok(out)
 }

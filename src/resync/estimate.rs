@@ -69,18 +69,25 @@ fn records_per_customer(app: &App, connector: &str) -> Result<(f64, String), Exc
             format!("{done} customers resynced before"),
         ));
     }
-    let (mut n, mut records) = (0u64, 0u64);
+    let mut sample: Vec<String> = Vec::with_capacity(SAMPLE);
     for sc in app.store.customers(Some(connector), None) {
         let sc = sc?;
         if sc.classification.excluded {
             continue;
         }
-        records += app.store.records_of(&sc.key())?.len() as u64;
-        n += 1;
-        if n as usize >= SAMPLE {
+        sample.push(sc.customer.external_id);
+        if sample.len() >= SAMPLE {
             break;
         }
     }
+    let n = sample.len() as u64;
+    let ids: Vec<&str> = sample.iter().map(String::as_str).collect();
+    let records: u64 = app
+        .store
+        .record_counts(connector, &ids)?
+        .values()
+        .map(|(i, t)| i + t)
+        .sum();
     if n == 0 {
         return Ok((0.0, "nothing to estimate from yet".into()));
     }

@@ -6,8 +6,8 @@ use serde::{de::DeserializeOwned, Serialize};
 use super::sql::{json, Row, Value};
 use super::{AuditEntry, QuarantineEntry, Result, StoreError, StoredCustomer};
 use crate::model::{
-    Classification, Customer, CustomerKey, Invoice, ManualDecision, Quarantined, Record, Timestamp,
-    Transaction,
+    Classification, Customer, CustomerKey, Invoice, InvoiceStatus, ManualDecision, Quarantined,
+    Record, Timestamp, Transaction, TransactionKind,
 };
 
 pub(crate) const CUSTOMER_COLS: &str =
@@ -39,6 +39,24 @@ pub(crate) fn enum_parse<T: DeserializeOwned>(s: &str) -> Result<T> {
             message: e.to_string(),
         }
     })
+}
+
+/// The stored name of an invoice status (as [`enum_text`] gives it,
+/// without going through JSON: it runs for every record written).
+fn status_text(s: InvoiceStatus) -> &'static str {
+    match s {
+        InvoiceStatus::Draft => "draft",
+        InvoiceStatus::Open => "open",
+        InvoiceStatus::Paid => "paid",
+        InvoiceStatus::Voided => "voided",
+    }
+}
+
+fn kind_text(k: TransactionKind) -> &'static str {
+    match k {
+        TransactionKind::Payment => "payment",
+        TransactionKind::CreditNote => "credit_note",
+    }
 }
 
 pub(crate) fn customer_values(sc: &StoredCustomer) -> Vec<Value> {
@@ -102,7 +120,7 @@ pub(crate) fn invoice_values(conn: &str, i: &Invoice, changed_at: Timestamp) -> 
         Value::from(&i.currency),
         Value::Dec(i.total),
         Value::Dec(i.amount_due),
-        Value::Text(enum_text(&i.status)),
+        Value::from(status_text(i.status)),
         Value::Bool(i.on_hold),
         Value::Time(i.last_modified),
         Value::Time(changed_at),
@@ -115,7 +133,7 @@ pub(crate) fn transaction_values(conn: &str, t: &Transaction, changed_at: Timest
         Value::from(conn),
         Value::from(&t.external_id),
         Value::from(&t.customer_id),
-        Value::Text(enum_text(&t.kind)),
+        Value::from(kind_text(t.kind)),
         Value::Date(t.date),
         Value::Dec(t.amount),
         Value::from(&t.currency),
@@ -188,4 +206,24 @@ pub(crate) fn quarantine_from_row(r: &Row) -> Result<QuarantineEntry> {
             raw: r.text(5)?,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_enum_names_are_their_serde_names() {
+        for s in [
+            InvoiceStatus::Draft,
+            InvoiceStatus::Open,
+            InvoiceStatus::Paid,
+            InvoiceStatus::Voided,
+        ] {
+            assert_eq!(status_text(s), enum_text(&s));
+        }
+        for k in [TransactionKind::Payment, TransactionKind::CreditNote] {
+            assert_eq!(kind_text(k), enum_text(&k));
+        }
+    }
 }

@@ -165,6 +165,29 @@ pub(crate) fn write_events(
         .transpose()?
         .ok_or_else(|| StoreError::Backend("event sequence returned nothing".into()))?;
     let mut seq = last + 1 - n;
+    if c.arrays() {
+        // PostgreSQL: the whole batch in one statement, one array per column.
+        let rows: Vec<Vec<Value>> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                vec![
+                    Value::from(seq + i as u64),
+                    Value::Time(at),
+                    Value::from(e.kind.as_str()),
+                    Value::from(&e.connector),
+                    Value::from(&e.entity_id),
+                    e.data.clone().map(Value::Json).unwrap_or(Value::Null),
+                ]
+            })
+            .collect();
+        c.exec(
+            "INSERT INTO events (seq, at, type, connector, entity_id, data) SELECT * FROM \
+             unnest(?::bigint[], ?::timestamptz[], ?::text[], ?::text[], ?::text[], ?::jsonb[])",
+            &super::sql::columns(rows),
+        )?;
+        return Ok(Some(last));
+    }
     let mut rest = events;
     for size in [100usize, 10, 1] {
         while rest.len() >= size {

@@ -33,6 +33,7 @@ mod feed;
 mod lease;
 pub mod pg;
 mod schema;
+mod sets;
 mod sql;
 mod sqlite;
 pub mod testing;

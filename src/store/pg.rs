@@ -327,6 +327,9 @@ impl Conn for PgConn<'_> {
     fn query_dyn(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         self.pg.run(self.lane, sql.to_string(), params)
     }
+    fn arrays(&self) -> bool {
+        true
+    }
 }
 
 // ----- the connection thread ---------------------------------------------
@@ -525,6 +528,7 @@ impl ToSql for Value {
             },
             Value::Time(t) => t.to_sql(ty, out),
             Value::Date(d) => d.to_sql(ty, out),
+            Value::Array(v) => v.to_sql(ty, out),
         }
     }
     fn accepts(_: &Type) -> bool {

@@ -26,6 +26,9 @@ pub(crate) enum Value {
     Date(NaiveDate),
     /// Serialised JSON text.
     Json(String),
+    /// An array parameter (PostgreSQL only, see [`Conn::arrays`]): one
+    /// column of many rows, e.g. for `unnest`.
+    Array(Vec<Value>),
 }
 
 impl From<&str> for Value {
@@ -194,6 +197,7 @@ fn kind(v: &Value) -> &'static str {
         Value::Time(_) => "timestamp",
         Value::Date(_) => "date",
         Value::Json(_) => "json",
+        Value::Array(_) => "array",
     }
 }
 
@@ -211,6 +215,26 @@ pub(crate) trait Conn {
     fn query_opt(&mut self, sql: &'static str, params: &[Value]) -> Result<Option<Row>> {
         Ok(self.query(sql, params)?.into_iter().next())
     }
+
+    /// Whether array parameters ([`Value::Array`]) and `unnest` work here
+    /// (PostgreSQL): many rows then go in one statement with one parameter
+    /// per column, planned once, instead of several multi-row statements.
+    fn arrays(&self) -> bool {
+        false
+    }
+}
+
+/// The columns of `rows` (each a row's values, all of one width) as array
+/// parameters, for `unnest`.
+pub(crate) fn columns(rows: Vec<Vec<Value>>) -> Vec<Value> {
+    let width = rows.first().map_or(0, Vec::len);
+    let mut cols: Vec<Vec<Value>> = (0..width).map(|_| Vec::with_capacity(rows.len())).collect();
+    for row in rows {
+        for (c, v) in cols.iter_mut().zip(row) {
+            c.push(v);
+        }
+    }
+    cols.into_iter().map(Value::Array).collect()
 }
 
 /// Rewrites `?` placeholders as `$1`, `$2`, ... (PostgreSQL). The store's

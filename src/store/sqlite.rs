@@ -7,9 +7,14 @@
 //! last commits, and the cursor invariant promises the page is on disk when
 //! the next one is requested). Writers are serialised by the store's writer
 //! lock and `BEGIN IMMEDIATE`; readers see the last committed state. The
-//! log is folded back into the database every 8,192 pages (32 MiB) instead
-//! of SQLite's 1,000, so pages written by many consecutive commits are
-//! copied once. An
+//! log is folded back into the database every 65,536 pages (256 MiB)
+//! instead of SQLite's 1,000: a page of records dirties index pages all
+//! over each index, and pages written by many consecutive commits are then
+//! copied into the database once instead of once per few commits (on the
+//! sync benchmark at 288k records: a sixth fewer bytes written, a quarter
+//! less time than at 32 MiB). After a checkpoint the log file is cut back
+//! to 64 MiB (`journal_size_limit`), so an idle store does not keep the
+//! peak on disk. An
 //! exclusive `flock` on `store.lock` keeps a second daemon off the same file.
 
 use std::fs::File;
@@ -137,11 +142,12 @@ fn connect(path: &Path, cache_kib: i64) -> Result<Connection> {
          PRAGMA synchronous = FULL;
          PRAGMA busy_timeout = 10000;
          PRAGMA temp_store = MEMORY;
-         PRAGMA wal_autocheckpoint = 8192;
+         PRAGMA wal_autocheckpoint = 65536;
+         PRAGMA journal_size_limit = 67108864;
          PRAGMA cache_size = -{cache_kib};"
     ))
     .map_err(err)?;
-    conn.set_prepared_statement_cache_capacity(128);
+    conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)
 }
 
@@ -187,6 +193,11 @@ impl rusqlite::ToSql for Value {
             Value::Dec(d) => ToSqlOutput::Owned(V::Text(d.normalize().to_string())),
             Value::Time(t) => ToSqlOutput::Owned(V::Text(time_text(t))),
             Value::Date(d) => ToSqlOutput::Owned(V::Text(d.format("%Y-%m-%d").to_string())),
+            Value::Array(_) => {
+                return Err(rusqlite::Error::ToSqlConversionFailure(
+                    "array parameters are for PostgreSQL only".into(),
+                ))
+            }
         })
     }
 }

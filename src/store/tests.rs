@@ -789,6 +789,207 @@ async fn batched_drops_match_one_by_one(store: &Store) {
     }
 }
 
+/// The set-based reads (one query per stretch or page of customers) answer
+/// exactly what the per-customer reads answer, on a store with several
+/// connectors, excluded customers (whose invoices are never returned, even
+/// should the store hold one), holds, STOP flags, decisions and long audit
+/// trails.
+async fn set_reads_match_per_customer_reads(store: &Store) {
+    use crate::model::{ManualAction, ManualDecision};
+    let due = |d: u32| NaiveDate::from_ymd_opt(2026, 3, d).unwrap();
+    let as_of = due(15);
+    let ids: Vec<String> = (0..40).map(|i| format!("C{i:02}")).collect();
+    store
+        .write(|tx| {
+            for conn in ["demo", "erp2"] {
+                for (n, id) in ids.iter().enumerate() {
+                    let mut sc = customer(id);
+                    sc.connector = conn.into();
+                    if n % 7 == 3 {
+                        sc.classification = excluded(ExclusionSource::Rule, "rule:r");
+                    }
+                    tx.put_customer(&sc)?;
+                    for j in 0..(n % 4) {
+                        let Record::Invoice(mut i) = inv(&format!("{conn}-{id}-I{j}"), id, 1, 0)
+                        else {
+                            unreachable!()
+                        };
+                        i.due_date = due(1 + (n as u32 * 3 + j as u32) % 28);
+                        i.amount_due = Decimal::new((n as i64 % 3) * 1000, 2);
+                        i.status = if j == 2 {
+                            InvoiceStatus::Paid
+                        } else {
+                            InvoiceStatus::Open
+                        };
+                        i.on_hold = n % 5 == 0;
+                        tx.upsert_record(conn, &Record::Invoice(i), false)?;
+                        if (n + j) % 3 == 0 {
+                            tx.put_hold_flag(
+                                conn,
+                                &format!("{conn}-{id}-I{j}"),
+                                &serde_json::json!({"n": n}),
+                            )?;
+                        }
+                    }
+                    if n % 2 == 1 {
+                        tx.upsert_record(conn, &pmt(&format!("{conn}-{id}-P"), id, 1), false)?;
+                    }
+                    if n % 6 == 1 {
+                        tx.put_stop_flag(
+                            &CustomerKey::new(conn, id),
+                            &serde_json::json!({"n": n}),
+                        )?;
+                    }
+                    if n % 4 == 2 {
+                        let d = ManualDecision {
+                            action: if n % 8 == 2 {
+                                ManualAction::Exclude
+                            } else {
+                                ManualAction::Include
+                            },
+                            actor: format!("admin{n}"),
+                            reason: "why".into(),
+                            at: ts(n as i64),
+                        };
+                        tx.set_manual_decision(&CustomerKey::new(conn, id), Some(&d))?;
+                    }
+                    // Audit trails: a `classified` entry, then for some
+                    // customers more other entries than the window.
+                    let k = CustomerKey::new(conn, id);
+                    tx.audit(AuditEntry::action(
+                        ts(1),
+                        k.clone(),
+                        "classified",
+                        format!("by{n}"),
+                        "",
+                    ))?;
+                    let others = if n % 9 == 0 { 55 } else { n % 3 };
+                    for _ in 0..others {
+                        tx.audit(AuditEntry::action(ts(2), k.clone(), "stop", "x", ""))?;
+                    }
+                }
+            }
+            // An invoice the store holds for an excluded customer.
+            tx.upsert_record("demo", &inv("stray", "C03", 1, 5000), false)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+
+    // Customers with their decisions, as one page or after a key.
+    for (conn, after) in [
+        (None, None),
+        (Some("erp2"), None),
+        (Some("demo"), Some(key("C10"))),
+        (None, Some(key("C39"))),
+    ] {
+        let joined: Vec<_> = store
+            .customers_with_decisions(conn, after.as_ref())
+            .collect::<Result<_>>()
+            .unwrap();
+        let one_by_one: Vec<_> = store
+            .customers(conn, after.as_ref())
+            .map(|sc| {
+                let sc = sc.unwrap();
+                let d = store.manual_decision(&sc.key()).unwrap();
+                (sc, d)
+            })
+            .collect();
+        assert_eq!(joined, one_by_one, "{conn:?} after {after:?}");
+        for first in [1, 3, 7] {
+            let growing: Vec<_> = store
+                .customers_with_decisions_from(conn, after.as_ref(), first)
+                .collect::<Result<_>>()
+                .unwrap();
+            assert_eq!(growing, joined, "{conn:?} after {after:?} from {first}");
+        }
+    }
+    assert!(store
+        .customers_with_decisions(None, None)
+        .filter_map(|r| r.unwrap().1)
+        .next()
+        .is_some());
+
+    for conn in ["demo", "erp2"] {
+        let all: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut unknown = all.clone();
+        unknown.push("nobody");
+        // Open invoices due before a day with their holds, over stretches.
+        for (first, last) in [
+            ("C00", "C39"),
+            ("C05", "C05"),
+            ("C03", "C03"),
+            ("C10", "C27"),
+        ] {
+            let set: Vec<(Invoice, Option<serde_json::Value>)> = store
+                .open_invoices_due_before(conn, first, last, as_of)
+                .unwrap();
+            let mut one_by_one = Vec::new();
+            for id in all.iter().filter(|id| **id >= first && **id <= last) {
+                let k = CustomerKey::new(conn, *id);
+                if store.customer(&k).unwrap().unwrap().classification.excluded {
+                    continue;
+                }
+                for r in store.records_of(&k).unwrap() {
+                    if let Record::Invoice(i) = r {
+                        if i.status == InvoiceStatus::Open && i.due_date < as_of {
+                            let h = store.hold_flag(conn, &i.external_id).unwrap();
+                            one_by_one.push((i, h));
+                        }
+                    }
+                }
+            }
+            assert_eq!(set, one_by_one, "{conn} {first}..={last}");
+            assert!(set.iter().all(|(i, _)| i.external_id != "stray"));
+        }
+        // STOP flags of a stretch.
+        let stops: Vec<(String, serde_json::Value)> =
+            store.stop_flags_between(conn, "C02", "C30").unwrap();
+        let one_by_one: Vec<(String, serde_json::Value)> = all
+            .iter()
+            .filter(|id| **id >= "C02" && **id <= "C30")
+            .filter_map(|id| {
+                store
+                    .stop_flag(&CustomerKey::new(conn, *id))
+                    .unwrap()
+                    .map(|f| (id.to_string(), f))
+            })
+            .collect();
+        assert!(!stops.is_empty());
+        assert_eq!(stops, one_by_one, "{conn}");
+        // Record counts.
+        let counts = store.record_counts(conn, &unknown).unwrap();
+        for id in &unknown {
+            let recs = store.records_of(&CustomerKey::new(conn, *id)).unwrap();
+            let i = recs
+                .iter()
+                .filter(|r| r.entity() == Entity::Invoices)
+                .count() as u64;
+            let t = recs.len() as u64 - i;
+            let want = (i + t > 0).then_some((i, t));
+            assert_eq!(counts.get(*id).copied(), want, "{conn}:{id}");
+        }
+        // Who classified each customer, within the newest 50 entries.
+        let actors = store
+            .latest_actors(conn, &unknown, "classified", 50)
+            .unwrap();
+        for id in &unknown {
+            let want = store
+                .audit(Some(&CustomerKey::new(conn, *id)), 50)
+                .unwrap()
+                .into_iter()
+                .find(|e| e.action == "classified")
+                .map(|e| e.actor);
+            assert_eq!(actors.get(*id).cloned(), want, "{conn}:{id}");
+        }
+        assert!(actors.len() < all.len(), "long trails hide the entry");
+        // Which customers are stored.
+        let mut stored = store.stored_customers(conn, &unknown).unwrap();
+        stored.sort();
+        assert_eq!(stored, ids, "{conn}");
+    }
+}
+
 // ----- running the suite on both backends --------------------------------
 
 /// Fields drop in order: the store's connections close before its
@@ -862,6 +1063,7 @@ on_both_backends!(
     reads_inside_a_write_see_its_own_writes,
     batched_upserts_match_one_by_one,
     batched_drops_match_one_by_one,
+    set_reads_match_per_customer_reads,
 );
 
 #[tokio::test]
@@ -936,4 +1138,136 @@ async fn postgres_a_connection_lost_inside_a_write_writes_nothing_and_the_store_
         .unwrap();
     assert!(f.store.customer(&key("C")).unwrap().is_some());
     assert_eq!(f.store.classification_counts(None).unwrap().total, 1);
+}
+
+/// Migration 4 on a SQLite store holding records: every row and column is
+/// kept, `invoices` and `transactions` become rowid tables with the same
+/// named indexes (less `invoices_due`), and upserts by id still find them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_4_keeps_records_and_named_indexes() {
+    use super::schema::{render, Dialect, MIGRATIONS};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(SQLITE_FILE);
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(&super::schema::migrations_table(Dialect::Sqlite))
+            .unwrap();
+        for (v, sql) in &MIGRATIONS[..3] {
+            c.execute_batch(&render(sql, Dialect::Sqlite)).unwrap();
+            c.execute(
+                "INSERT INTO schema_migrations VALUES (?1, '2026-01-01T00:00:00.000000000Z')",
+                [v],
+            )
+            .unwrap();
+        }
+        for id in ["A", "B"] {
+            c.execute(
+                "INSERT INTO customers VALUES ('demo', ?1, ?1, NULL, NULL, 'EUR', '0', 0, 0,
+                   '2026-01-01T00:00:00.000000000Z', '{}', 0, NULL, 'included',
+                   '2026-01-01T00:00:00.000000000Z', '2026-01-01T00:00:00.000000000Z')",
+                [id],
+            )
+            .unwrap();
+        }
+        c.execute_batch(
+            "INSERT INTO invoices VALUES ('demo', 'I1', 'A', 'N1', '2026-01-01', '2026-02-01',
+               'EUR', '10.5', '7', 'open', 1, '2026-01-03T00:00:00.000000000Z',
+               '2026-01-04T00:00:00.000000000Z');
+             INSERT INTO invoices VALUES ('demo', 'I0', 'B', 'N0', '2026-01-01', '2026-02-01',
+               'USD', '3', '0', 'paid', 0, '2026-01-02T00:00:00.000000000Z',
+               '2026-01-02T00:00:00.000000000Z');
+             INSERT INTO transactions VALUES ('demo', 'P1', 'A', 'payment', '2026-01-05', '2.25',
+               'EUR', '2026-01-05T00:00:00.000000000Z', '2026-01-06T00:00:00.000000000Z');",
+        )
+        .unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let a = store.records_of(&key("A")).unwrap();
+    assert_eq!(a.len(), 2);
+    assert_eq!(
+        a[0],
+        Record::Invoice(Invoice {
+            external_id: "I1".into(),
+            number: "N1".into(),
+            customer_id: "A".into(),
+            issue_date: NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
+            due_date: NaiveDate::from_ymd_opt(2026, 2, 1).unwrap(),
+            currency: "EUR".into(),
+            total: Decimal::new(105, 1),
+            amount_due: Decimal::new(7, 0),
+            status: InvoiceStatus::Open,
+            on_hold: true,
+            last_modified: Utc.with_ymd_and_hms(2026, 1, 3, 0, 0, 0).unwrap(),
+        })
+    );
+    assert_eq!(store.records_of(&key("B")).unwrap().len(), 1);
+    let listed = store
+        .invoices_page(&RecordQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .find(|l| l.record.external_id() == "I1")
+            .unwrap()
+            .changed_at,
+        Utc.with_ymd_and_hms(2026, 1, 4, 0, 0, 0).unwrap()
+    );
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let names = |table: &str| -> Vec<String> {
+            let mut st = c
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 AND name NOT LIKE 'sqlite_autoindex%' ORDER BY name")
+                .unwrap();
+            st.query_map([table], |r| r.get(0))
+                .unwrap()
+                .collect::<std::result::Result<_, _>>()
+                .unwrap()
+        };
+        assert_eq!(
+            names("invoices"),
+            [
+                "invoices_changed",
+                "invoices_currency",
+                "invoices_customer",
+                "invoices_status"
+            ]
+        );
+        assert_eq!(
+            names("transactions"),
+            ["transactions_changed", "transactions_customer"]
+        );
+        for table in ["invoices", "transactions"] {
+            let sql: String = c
+                .query_row(
+                    "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                    [table],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert!(!sql.contains("WITHOUT ROWID"), "{sql}");
+        }
+        let version: i64 = c
+            .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+    // Upserts by id find the migrated rows (a newer version replaces, an
+    // older one is refused), also in the batched form.
+    let out = store
+        .write(|tx| {
+            tx.upsert_records(
+                "demo",
+                &[&inv("I1", "A", -10, 1), &inv("I0", "A", 1_000_000_000, 1)],
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(out, [Upsert::Stale, Upsert::Updated]);
+    assert!(store.records_of(&key("B")).unwrap().is_empty());
+    assert_eq!(store.records_of(&key("A")).unwrap().len(), 3);
 }

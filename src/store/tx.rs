@@ -248,6 +248,20 @@ const UPSERT_INVOICE: &str = concat!(
     "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     invoice_tail!()
 );
+/// PostgreSQL: every invoice of a page in one statement, one array per column.
+const UPSERT_INVOICES_UNNEST: &str = concat!(
+    "INSERT INTO invoices (connector, id, customer_id, number, issue_date, due_date, currency, \
+     total, amount_due, status, on_hold, last_modified, changed_at) SELECT * FROM unnest(\
+     ?::text[], ?::text[], ?::text[], ?::text[], ?::date[], ?::date[], ?::text[], ?::numeric[], \
+     ?::numeric[], ?::text[], ?::boolean[], ?::timestamptz[], ?::timestamptz[])",
+    invoice_tail!()
+);
+const UPSERT_TRANSACTIONS_UNNEST: &str = concat!(
+    "INSERT INTO transactions (connector, id, customer_id, kind, date, amount, currency, \
+     last_modified, changed_at) SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], \
+     ?::date[], ?::numeric[], ?::text[], ?::timestamptz[], ?::timestamptz[])",
+    transaction_tail!()
+);
 const TRANSACTION_HEAD: &str = transaction_head!();
 const TRANSACTION_TAIL: &str = transaction_tail!();
 const UPSERT_TRANSACTION: &str = concat!(
@@ -885,6 +899,25 @@ impl<'a> Tx<'a> {
             } else {
                 (TRANSACTION_HEAD, TRANSACTION_TAIL, 9)
             };
+            if self.conn.arrays() {
+                if rows.is_empty() {
+                    continue;
+                }
+                let values: Vec<Vec<Value>> = rows
+                    .iter()
+                    .map(|r| match r {
+                        Record::Invoice(i) => invoice_values(conn, i, self.now),
+                        Record::Transaction(t) => transaction_values(conn, t, self.now),
+                    })
+                    .collect();
+                let sql = if e == Entity::Invoices {
+                    UPSERT_INVOICES_UNNEST
+                } else {
+                    UPSERT_TRANSACTIONS_UNNEST
+                };
+                self.conn.exec(sql, &super::sql::columns(values))?;
+                continue;
+            }
             for chunk in shaped(&rows) {
                 let mut p: Vec<Value> = Vec::with_capacity(chunk.len() * cols);
                 for r in chunk {

@@ -128,12 +128,7 @@ async fn search_customers(State(app): State<Arc<App>>, Query(p): Query<SearchPar
     // A sparse filter may scan every customer.
     let (customers, next) = blocking(move || {
         let page = search::page(&app.store, &filter, after.as_ref(), limit)?;
-        let customers = page
-            .items
-            .iter()
-            .map(|sc| search::summary(&app.store, sc))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok::<_, ApiError>((customers, page.next))
+        Ok::<_, ApiError>((page.summaries(), page.next))
     })
     .await??;
     Ok(Json(json!({
