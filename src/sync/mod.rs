@@ -1,11 +1,28 @@
 //! The sync scheduler: one poller task per connector.
 //!
-//! A pass reads customers first, then invoices, then transactions, each from
-//! its stored cursor, page by page. Each page is applied by [`ingest`] and
-//! written together with the cursor that follows it in one atomic, flushed
-//! store write, before the next page is requested. So a crash at any instant
-//! loses nothing (the page is re-read) and duplicates nothing (ingest upserts
-//! by id, newer version wins).
+//! A pass reads customers, invoices and transactions as independent streams
+//! side by side, each from its stored cursor, page by page: records whose
+//! customer has not arrived yet are parked by [`ingest`] and released (or
+//! dropped) when it does, so the order between streams does not matter. Each
+//! page is applied by [`ingest`] and written together with the cursor that
+//! follows it in one atomic, flushed store write; while it is written, the
+//! next page of the same stream is already requested (one page of prefetch
+//! per stream). So a crash at any instant loses nothing (the page is re-read)
+//! and duplicates nothing (ingest upserts by id, newer version wins).
+//!
+//! **Partitioned first syncs.** When an entity has no cursor yet and the
+//! connector can split it ([`Connector::partition`](crate::connectors::Connector::partition)),
+//! its first sync is read as id ranges in parallel, each with its own durable
+//! cursor (`Store::partitions`); the stream's incremental cursor is taken
+//! and stored before the first range is read, and the stream continues from
+//! it once the last range is done. A crash resumes every range where it
+//! stopped.
+//!
+//! **Budget.** The engine opens as many streams as there are, but every
+//! request goes through the connector's [`Budget`](crate::connectors::Budget):
+//! never more than `max_concurrency` in flight, never above the rate,
+//! `Retry-After` honoured by every stream, resync's share kept while polling
+//! is busy.
 //!
 //! The scheduler does not retry by itself: the connector's
 //! [`Budget`](crate::connectors::Budget) does. A pass that still fails is
@@ -21,7 +38,7 @@ use std::time::{Duration, Instant};
 use crate::app::{App, ConnectorHandle, ConnectorStatus, LastError, Reconnect, WorkerState};
 use crate::connectors::{ConnectorError, Cursor, Page};
 use crate::ingest::{self, Ingest, PageStats};
-use crate::model::Entity;
+use crate::model::{Customer, Entity, Record};
 use crate::store::{StoreError, Tx};
 
 pub use crate::ingest::SyncError;
@@ -144,50 +161,216 @@ fn record_outcome(
     }
 }
 
-/// One full pass over all entities of a connector.
-pub async fn sync_pass(app: &App, h: &ConnectorHandle) -> Result<PageStats, SyncError> {
-    let mut total = PageStats::default();
+/// One full pass over all entities of a connector: customers, invoices and
+/// transactions as independent streams, side by side (records whose customer
+/// has not arrived yet are parked by ingest and released when it does). Every
+/// stream finishes what it can; the first error (in entity order) is the
+/// pass's result.
+pub async fn sync_pass(
+    app: &Arc<App>,
+    h: &Arc<ConnectorHandle>,
+) -> Result<PageStats, SyncError> {
+    let mut tasks = Tasks::default();
     for entity in Entity::ALL {
-        let mut cursor = Cursor(app.store.cursor(&h.id, entity)?.unwrap_or_default());
-        loop {
-            let (stats, next, more) = match entity {
-                Entity::Customers => {
-                    let page = h
-                        .connector
-                        .fetch_customers(&cursor)
-                        .await
-                        .map_err(|source| SyncError::Connector { entity, source })?;
-                    let stats = commit_page(app, h, entity, &page, ingest::customers).await?;
-                    (stats, page.next, page.has_more)
-                }
-                Entity::Invoices | Entity::Transactions => {
-                    let page = h
-                        .connector
-                        .fetch_records(entity, &cursor)
-                        .await
-                        .map_err(|source| SyncError::Connector { entity, source })?;
-                    let stats = commit_page(app, h, entity, &page, |tx, ctx, p| {
-                        ingest::records(tx, ctx, entity, p)
-                    })
-                    .await?;
-                    (stats, page.next, page.has_more)
-                }
-            };
-            if stats.newly_excluded > 0 || stats.newly_included > 0 {
-                tracing::info!(connector = %h.id, newly_excluded = stats.newly_excluded, newly_included = stats.newly_included, purged = stats.purged, "upstream changes moved customers");
-            }
-            h.update_status(|s| s.session.entry(entity).or_default().add(&stats));
-            total.add(&stats);
-            cursor = next;
-            if !more {
-                break;
-            }
-        }
-        if let Some(after) = h.connector.verification(entity, &cursor) {
-            total.add(&verify_stored(app, h, entity, after).await?);
-        }
+        let (app, h) = (Arc::clone(app), Arc::clone(h));
+        tasks.spawn(async move { entity_pass(app, h, entity).await });
+    }
+    let mut total = PageStats::default();
+    for r in tasks.join_all().await {
+        total.add(&r?);
     }
     Ok(total)
+}
+
+/// One entity's part of a pass: its partitioned first sync if one is due or
+/// in progress, then its incremental stream, then verification if the
+/// connector asks for it.
+async fn entity_pass(
+    app: Arc<App>,
+    h: Arc<ConnectorHandle>,
+    entity: Entity,
+) -> Result<PageStats, SyncError> {
+    let mut total = PageStats::default();
+    let mut ranges = app.store.partitions(&h.id, entity)?;
+    if ranges.is_empty() && app.store.cursor(&h.id, entity)?.is_none() {
+        // A first sync: split it when the connector can and the budget
+        // allows more than one request at a time.
+        let parts = h.budget.limits().max_concurrency as usize;
+        if parts > 1 {
+            let plan = h
+                .connector
+                .partition(entity, parts)
+                .await
+                .map_err(|source| SyncError::Connector { entity, source })?;
+            if let Some(plan) = plan.filter(|p| !p.ranges.is_empty()) {
+                let starts: Vec<String> = plan.ranges.iter().map(|c| c.0.clone()).collect();
+                app.store
+                    .write(|tx| tx.start_partitions(&h.id, entity, &plan.then.0, &starts))
+                    .await?;
+                tracing::info!(connector = %h.id, %entity, ranges = starts.len(), "first sync split into id ranges");
+                ranges = app.store.partitions(&h.id, entity)?;
+            }
+        }
+    }
+    let open: Vec<_> = ranges.into_iter().filter(|r| !r.done).collect();
+    if !open.is_empty() {
+        let mut tasks = Tasks::default();
+        for r in open {
+            let (app, h) = (Arc::clone(&app), Arc::clone(&h));
+            let start = Cursor(r.cursor);
+            tasks.spawn(async move { stream(app, h, entity, Some(r.part), start).await });
+        }
+        for r in tasks.join_all().await {
+            total.add(&r?.0);
+        }
+    }
+    let cursor = Cursor(app.store.cursor(&h.id, entity)?.unwrap_or_default());
+    let (stats, cursor) = stream(Arc::clone(&app), Arc::clone(&h), entity, None, cursor).await?;
+    total.add(&stats);
+    if let Some(after) = h.connector.verification(entity, &cursor) {
+        total.add(&verify_stored(&app, &h, entity, after).await?);
+    }
+    Ok(total)
+}
+
+/// Spawned tasks that are aborted when the set is dropped (a pass cut short
+/// by shutdown or by an error leaves nothing running behind it).
+struct Tasks<T: Send + 'static> {
+    handles: Vec<AbortOnDrop<T>>,
+}
+
+impl<T: Send + 'static> Default for Tasks<T> {
+    fn default() -> Self {
+        Tasks {
+            handles: Vec::new(),
+        }
+    }
+}
+
+impl<T: Send + 'static> Tasks<T> {
+    fn spawn(&mut self, f: impl std::future::Future<Output = T> + Send + 'static) {
+        self.handles.push(AbortOnDrop::spawn(f));
+    }
+
+    /// Every task's output, in spawn order.
+    async fn join_all(self) -> Vec<T> {
+        let mut out = Vec::with_capacity(self.handles.len());
+        for h in self.handles {
+            out.push(h.join().await);
+        }
+        out
+    }
+}
+
+/// A spawned task aborted when its handle is dropped; a panic inside it is
+/// resumed in the task that joins it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T: Send + 'static> AbortOnDrop<T> {
+    fn spawn(f: impl std::future::Future<Output = T> + Send + 'static) -> Self {
+        AbortOnDrop(tokio::spawn(f))
+    }
+
+    async fn join(mut self) -> T {
+        match (&mut self.0).await {
+            Ok(v) => v,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only this handle aborts the task, and it is still held.
+            Err(e) => unreachable!("sync task cancelled while joined: {e}"),
+        }
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A fetched page of either kind.
+enum Fetched {
+    Customers(Page<Customer>),
+    Records(Page<Record>),
+}
+
+impl Fetched {
+    fn next(&self) -> &Cursor {
+        match self {
+            Fetched::Customers(p) => &p.next,
+            Fetched::Records(p) => &p.next,
+        }
+    }
+    fn has_more(&self) -> bool {
+        match self {
+            Fetched::Customers(p) => p.has_more,
+            Fetched::Records(p) => p.has_more,
+        }
+    }
+}
+
+/// Requests the page of `entity` after `cursor` in a task of its own, so it
+/// is on its way while the caller writes the page before it.
+fn prefetch(
+    h: &ConnectorHandle,
+    entity: Entity,
+    cursor: Cursor,
+) -> AbortOnDrop<Result<Fetched, SyncError>> {
+    let connector = Arc::clone(&h.connector);
+    AbortOnDrop::spawn(async move {
+        let r = match entity {
+            Entity::Customers => connector
+                .fetch_customers(&cursor)
+                .await
+                .map(Fetched::Customers),
+            Entity::Invoices | Entity::Transactions => connector
+                .fetch_records(entity, &cursor)
+                .await
+                .map(Fetched::Records),
+        };
+        r.map_err(|source| SyncError::Connector { entity, source })
+    })
+}
+
+/// Reads one stream page by page from `start` until it is caught up (or, for
+/// range `part` of a partitioned first sync, read to its end). One page of
+/// prefetch: while a page is written, the next one is requested; its cursor
+/// is stored only in the write of the page it follows. Returns the stats and
+/// the stream's cursor at its end.
+async fn stream(
+    app: Arc<App>,
+    h: Arc<ConnectorHandle>,
+    entity: Entity,
+    part: Option<u32>,
+    start: Cursor,
+) -> Result<(PageStats, Cursor), SyncError> {
+    let mut total = PageStats::default();
+    let mut pending = prefetch(&h, entity, start);
+    loop {
+        let page = pending.join().await?;
+        let more = page.has_more();
+        let next = page.next().clone();
+        // Dropped (and so aborted) if the write below fails.
+        let following = more.then(|| prefetch(&h, entity, next.clone()));
+        let stats = match &page {
+            Fetched::Customers(p) => commit_page(&app, &h, entity, part, p, ingest::customers).await?,
+            Fetched::Records(p) => {
+                commit_page(&app, &h, entity, part, p, |tx, ctx, p| {
+                    ingest::records(tx, ctx, entity, p)
+                })
+                .await?
+            }
+        };
+        drop(page);
+        if stats.newly_excluded > 0 || stats.newly_included > 0 {
+            tracing::info!(connector = %h.id, newly_excluded = stats.newly_excluded, newly_included = stats.newly_included, purged = stats.purged, "upstream changes moved customers");
+        }
+        h.update_status(|s| s.session.entry(entity).or_default().add(&stats));
+        total.add(&stats);
+        match following {
+            Some(f) => pending = f,
+            None => return Ok((total, next)),
+        }
+    }
 }
 
 /// Checks every stored record of `entity` against upstream in batches of
@@ -250,13 +433,14 @@ async fn verify_stored(
     Ok(stats)
 }
 
-/// Applies one page with `apply` and stores the cursor that follows it, in
-/// one atomic, flushed write. Rules are read inside the write (under the
+/// Applies one page with `apply` and stores the cursor that follows it (the
+/// stream's, or range `part`'s), in one atomic, flushed write. Rules are read inside the write (under the
 /// store's writer lock) so a concurrent reload never races the page.
 async fn commit_page<T>(
     app: &App,
     h: &ConnectorHandle,
     entity: Entity,
+    part: Option<u32>,
     page: &Page<T>,
     apply: impl FnOnce(&mut Tx<'_>, &Ingest<'_>, &Page<T>) -> Result<PageStats, StoreError>,
 ) -> Result<PageStats, StoreError> {
@@ -270,7 +454,15 @@ async fn commit_page<T>(
                 now: chrono::Utc::now(),
             };
             let stats = apply(tx, &ctx, page)?;
-            tx.set_cursor(&h.id, entity, &page.next.0)?;
+            match part {
+                None => tx.set_cursor(&h.id, entity, &page.next.0)?,
+                Some(part) => {
+                    let done = !page.has_more;
+                    if tx.set_partition_cursor(&h.id, entity, part, &page.next.0, done)? {
+                        tracing::info!(connector = %h.id, %entity, "every range of the first sync is read; continuing incrementally");
+                    }
+                }
+            }
             Ok(stats)
         })
         .await
