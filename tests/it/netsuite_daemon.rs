@@ -161,6 +161,12 @@ async fn a_wrong_secret_is_a_clear_auth_error_without_retry_storm() {
     assert!(msg.contains("authentication failed"), "{msg}");
     assert!(msg.contains("INVALID_LOGIN"), "{msg}");
     assert!(!msg.contains("not-the-secret"));
-    assert_eq!(mock.stats().requests, 1, "exactly one request, no retries");
+    // The three entity streams start side by side: one request each, none
+    // retried.
+    assert_eq!(
+        mock.stats().requests,
+        3,
+        "one request per entity stream, no retries"
+    );
     assert_eq!(c["requests"]["retries"], 0);
 }

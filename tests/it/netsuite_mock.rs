@@ -64,6 +64,9 @@ pub struct MockConfig {
     pub credentials: Credentials,
     /// Longest `q` accepted (the real limit is not documented).
     pub max_query_len: usize,
+    /// Added to every answer, like the round trip and query time of a real
+    /// account (benchmarks).
+    pub latency: Duration,
 }
 
 impl Default for MockConfig {
@@ -85,6 +88,7 @@ impl Default for MockConfig {
                 token_secret: "ts~secret%x".into(),
             },
             max_query_len: 100_000,
+            latency: Duration::ZERO,
         }
     }
 }
@@ -921,6 +925,9 @@ async fn suiteql(
     {
         let mut s = st.stats.lock().unwrap();
         s.max_in_flight = s.max_in_flight.max(now_in_flight);
+    }
+    if !st.cfg.latency.is_zero() {
+        tokio::time::sleep(st.cfg.latency).await;
     }
     let response = handle(&st, now_in_flight, method, uri, headers, body).await;
     let mut s = st.stats.lock().unwrap();
@@ -2026,6 +2033,76 @@ fn keyset_key(toks: &[Tok]) -> String {
     key
 }
 
+/// `SELECT MIN(x.c) AS a, MAX(x.c) AS b, COUNT(x.c) AS n FROM ... [WHERE
+/// ...]`: one row of numeric aggregates over the matching rows (what the
+/// connector asks to split a first sync into id ranges); `None` for a query
+/// without aggregates. Mixing aggregates and plain columns is refused, as
+/// SuiteQL does without GROUP BY.
+fn aggregate(db: &Db, stmt: &SelectStmt) -> Result<Option<ResultSet>, String> {
+    let is_agg = |e: &Expr| matches!(e, Expr::Func(f, _) if matches!(f.as_str(), "MIN" | "MAX" | "COUNT"));
+    let n = stmt.items.iter().filter(|(e, _)| is_agg(e)).count();
+    if n == 0 {
+        return Ok(None);
+    }
+    if n != stmt.items.len() {
+        return Err("Search error occurred: ORA-00937: not a single-group group function.".into());
+    }
+    let mut funcs = Vec::new();
+    let mut inner = Vec::new();
+    let mut names = Vec::new();
+    for (i, (e, alias)) in stmt.items.iter().enumerate() {
+        let Expr::Func(f, args) = e else { unreachable!() };
+        let [arg @ Expr::Col(..)] = args.as_slice() else {
+            return Err(format!("Search error occurred: {f} takes one column (mock)."));
+        };
+        funcs.push(f.clone());
+        inner.push((arg.clone(), None));
+        names.push(alias.clone().unwrap_or_else(|| format!("expr{}", i + 1)));
+    }
+    let plain = SelectStmt {
+        items: inner,
+        from: stmt.from.clone(),
+        joins: Vec::new(),
+        conds: stmt.conds.clone(),
+        order: None,
+    };
+    if !stmt.joins.is_empty() {
+        return Err("Search error occurred: aggregates over joins are not supported (mock).".into());
+    }
+    let q = compile(db, &plain)?;
+    let main = q.tables[0];
+    let mut acc: Vec<(Option<i64>, Option<i64>, u64)> = vec![(None, None, 0); funcs.len()];
+    for row in main.rows.values() {
+        let single = [Some(row)];
+        if !q.pre.iter().chain(q.post.iter()).all(|c| test_cond(db, c, &single)) {
+            continue;
+        }
+        for (i, (e, _)) in q.items.iter().enumerate() {
+            let Some(v) = eval(db, e, &single) else { continue };
+            let a = &mut acc[i];
+            a.2 += 1;
+            if let Ok(x) = v.parse::<i64>() {
+                a.0 = Some(a.0.map_or(x, |m| m.min(x)));
+                a.1 = Some(a.1.map_or(x, |m| m.max(x)));
+            }
+        }
+    }
+    let row = funcs
+        .iter()
+        .zip(&acc)
+        .map(|(f, (lo, hi, n))| match f.as_str() {
+            "MIN" => lo.map(|v| v.to_string()),
+            "MAX" => hi.map(|v| v.to_string()),
+            _ => Some(n.to_string()),
+        })
+        .collect();
+    Ok(Some(ResultSet {
+        names,
+        rows: vec![row],
+        total: 1,
+    }))
+}
+
 /// A query result: column names, the rows of the requested window (NULL as
 /// `None`) and the number of matching rows.
 struct ResultSet {
@@ -2041,6 +2118,9 @@ fn execute(db: &Db, sql: &str, limit: usize, offset: usize) -> Result<ResultSet,
         pos: 0,
     }
     .select()?;
+    if let Some(rs) = aggregate(db, &stmt)? {
+        return Ok(rs);
+    }
     let mut q = compile(db, &stmt)?;
     let main = q.tables[0];
     let id_col = main.col("id");

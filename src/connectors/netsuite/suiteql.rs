@@ -125,6 +125,9 @@ pub enum Scope<'a> {
     ModifiedSince(Option<Timestamp>),
     /// Rows of these customers (numeric ids, validated by the caller's type).
     Customers(&'a [u64]),
+    /// Rows with an id at most this one (a range of a partitioned first
+    /// sync; the keyset bound is its lower end).
+    UpTo(u64),
 }
 
 fn datetime_literal(ts: Timestamp, tz: &FixedOffset) -> String {
@@ -155,6 +158,7 @@ fn where_clause(
             datetime_literal(since, tz)
         )),
         Scope::ModifiedSince(None) => {}
+        Scope::UpTo(last) => conds.push(format!("{alias}.id <= {last}")),
         Scope::Customers(ids) => conds.push(format!(
             "{alias}.entity IN ({})",
             ids.iter()
@@ -168,7 +172,7 @@ fn where_clause(
 }
 
 /// The customer page query.
-pub fn customers_query(s: &QuerySettings, since: Option<Timestamp>, after_id: u64) -> String {
+pub fn customers_query(s: &QuerySettings, scope: Scope<'_>, after_id: u64) -> String {
     let mut cols = vec![
         "c.id".to_string(),
         "c.entityid".into(),
@@ -194,13 +198,7 @@ pub fn customers_query(s: &QuerySettings, since: Option<Timestamp>, after_id: u6
          LEFT JOIN customersubsidiaryrelationship r ON r.entity = c.id AND r.isprimarysub = 'T' \
          LEFT JOIN currency cur ON cur.id = c.currency {}",
         cols.join(", "),
-        where_clause(
-            "c",
-            Scope::ModifiedSince(since),
-            after_id,
-            &s.tz,
-            Vec::new()
-        )
+        where_clause("c", scope, after_id, &s.tz, Vec::new())
     )
 }
 
@@ -240,6 +238,23 @@ pub fn records_query(s: &QuerySettings, entity: Entity, scope: Scope<'_>, after_
         cols.join(", "),
         where_clause("t", scope, after_id, &s.tz, vec![type_cond])
     )
+}
+
+/// The smallest and largest id of `entity` and how many rows it has
+/// (columns `lo`, `hi`, `n`; one row), to split a first sync into id ranges.
+pub fn id_bounds_query(entity: Entity) -> String {
+    match entity {
+        Entity::Customers => {
+            "SELECT MIN(c.id) AS lo, MAX(c.id) AS hi, COUNT(c.id) AS n FROM customer c".to_string()
+        }
+        _ => {
+            let types = transaction_types(entity);
+            format!(
+                "SELECT MIN(t.id) AS lo, MAX(t.id) AS hi, COUNT(t.id) AS n FROM transaction t WHERE t.type IN ({})",
+                quoted_list(types)
+            )
+        }
+    }
 }
 
 /// Deletions of `entity`'s record types at or after `since`, paged by record id.
@@ -516,7 +531,7 @@ mod tests {
     #[test]
     fn customer_query_selects_model_columns_in_account_time() {
         let since = Utc.with_ymd_and_hms(2024, 3, 1, 12, 0, 0).unwrap();
-        let q = customers_query(&settings(), Some(since), 41);
+        let q = customers_query(&settings(), Scope::ModifiedSince(Some(since)), 41);
         assert_eq!(
             q,
             "SELECT c.id, c.entityid, c.companyname, c.firstname, c.lastname, c.isperson, c.email, \
@@ -530,7 +545,7 @@ mod tests {
         );
         let mut s = settings();
         s.intercompany_column = None;
-        let q = customers_query(&s, None, 0);
+        let q = customers_query(&s, Scope::ModifiedSince(None), 0);
         assert!(!q.contains("intercompany"));
         assert!(q.ends_with("WHERE c.id > 0 ORDER BY c.id"), "{q}");
     }
