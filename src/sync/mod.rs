@@ -166,10 +166,7 @@ fn record_outcome(
 /// has not arrived yet are parked by ingest and released when it does). Every
 /// stream finishes what it can; the first error (in entity order) is the
 /// pass's result.
-pub async fn sync_pass(
-    app: &Arc<App>,
-    h: &Arc<ConnectorHandle>,
-) -> Result<PageStats, SyncError> {
+pub async fn sync_pass(app: &Arc<App>, h: &Arc<ConnectorHandle>) -> Result<PageStats, SyncError> {
     let mut tasks = Tasks::default();
     for entity in Entity::ALL {
         let (app, h) = (Arc::clone(app), Arc::clone(h));
@@ -352,7 +349,9 @@ async fn stream(
         // Dropped (and so aborted) if the write below fails.
         let following = more.then(|| prefetch(&h, entity, next.clone()));
         let stats = match &page {
-            Fetched::Customers(p) => commit_page(&app, &h, entity, part, p, ingest::customers).await?,
+            Fetched::Customers(p) => {
+                commit_page(&app, &h, entity, part, p, ingest::customers).await?
+            }
             Fetched::Records(p) => {
                 commit_page(&app, &h, entity, part, p, |tx, ctx, p| {
                     ingest::records(tx, ctx, entity, p)

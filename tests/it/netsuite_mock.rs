@@ -2039,7 +2039,8 @@ fn keyset_key(toks: &[Tok]) -> String {
 /// without aggregates. Mixing aggregates and plain columns is refused, as
 /// SuiteQL does without GROUP BY.
 fn aggregate(db: &Db, stmt: &SelectStmt) -> Result<Option<ResultSet>, String> {
-    let is_agg = |e: &Expr| matches!(e, Expr::Func(f, _) if matches!(f.as_str(), "MIN" | "MAX" | "COUNT"));
+    let is_agg =
+        |e: &Expr| matches!(e, Expr::Func(f, _) if matches!(f.as_str(), "MIN" | "MAX" | "COUNT"));
     let n = stmt.items.iter().filter(|(e, _)| is_agg(e)).count();
     if n == 0 {
         return Ok(None);
@@ -2051,9 +2052,13 @@ fn aggregate(db: &Db, stmt: &SelectStmt) -> Result<Option<ResultSet>, String> {
     let mut inner = Vec::new();
     let mut names = Vec::new();
     for (i, (e, alias)) in stmt.items.iter().enumerate() {
-        let Expr::Func(f, args) = e else { unreachable!() };
+        let Expr::Func(f, args) = e else {
+            unreachable!()
+        };
         let [arg @ Expr::Col(..)] = args.as_slice() else {
-            return Err(format!("Search error occurred: {f} takes one column (mock)."));
+            return Err(format!(
+                "Search error occurred: {f} takes one column (mock)."
+            ));
         };
         funcs.push(f.clone());
         inner.push((arg.clone(), None));
@@ -2067,18 +2072,27 @@ fn aggregate(db: &Db, stmt: &SelectStmt) -> Result<Option<ResultSet>, String> {
         order: None,
     };
     if !stmt.joins.is_empty() {
-        return Err("Search error occurred: aggregates over joins are not supported (mock).".into());
+        return Err(
+            "Search error occurred: aggregates over joins are not supported (mock).".into(),
+        );
     }
     let q = compile(db, &plain)?;
     let main = q.tables[0];
     let mut acc: Vec<(Option<i64>, Option<i64>, u64)> = vec![(None, None, 0); funcs.len()];
     for row in main.rows.values() {
         let single = [Some(row)];
-        if !q.pre.iter().chain(q.post.iter()).all(|c| test_cond(db, c, &single)) {
+        if !q
+            .pre
+            .iter()
+            .chain(q.post.iter())
+            .all(|c| test_cond(db, c, &single))
+        {
             continue;
         }
         for (i, (e, _)) in q.items.iter().enumerate() {
-            let Some(v) = eval(db, e, &single) else { continue };
+            let Some(v) = eval(db, e, &single) else {
+                continue;
+            };
             let a = &mut acc[i];
             a.2 += 1;
             if let Ok(x) = v.parse::<i64>() {

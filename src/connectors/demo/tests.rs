@@ -677,7 +677,12 @@ async fn a_partitioned_first_sync_reads_every_row_once_and_then_what_changed() {
         .map(|i| i.external_id)
         .filter(|id| *id != added.external_id)
         .collect();
-    assert!(seen == expected, "{} read, {} expected", seen.len(), expected.len());
+    assert!(
+        seen == expected,
+        "{} read, {} expected",
+        seen.len(),
+        expected.len()
+    );
     // The incremental stream from `then` brings the deletion and the new one.
     let p = c.fetch_records(Entity::Invoices, &plan.then).await.unwrap();
     assert_eq!(p.deleted, vec![all[3].clone()]);

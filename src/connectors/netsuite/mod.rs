@@ -294,7 +294,9 @@ impl NetsuiteConnector {
         let mut c = StreamCursor::decode(cursor)?;
         if let Some(upto) = c.upto {
             // A range of a partitioned first sync.
-            let resp = self.query(Lane::Poll, &build(Scope::UpTo(upto), c.after_id)).await?;
+            let resp = self
+                .query(Lane::Poll, &build(Scope::UpTo(upto), c.after_id))
+                .await?;
             let mapped = suiteql::map_page(&resp.items, map, key);
             match mapped.max_id.filter(|id| *id > c.after_id) {
                 Some(id) => c.after_id = id,
@@ -637,12 +639,23 @@ mod tests {
         let r = id_ranges(1, 20_000, 10_000, 1000, 4);
         assert_eq!(
             r,
-            vec![(0, 5000), (5000, 10_000), (10_000, 15_000), (15_000, 20_000)]
+            vec![
+                (0, 5000),
+                (5000, 10_000),
+                (10_000, 15_000),
+                (15_000, 20_000)
+            ]
         );
         // Fewer pages than parts: one range per page of rows.
-        assert_eq!(id_ranges(5, 1004, 1500, 1000, 8), vec![(4, 504), (504, 1004)]);
+        assert_eq!(
+            id_ranges(5, 1004, 1500, 1000, 8),
+            vec![(4, 504), (504, 1004)]
+        );
         // An uneven span: the last range ends at hi.
-        assert_eq!(id_ranges(1, 10, 3000, 1000, 3), vec![(0, 4), (4, 8), (8, 10)]);
+        assert_eq!(
+            id_ranges(1, 10, 3000, 1000, 3),
+            vec![(0, 4), (4, 8), (8, 10)]
+        );
         assert_eq!(id_ranges(7, 7, 1, 1000, 4), vec![(6, 7)]);
         assert!(id_ranges(9, 3, 0, 1000, 4).is_empty());
     }
