@@ -67,6 +67,11 @@ pub struct MockConfig {
     /// Added to every answer, like the round trip and query time of a real
     /// account (benchmarks).
     pub latency: Duration,
+    /// A OneWorld account (subsidiaries). Without: no
+    /// `customersubsidiaryrelationship` record and no
+    /// `representingsubsidiary` column, as in a NetSuite account without
+    /// OneWorld.
+    pub oneworld: bool,
 }
 
 impl Default for MockConfig {
@@ -89,6 +94,7 @@ impl Default for MockConfig {
             },
             max_query_len: 100_000,
             latency: Duration::ZERO,
+            oneworld: true,
         }
     }
 }
@@ -270,11 +276,11 @@ impl MockNetsuite {
         let mut t = Totals::default();
         let cust = &db.tables["customer"];
         let inactive = cust.col("isinactive").unwrap();
-        let ic = cust.col(&self.state.cfg.intercompany_column).unwrap();
+        let ic = cust.col(&self.state.cfg.intercompany_column);
         for row in cust.rows.values() {
             t.customers += 1;
             t.inactive += (row[inactive].as_deref() == Some("T")) as usize;
-            t.intercompany += row[ic].is_some() as usize;
+            t.intercompany += ic.is_some_and(|ic| row[ic].is_some()) as usize;
         }
         let txn = &db.tables["transaction"];
         let (ty, total, unpaid) = (
@@ -543,6 +549,8 @@ const CURRENCIES: &[(&str, &str)] = &[
 ];
 const SUBSIDIARIES: &[&str] = &["Parent Company", "Acme US", "Acme EU", "Acme UK"];
 const REGIONS: &[&str] = &["EMEA", "AMER", "APAC"];
+/// The values of the `customlist_tier` custom list.
+pub const TIERS: &[&str] = &["Enterprise", "Mid-Market", "SMB"];
 
 fn fmt_dt(t: NaiveDateTime) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
@@ -645,27 +653,39 @@ fn generate(cfg: &MockConfig) -> Db {
     }
 
     let ic: &str = &cfg.intercompany_column;
-    let mut customer = Table::new(
-        "customer",
-        &[
-            ("id", Ty::Int),
-            ("entityid", Ty::Text),
-            ("companyname", Ty::Text),
-            ("firstname", Ty::Text),
-            ("lastname", Ty::Text),
-            ("isperson", Ty::Bool),
-            ("email", Ty::Text),
-            ("currency", Ty::Ref("currency")),
-            ("balancesearch", Ty::Money),
-            ("isinactive", Ty::Bool),
-            (ic, Ty::Ref("subsidiary")),
-            ("datecreated", Ty::DateTime),
-            ("lastmodifieddate", Ty::DateTime),
-            ("custentity_region", Ty::Text),
-            ("custentity_segment", Ty::Text),
-        ],
+    // A custom list, read by id or (BUILTIN.DF) by its display text.
+    let mut tiers = Table::new(
+        "customlist_tier",
+        &[("id", Ty::Int), ("name", Ty::Text)],
         &[],
     );
+    for (i, name) in TIERS.iter().enumerate() {
+        let id = i as u64 + 1;
+        tiers.insert(id, vec![Some(id.to_string()), Some(name.to_string())]);
+    }
+    let mut customer_cols = vec![
+        ("id", Ty::Int),
+        ("entityid", Ty::Text),
+        ("companyname", Ty::Text),
+        ("firstname", Ty::Text),
+        ("lastname", Ty::Text),
+        ("isperson", Ty::Bool),
+        ("email", Ty::Text),
+        ("currency", Ty::Ref("currency")),
+        ("balancesearch", Ty::Money),
+        ("isinactive", Ty::Bool),
+    ];
+    if cfg.oneworld {
+        customer_cols.push((ic, Ty::Ref("subsidiary")));
+    }
+    customer_cols.extend([
+        ("datecreated", Ty::DateTime),
+        ("lastmodifieddate", Ty::DateTime),
+        ("custentity_region", Ty::Text),
+        ("custentity_segment", Ty::Text),
+        ("custentity_tier", Ty::Ref("customlist_tier")),
+    ]);
+    let mut customer = Table::new("customer", &customer_cols, &[]);
     let mut rel = Table::new(
         "customersubsidiaryrelationship",
         &[
@@ -713,11 +733,12 @@ fn generate(cfg: &MockConfig) -> Db {
             Some(money(&mut rng, -50_000, 2_000_000).normalize().to_string()),
         );
         set("isinactive", tf(rng.random_bool(0.08)));
-        set(
-            ic,
-            rng.random_bool(0.04)
-                .then(|| rng.random_range(2..=4u64).to_string()),
-        );
+        let representing = rng
+            .random_bool(0.04)
+            .then(|| rng.random_range(2..=4u64).to_string());
+        if cfg.oneworld {
+            set(ic, representing);
+        }
         set("datecreated", Some(fmt_dt(created)));
         set("lastmodifieddate", Some(fmt_dt(modified)));
         set(
@@ -728,6 +749,7 @@ fn generate(cfg: &MockConfig) -> Db {
             "custentity_segment",
             Some(if n % 10 == 0 { "Test" } else { "Retail" }.to_string()),
         );
+        set("custentity_tier", Some((n % TIERS.len() + 1).to_string()));
         customer.insert(id, row);
         let primary = rng.random_range(1..=SUBSIDIARIES.len() as u64);
         rel_id += 1;
@@ -838,8 +860,11 @@ fn generate(cfg: &MockConfig) -> Db {
         &[],
     );
     let mut tables = BTreeMap::new();
-    for t in [currency, subsidiary, customer, rel, transaction, deleted] {
+    for t in [currency, subsidiary, customer, tiers, transaction, deleted] {
         tables.insert(t.name, t);
+    }
+    if cfg.oneworld {
+        tables.insert(rel.name, rel);
     }
     Db {
         tables,

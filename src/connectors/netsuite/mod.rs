@@ -138,6 +138,14 @@ impl StreamCursor {
 
 pub struct NetsuiteConnector {
     settings: QuerySettings,
+    /// The settings for an account without OneWorld: no subsidiary join,
+    /// and no `representingsubsidiary` (a OneWorld-only column) when that
+    /// is the intercompany column.
+    single_settings: QuerySettings,
+    /// The `oneworld` option (unset: detect).
+    oneworld: Option<bool>,
+    /// The account turned out to have no OneWorld (or `oneworld = false`).
+    single: std::sync::atomic::AtomicBool,
     signer: auth::Signer,
     client: reqwest::Client,
     /// `<base>/services/rest/query/v1/suiteql?limit=N&offset=0`.
@@ -151,6 +159,17 @@ pub struct NetsuiteConnector {
     /// limit"; before any success, or long after the last one, it means the
     /// credentials are wrong (or were revoked).
     last_success: Mutex<Option<Instant>>,
+}
+
+/// The customer column that marks intercompany customers in OneWorld
+/// accounts; it does not exist without OneWorld.
+const ONEWORLD_INTERCOMPANY_COLUMN: &str = "representingsubsidiary";
+
+/// Whether a refused customer query says the account has no subsidiary
+/// relationships (an account without OneWorld).
+fn lacks_subsidiaries(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("customersubsidiaryrelationship") && m.contains("not found")
 }
 
 /// How long after the last successful request a 401 is still read as
@@ -209,14 +228,28 @@ impl NetsuiteConnector {
             .user_agent(concat!("erpsync/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let settings = QuerySettings {
+            custom_fields: options.custom_fields.clone(),
+            display_fields: options.display_fields.clone(),
+            oneworld: true,
+            intercompany_column: Some(options.intercompany_column.clone())
+                .filter(|c| !c.is_empty()),
+            on_hold_column: options.on_hold_column.clone(),
+            tz: options::parse_timezone(&options.timezone)?,
+        };
+        let single_settings = QuerySettings {
+            oneworld: false,
+            intercompany_column: settings
+                .intercompany_column
+                .clone()
+                .filter(|c| c != ONEWORLD_INTERCOMPANY_COLUMN),
+            ..settings.clone()
+        };
         Ok(NetsuiteConnector {
-            settings: QuerySettings {
-                custom_fields: options.custom_fields.clone(),
-                intercompany_column: Some(options.intercompany_column.clone())
-                    .filter(|c| !c.is_empty()),
-                on_hold_column: options.on_hold_column.clone(),
-                tz: options::parse_timezone(&options.timezone)?,
-            },
+            settings,
+            single_settings,
+            oneworld: options.oneworld,
+            single: std::sync::atomic::AtomicBool::new(options.oneworld == Some(false)),
             signer,
             client,
             endpoint,
@@ -276,6 +309,27 @@ impl NetsuiteConnector {
                 ))
             })
             .await
+    }
+
+    /// One page of the customer stream, with or without subsidiaries.
+    async fn customers_page(
+        &self,
+        cursor: &Cursor,
+        single: bool,
+    ) -> Result<Page<Customer>, ConnectorError> {
+        let s = if single {
+            &self.single_settings
+        } else {
+            &self.settings
+        };
+        self.incremental(
+            Entity::Customers,
+            cursor,
+            |scope, after| suiteql::customers_query(s, scope, after),
+            |row| suiteql::map_customer(row, s),
+            |c| (c.external_id.parse().unwrap_or(0), c.last_modified),
+        )
+        .await
     }
 
     fn since_with_overlap(&self, t: Timestamp) -> Timestamp {
@@ -454,16 +508,28 @@ fn classify_failure(
 
 #[async_trait]
 impl Connector for NetsuiteConnector {
+    /// Customers of an account with OneWorld (subsidiaries) or, once it
+    /// is known to have none (detected, or `oneworld = false`), without.
     async fn fetch_customers(&self, cursor: &Cursor) -> Result<Page<Customer>, ConnectorError> {
-        let s = &self.settings;
-        self.incremental(
-            Entity::Customers,
-            cursor,
-            |scope, after| suiteql::customers_query(s, scope, after),
-            |row| suiteql::map_customer(row, s),
-            |c| (c.external_id.parse().unwrap_or(0), c.last_modified),
-        )
-        .await
+        use std::sync::atomic::Ordering;
+        let single = self.single.load(Ordering::SeqCst);
+        match self.customers_page(cursor, single).await {
+            Err(ConnectorError::Rejected { message, .. })
+                if !single && lacks_subsidiaries(&message) =>
+            {
+                if self.oneworld == Some(true) {
+                    return Err(ConnectorError::Config(format!(
+                        "the account has no subsidiaries ({message}), so it is not a OneWorld account: \
+                         set `oneworld = false` in [connectors.netsuite], or leave `oneworld` unset to detect it"
+                    )));
+                }
+                if !self.single.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(detail = %message, "NetSuite account without OneWorld: reading customers without subsidiaries (set `oneworld = false` to skip this check)");
+                }
+                self.customers_page(cursor, true).await
+            }
+            r => r,
+        }
     }
 
     async fn fetch_records(

@@ -60,6 +60,17 @@ pub struct NetsuiteOptions {
     /// Extra customer columns passed through as `custom.<name>`.
     #[serde(default)]
     pub custom_fields: Vec<String>,
+    /// Custom list or record fields of the customer passed through as
+    /// `custom.<name>` with their display text (`BUILTIN.DF`, e.g.
+    /// `"Enterprise"`) instead of the internal id.
+    #[serde(default)]
+    pub display_fields: Vec<String>,
+    /// Whether the account is a OneWorld account (subsidiaries). Unset:
+    /// detected from the first customer query (an account without
+    /// OneWorld has no `customersubsidiaryrelationship`); `false`: never
+    /// read subsidiaries; `true`: require them (a clear error otherwise).
+    #[serde(default)]
+    pub oneworld: Option<bool>,
     /// Customer column that marks a customer representing a subsidiary
     /// (intercompany). Empty disables the column (non-OneWorld accounts).
     #[serde(default = "default_intercompany_column")]
@@ -156,18 +167,26 @@ impl NetsuiteOptions {
             check.problem("timezone", e);
         }
         let mut seen = std::collections::BTreeSet::new();
-        for name in &self.custom_fields {
+        let fields = self
+            .custom_fields
+            .iter()
+            .map(|f| ("custom_fields", f))
+            .chain(self.display_fields.iter().map(|f| ("display_fields", f)));
+        for (key, name) in fields {
             if !is_identifier(name) {
-                check.problem("custom_fields", format!(
+                check.problem(key, format!(
                     "`{name}` is not a column name (use lower-case letters, digits and _, starting with a letter)"
                 ));
             } else if RESERVED_COLUMNS.contains(&name.as_str()) {
                 check.problem(
-                    "custom_fields",
+                    key,
                     format!("`{name}` is a standard customer column the connector already reads"),
                 );
             } else if !seen.insert(name.as_str()) {
-                check.problem("custom_fields", format!("`{name}` is listed twice"));
+                check.problem(
+                    key,
+                    format!("`{name}` is listed twice (in custom_fields or display_fields)"),
+                );
             }
         }
         if !self.intercompany_column.is_empty() && !is_identifier(&self.intercompany_column) {
@@ -443,6 +462,7 @@ mod tests {
         o.consumer_key_credential = Some("ck".into());
         o.timezone = "Europe/Paris".into();
         o.custom_fields = vec!["custentity_ok".into(), "Bad-Name".into(), "email".into()];
+        o.display_fields = vec!["custentity_ok".into(), "Tier!".into()];
         o.page_size = 5000;
         o.overlap = "5 parsecs".into();
         o.resync_batch_size = 0;
@@ -456,6 +476,8 @@ mod tests {
             "timezone: `Europe/Paris`",
             "`Bad-Name` is not a column name",
             "`email` is a standard customer column",
+            "display_fields: `custentity_ok` is listed twice (in custom_fields or display_fields)",
+            "display_fields: `Tier!` is not a column name",
             "page_size: 5000",
             "overlap:",
             "resync_batch_size: 0",

@@ -89,6 +89,13 @@ pub fn error_text(body: &[u8]) -> (Vec<String>, String) {
 pub struct QuerySettings {
     /// Already validated as simple identifiers.
     pub custom_fields: Vec<String>,
+    /// Custom fields read as their display text (`BUILTIN.DF`); validated
+    /// like `custom_fields`.
+    pub display_fields: Vec<String>,
+    /// Whether the account has subsidiaries (OneWorld): without, the
+    /// customer query neither joins `customersubsidiaryrelationship` nor
+    /// reads a subsidiary.
+    pub oneworld: bool,
     pub intercompany_column: Option<String>,
     pub on_hold_column: Option<String>,
     /// The account's time zone: datetimes in SuiteQL are local to it.
@@ -188,15 +195,26 @@ pub fn customers_query(s: &QuerySettings, scope: Scope<'_>, after_id: u64) -> St
     if let Some(col) = &s.intercompany_column {
         cols.push(format!("c.{col} AS intercompany"));
     }
-    cols.push("BUILTIN.DF(r.subsidiary) AS subsidiary".into());
+    if s.oneworld {
+        cols.push("BUILTIN.DF(r.subsidiary) AS subsidiary".into());
+    }
     cols.push(format!(
         "TO_CHAR(c.lastmodifieddate, {SQL_DATETIME_FMT}) AS lastmodified"
     ));
     cols.extend(s.custom_fields.iter().map(|f| format!("c.{f}")));
+    cols.extend(
+        s.display_fields
+            .iter()
+            .map(|f| format!("BUILTIN.DF(c.{f}) AS {f}")),
+    );
+    let subsidiary_join = if s.oneworld {
+        "LEFT JOIN customersubsidiaryrelationship r ON r.entity = c.id AND r.isprimarysub = 'T' "
+    } else {
+        ""
+    };
     format!(
         "SELECT {} FROM customer c \
-         LEFT JOIN customersubsidiaryrelationship r ON r.entity = c.id AND r.isprimarysub = 'T' \
-         LEFT JOIN currency cur ON cur.id = c.currency {}",
+         {subsidiary_join}LEFT JOIN currency cur ON cur.id = c.currency {}",
         cols.join(", "),
         where_clause("c", scope, after_id, &s.tz, Vec::new())
     )
@@ -377,6 +395,7 @@ pub fn map_customer(row: &Row, s: &QuerySettings) -> Result<Customer, Quarantine
     let custom: BTreeMap<String, String> = s
         .custom_fields
         .iter()
+        .chain(&s.display_fields)
         .filter_map(|f| text(row, f).map(|v| (f.clone(), v)))
         .collect();
     Ok(Customer {
@@ -518,6 +537,8 @@ mod tests {
     fn settings() -> QuerySettings {
         QuerySettings {
             custom_fields: vec!["custentity_region".into()],
+            display_fields: Vec::new(),
+            oneworld: true,
             intercompany_column: Some("representingsubsidiary".into()),
             on_hold_column: None,
             tz: FixedOffset::west_opt(8 * 3600).unwrap(),
