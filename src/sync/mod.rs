@@ -40,6 +40,7 @@ use crate::connectors::{ConnectorError, Cursor, Page};
 use crate::ingest::{self, Ingest, PageStats};
 use crate::model::{Customer, Entity, Record};
 use crate::store::{StoreError, Tx};
+use tokio::sync::{mpsc, oneshot};
 
 pub use crate::ingest::SyncError;
 
@@ -167,16 +168,114 @@ fn record_outcome(
 /// stream finishes what it can; the first error (in entity order) is the
 /// pass's result.
 pub async fn sync_pass(app: &Arc<App>, h: &Arc<ConnectorHandle>) -> Result<PageStats, SyncError> {
+    let (writes, queue) = mpsc::channel(64);
+    let _writer = AbortOnDrop::spawn(writer(Arc::clone(app), Arc::clone(h), queue));
     let mut tasks = Tasks::default();
     for entity in Entity::ALL {
-        let (app, h) = (Arc::clone(app), Arc::clone(h));
-        tasks.spawn(async move { entity_pass(app, h, entity).await });
+        let (app, h, writes) = (Arc::clone(app), Arc::clone(h), writes.clone());
+        tasks.spawn(async move { entity_pass(app, h, writes, entity).await });
     }
+    drop(writes);
     let mut total = PageStats::default();
     for r in tasks.join_all().await {
         total.add(&r?);
     }
     Ok(total)
+}
+
+/// Pages written together in one transaction at most (group commit).
+const MAX_GROUP: usize = 8;
+
+/// One page waiting to be written with the cursor that follows it.
+struct WriteJob {
+    entity: Entity,
+    part: Option<u32>,
+    page: Fetched,
+    done: oneshot::Sender<Result<PageStats, StoreError>>,
+}
+
+/// Writes the pages the streams hand in. Pages that are waiting together
+/// (up to [`MAX_GROUP`]) go into one store transaction, each with its own
+/// cursor, so parallel streams share one durable commit instead of queueing
+/// for one each. A failed group is written again page by page, so each
+/// stream gets the outcome of its own page.
+async fn writer(app: Arc<App>, h: Arc<ConnectorHandle>, mut queue: mpsc::Receiver<WriteJob>) {
+    while let Some(first) = queue.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let grouped = app
+            .store
+            .write(|tx| {
+                let rules = app.rules();
+                let ctx = Ingest {
+                    connector: &h.id,
+                    rules: &rules,
+                    native: &h.native,
+                    now: chrono::Utc::now(),
+                };
+                jobs.iter()
+                    .map(|j| apply_job(tx, &ctx, &h, j))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await;
+        match grouped {
+            Ok(stats) => {
+                for (j, s) in jobs.into_iter().zip(stats) {
+                    let _ = j.done.send(Ok(s));
+                }
+            }
+            Err(e) if jobs.len() == 1 => {
+                let j = jobs.pop().expect("one job");
+                let _ = j.done.send(Err(e));
+            }
+            Err(_) => {
+                for j in jobs {
+                    let r = app
+                        .store
+                        .write(|tx| {
+                            let rules = app.rules();
+                            let ctx = Ingest {
+                                connector: &h.id,
+                                rules: &rules,
+                                native: &h.native,
+                                now: chrono::Utc::now(),
+                            };
+                            apply_job(tx, &ctx, &h, &j)
+                        })
+                        .await;
+                    let _ = j.done.send(r);
+                }
+            }
+        }
+    }
+}
+
+/// Applies one page and stores the cursor that follows it (the stream's,
+/// or range `part`'s) inside the caller's write.
+fn apply_job(
+    tx: &mut Tx<'_>,
+    ctx: &Ingest<'_>,
+    h: &ConnectorHandle,
+    j: &WriteJob,
+) -> Result<PageStats, StoreError> {
+    let (stats, next, has_more) = match &j.page {
+        Fetched::Customers(p) => (ingest::customers(tx, ctx, p)?, &p.next, p.has_more),
+        Fetched::Records(p) => (ingest::records(tx, ctx, j.entity, p)?, &p.next, p.has_more),
+    };
+    match j.part {
+        None => tx.set_cursor(&h.id, j.entity, &next.0)?,
+        Some(part) => {
+            if tx.set_partition_cursor(&h.id, j.entity, part, &next.0, !has_more)? {
+                tracing::info!(connector = %h.id, entity = %j.entity, "every range of the first sync is read; continuing incrementally");
+            }
+        }
+    }
+    Ok(stats)
 }
 
 /// One entity's part of a pass: its partitioned first sync if one is due or
@@ -185,6 +284,7 @@ pub async fn sync_pass(app: &Arc<App>, h: &Arc<ConnectorHandle>) -> Result<PageS
 async fn entity_pass(
     app: Arc<App>,
     h: Arc<ConnectorHandle>,
+    writes: mpsc::Sender<WriteJob>,
     entity: Entity,
 ) -> Result<PageStats, SyncError> {
     let mut total = PageStats::default();
@@ -213,16 +313,16 @@ async fn entity_pass(
     if !open.is_empty() {
         let mut tasks = Tasks::default();
         for r in open {
-            let (app, h) = (Arc::clone(&app), Arc::clone(&h));
+            let (h, writes) = (Arc::clone(&h), writes.clone());
             let start = Cursor(r.cursor);
-            tasks.spawn(async move { stream(app, h, entity, Some(r.part), start).await });
+            tasks.spawn(async move { stream(h, writes, entity, Some(r.part), start).await });
         }
         for r in tasks.join_all().await {
             total.add(&r?.0);
         }
     }
     let cursor = Cursor(app.store.cursor(&h.id, entity)?.unwrap_or_default());
-    let (stats, cursor) = stream(Arc::clone(&app), Arc::clone(&h), entity, None, cursor).await?;
+    let (stats, cursor) = stream(Arc::clone(&h), writes, entity, None, cursor).await?;
     total.add(&stats);
     if let Some(after) = h.connector.verification(entity, &cursor) {
         total.add(&verify_stored(&app, &h, entity, after).await?);
@@ -334,8 +434,8 @@ fn prefetch(
 /// is stored only in the write of the page it follows. Returns the stats and
 /// the stream's cursor at its end.
 async fn stream(
-    app: Arc<App>,
     h: Arc<ConnectorHandle>,
+    writes: mpsc::Sender<WriteJob>,
     entity: Entity,
     part: Option<u32>,
     start: Cursor,
@@ -348,18 +448,17 @@ async fn stream(
         let next = page.next().clone();
         // Dropped (and so aborted) if the write below fails.
         let following = more.then(|| prefetch(&h, entity, next.clone()));
-        let stats = match &page {
-            Fetched::Customers(p) => {
-                commit_page(&app, &h, entity, part, p, ingest::customers).await?
-            }
-            Fetched::Records(p) => {
-                commit_page(&app, &h, entity, part, p, |tx, ctx, p| {
-                    ingest::records(tx, ctx, entity, p)
-                })
-                .await?
-            }
+        let (done, outcome) = oneshot::channel();
+        let job = WriteJob {
+            entity,
+            part,
+            page,
+            done,
         };
-        drop(page);
+        let stats = match writes.send(job).await {
+            Ok(()) => outcome.await.unwrap_or_else(|_| Err(writer_gone())),
+            Err(_) => Err(writer_gone()),
+        }?;
         if stats.newly_excluded > 0 || stats.newly_included > 0 {
             tracing::info!(connector = %h.id, newly_excluded = stats.newly_excluded, newly_included = stats.newly_included, purged = stats.purged, "upstream changes moved customers");
         }
@@ -432,37 +531,8 @@ async fn verify_stored(
     Ok(stats)
 }
 
-/// Applies one page with `apply` and stores the cursor that follows it (the
-/// stream's, or range `part`'s), in one atomic, flushed write. Rules are read inside the write (under the
-/// store's writer lock) so a concurrent reload never races the page.
-async fn commit_page<T>(
-    app: &App,
-    h: &ConnectorHandle,
-    entity: Entity,
-    part: Option<u32>,
-    page: &Page<T>,
-    apply: impl FnOnce(&mut Tx<'_>, &Ingest<'_>, &Page<T>) -> Result<PageStats, StoreError>,
-) -> Result<PageStats, StoreError> {
-    app.store
-        .write(|tx| {
-            let rules = app.rules();
-            let ctx = Ingest {
-                connector: &h.id,
-                rules: &rules,
-                native: &h.native,
-                now: chrono::Utc::now(),
-            };
-            let stats = apply(tx, &ctx, page)?;
-            match part {
-                None => tx.set_cursor(&h.id, entity, &page.next.0)?,
-                Some(part) => {
-                    let done = !page.has_more;
-                    if tx.set_partition_cursor(&h.id, entity, part, &page.next.0, done)? {
-                        tracing::info!(connector = %h.id, %entity, "every range of the first sync is read; continuing incrementally");
-                    }
-                }
-            }
-            Ok(stats)
-        })
-        .await
+/// The pass's writer stopped before answering (the pass is being torn
+/// down).
+fn writer_gone() -> StoreError {
+    StoreError::Rejected("the sync pass's writer stopped".into())
 }
