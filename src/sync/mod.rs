@@ -7,7 +7,9 @@
 //! page is applied by [`ingest`] and written together with the cursor that
 //! follows it in one atomic, flushed store write; while it is written, the
 //! next page of the same stream is already requested (one page of prefetch
-//! per stream). So a crash at any instant loses nothing (the page is re-read)
+//! per stream). One writer task per pass stores the pages that are waiting
+//! from several streams in one transaction (group commit), each with its
+//! own cursor, so parallel streams do not queue for one fsync each. So a crash at any instant loses nothing (the page is re-read)
 //! and duplicates nothing (ingest upserts by id, newer version wins).
 //!
 //! **Partitioned first syncs.** When an entity has no cursor yet and the
