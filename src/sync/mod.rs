@@ -42,7 +42,7 @@ use crate::connectors::{ConnectorError, Cursor, Page};
 use crate::ingest::{self, Ingest, PageStats};
 use crate::model::{Customer, Entity, Record};
 use crate::store::{StoreError, Tx};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use crate::ingest::SyncError;
 
@@ -172,10 +172,17 @@ fn record_outcome(
 pub async fn sync_pass(app: &Arc<App>, h: &Arc<ConnectorHandle>) -> Result<PageStats, SyncError> {
     let (writes, queue) = mpsc::channel(64);
     let _writer = AbortOnDrop::spawn(writer(Arc::clone(app), Arc::clone(h), queue));
+    let (opener, opened) = watch::channel(None);
+    let mut opener = Some(Arc::new(Opener(opener)));
     let mut tasks = Tasks::default();
     for entity in Entity::ALL {
         let (app, h, writes) = (Arc::clone(app), Arc::clone(h), writes.clone());
-        tasks.spawn(async move { entity_pass(app, h, writes, entity).await });
+        // Customers go first; the other streams wait for its first answer.
+        let start = match entity {
+            Entity::Customers => Start::Opens(opener.take().expect("customers come once")),
+            _ => Start::After(opened.clone()),
+        };
+        tasks.spawn(async move { entity_pass(app, h, writes, entity, start).await });
     }
     drop(writes);
     let mut total = PageStats::default();
@@ -183,6 +190,38 @@ pub async fn sync_pass(app: &Arc<App>, h: &Arc<ConnectorHandle>) -> Result<PageS
         total.add(&r?);
     }
     Ok(total)
+}
+
+/// How a stream starts in a pass. The first request of a pass goes alone
+/// (the customer stream's): when upstream refuses it (wrong credentials, a
+/// token to reconnect, a used-up quota), the other streams send nothing;
+/// once it is answered, they all run.
+enum Start {
+    Opens(Arc<Opener>),
+    After(watch::Receiver<Option<bool>>),
+}
+
+/// Says whether the first request of the pass was answered; the first word
+/// counts. Dropped without a word: not answered.
+struct Opener(watch::Sender<Option<bool>>);
+
+impl Opener {
+    fn settle(&self, answered: bool) {
+        self.0.send_if_modified(|v| {
+            if v.is_none() {
+                *v = Some(answered);
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+impl Drop for Opener {
+    fn drop(&mut self) {
+        self.settle(false);
+    }
 }
 
 /// Pages written together in one transaction at most (group commit).
@@ -288,19 +327,38 @@ async fn entity_pass(
     h: Arc<ConnectorHandle>,
     writes: mpsc::Sender<WriteJob>,
     entity: Entity,
+    start: Start,
 ) -> Result<PageStats, SyncError> {
     let mut total = PageStats::default();
+    let opener = match start {
+        Start::Opens(o) => Some(o),
+        Start::After(mut opened) => {
+            let answered = opened
+                .wait_for(|v| v.is_some())
+                .await
+                .map(|v| *v == Some(true))
+                .unwrap_or(false);
+            if !answered {
+                // The pass's first request failed: its error is the pass's.
+                return Ok(total);
+            }
+            None
+        }
+    };
     let mut ranges = app.store.partitions(&h.id, entity)?;
     if ranges.is_empty() && app.store.cursor(&h.id, entity)?.is_none() {
         // A first sync: split it when the connector can and the budget
         // allows more than one request at a time.
         let parts = h.budget.limits().max_concurrency as usize;
         if parts > 1 {
-            let plan = h
-                .connector
-                .partition(entity, parts)
-                .await
-                .map_err(|source| SyncError::Connector { entity, source })?;
+            let plan = h.connector.partition(entity, parts).await;
+            // `None` may come without a request: the first page decides.
+            match (&opener, &plan) {
+                (Some(o), Err(_)) => o.settle(false),
+                (Some(o), Ok(Some(_))) => o.settle(true),
+                _ => {}
+            }
+            let plan = plan.map_err(|source| SyncError::Connector { entity, source })?;
             if let Some(plan) = plan.filter(|p| !p.ranges.is_empty()) {
                 let starts: Vec<String> = plan.ranges.iter().map(|c| c.0.clone()).collect();
                 app.store
@@ -315,16 +373,17 @@ async fn entity_pass(
     if !open.is_empty() {
         let mut tasks = Tasks::default();
         for r in open {
-            let (h, writes) = (Arc::clone(&h), writes.clone());
+            let (h, writes, opener) = (Arc::clone(&h), writes.clone(), opener.clone());
             let start = Cursor(r.cursor);
-            tasks.spawn(async move { stream(h, writes, entity, Some(r.part), start).await });
+            tasks
+                .spawn(async move { stream(h, writes, entity, Some(r.part), start, opener).await });
         }
         for r in tasks.join_all().await {
             total.add(&r?.0);
         }
     }
     let cursor = Cursor(app.store.cursor(&h.id, entity)?.unwrap_or_default());
-    let (stats, cursor) = stream(Arc::clone(&h), writes, entity, None, cursor).await?;
+    let (stats, cursor) = stream(Arc::clone(&h), writes, entity, None, cursor, opener).await?;
     total.add(&stats);
     if let Some(after) = h.connector.verification(entity, &cursor) {
         total.add(&verify_stored(&app, &h, entity, after).await?);
@@ -441,11 +500,16 @@ async fn stream(
     entity: Entity,
     part: Option<u32>,
     start: Cursor,
+    opener: Option<Arc<Opener>>,
 ) -> Result<(PageStats, Cursor), SyncError> {
     let mut total = PageStats::default();
     let mut pending = prefetch(&h, entity, start);
     loop {
-        let page = pending.join().await?;
+        let page = pending.join().await;
+        if let Some(o) = &opener {
+            o.settle(page.is_ok());
+        }
+        let page = page?;
         let more = page.has_more();
         let next = page.next().clone();
         // Dropped (and so aborted) if the write below fails.

@@ -302,6 +302,17 @@ async fn records_read_before_their_customers_are_parked_and_released() {
     assert!(stats.unparked > 0 && stats.dropped > 0, "{stats:?}");
     assert_eq!(stats.unparked + stats.dropped, stats.parked);
     assert_eq!(store.parked_count("demo").unwrap(), 0);
+    // Released records count as synced, those of excluded customers as
+    // dropped.
+    let counted = |k: &str| store.counter("demo", k).unwrap();
+    assert_eq!(
+        counted("synced_invoices") + counted("synced_transactions"),
+        stats.unparked
+    );
+    assert_eq!(
+        counted("dropped_invoices") + counted("dropped_transactions"),
+        stats.dropped
+    );
     drop(app);
     tokio::task::block_in_place(|| assert_equals_erp(&store, &opts));
 }
