@@ -9,7 +9,10 @@
 //! next page of the same stream is already requested (one page of prefetch
 //! per stream). One writer task per pass stores the pages that are waiting
 //! from several streams in one transaction (group commit), each with its
-//! own cursor, so parallel streams do not queue for one fsync each. So a crash at any instant loses nothing (the page is re-read)
+//! own cursor, so parallel streams do not queue for one fsync each. A pass's
+//! first request (the customer stream's) goes alone: the other streams
+//! start when it is answered, so a refused login, a token to reconnect or a
+//! used-up quota costs one request, not one per stream. So a crash at any instant loses nothing (the page is re-read)
 //! and duplicates nothing (ingest upserts by id, newer version wins).
 //!
 //! **Partitioned first syncs.** When an entity has no cursor yet and the
