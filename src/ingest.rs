@@ -168,6 +168,8 @@ pub fn customers(tx: &mut Tx<'_>, ctx: &Ingest<'_>, page: &Page<Customer>) -> Re
             for r in &parked {
                 if tx.upsert_record(ctx.connector, r, false)? != Upsert::Stale {
                     stats.unparked += 1;
+                    // Stored now: counted like a record stored on arrival.
+                    tx.add_counter(ctx.connector, &format!("synced_{}", r.entity()), 1)?;
                 }
             }
         }

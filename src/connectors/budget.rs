@@ -167,6 +167,9 @@ struct QuotaState {
     parked: Option<(Instant, chrono::DateTime<chrono::Utc>)>,
     /// When the last paced request was let through.
     last_paced: Option<Instant>,
+    /// The ERP's last `Retry-After`: no request of any stream is sent
+    /// before then (not only the retry of the refused one).
+    hold_until: Option<Instant>,
 }
 
 /// What the quota gate decided for the next request.
@@ -221,6 +224,7 @@ impl Budget {
                 erp_minute: None,
                 parked: None,
                 last_paced: None,
+                hold_until: None,
             }),
         })
     }
@@ -324,6 +328,11 @@ impl Budget {
                 return Gate::Park(until);
             }
             q.parked = None;
+        }
+        match q.hold_until {
+            Some(until) if until > now => return Gate::Wait(until - now),
+            Some(_) => q.hold_until = None,
+            None => {}
         }
         let origin = q.origin;
         q.day.expire(origin, now);
@@ -487,12 +496,25 @@ impl Budget {
                         .unwrap_or(Duration::ZERO)
                         .min(self.limits.max_retry_wait);
                     let delay = delay.max(wait);
+                    if !wait.is_zero() {
+                        self.hold(wait);
+                    }
                     self.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(error = %e, delay_ms = delay.as_millis() as u64, "retrying upstream request");
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Holds every request of this budget for `wait` (an ERP's
+    /// `Retry-After` applies to the account, not to one request).
+    fn hold(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut q = self.quota.lock().expect("poisoned");
+        if q.hold_until.is_none_or(|t| t < until) {
+            q.hold_until = Some(until);
         }
     }
 
@@ -621,6 +643,33 @@ mod tests {
             .await;
         assert_eq!(r.unwrap(), 7);
         assert!(start.elapsed() >= Duration::from_secs(30));
+        assert_eq!(b.stats().rate_limited, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_holds_every_stream_not_only_the_refused_request() {
+        let b = Budget::new(fast());
+        let start = tokio::time::Instant::now();
+        let refused = AtomicU32::new(0);
+        let first = b.call(Lane::Poll, || async {
+            if refused.fetch_add(1, Ordering::SeqCst) == 0 {
+                Err(ConnectorError::RateLimited {
+                    retry_after: Some(Duration::from_secs(20)),
+                })
+            } else {
+                Ok(tokio::time::Instant::now())
+            }
+        });
+        // A second stream asks a moment after the refusal.
+        let second = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            b.call(Lane::Poll, || async { Ok(tokio::time::Instant::now()) })
+                .await
+        };
+        let (a, c) = tokio::join!(first, second);
+        assert!(a.unwrap() - start >= Duration::from_secs(20));
+        let sent = c.unwrap() - start;
+        assert!(sent >= Duration::from_secs(20), "sent after {sent:?}");
         assert_eq!(b.stats().rate_limited, 1);
     }
 

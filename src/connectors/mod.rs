@@ -85,6 +85,23 @@ impl<T> Page<T> {
     }
 }
 
+/// How a connector splits the first sync of one entity into id ranges read
+/// in parallel ([`Connector::partition`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partitioning {
+    /// The stream's incremental cursor, taken before any range is read: once
+    /// every range is read to its end, the stream continues from here and so
+    /// reads again whatever changed (or was deleted) while the ranges ran.
+    pub then: Cursor,
+    /// One start cursor per range, passed to
+    /// [`fetch_customers`](Connector::fetch_customers) /
+    /// [`fetch_records`](Connector::fetch_records) like any cursor; a range
+    /// ends with its page whose `has_more` is false. Ranges must not
+    /// overlap, and together they must cover every record that exists when
+    /// `then` was taken.
+    pub ranges: Vec<Cursor>,
+}
+
 /// A native exclusion a connector knows: a name used in config and in reasons
 /// (`native:<name>`) and the test on a mapped customer.
 #[derive(Clone, Copy)]
@@ -137,6 +154,19 @@ pub trait Connector: Send + Sync + 'static {
         customer_ids: &[String],
         cursor: &Cursor,
     ) -> Result<Page<Record>, ConnectorError>;
+
+    /// Splits the first sync of `entity` into at most `max_parts` id ranges
+    /// (the engine reads them in parallel, each with its own durable
+    /// cursor), or `None` to read it as one stream: the default, and the
+    /// answer when the entity is too small to be worth it. May send
+    /// requests (a `MIN`/`MAX` query), through the budget like any other.
+    async fn partition(
+        &self,
+        _entity: Entity,
+        _max_parts: usize,
+    ) -> Result<Option<Partitioning>, ConnectorError> {
+        Ok(None)
+    }
 
     /// How many customers one `fetch_records_for_customers` call may name,
     /// bounded by the ERP's query length limits.

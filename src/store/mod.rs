@@ -179,6 +179,15 @@ impl StoreLocation {
     }
 }
 
+/// One id range of a partitioned first sync: where it continues and whether
+/// it is read to its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionCursor {
+    pub part: u32,
+    pub cursor: String,
+    pub done: bool,
+}
+
 /// A customer as kept in the store: the upstream record plus its current
 /// classification.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -664,6 +673,26 @@ impl Store {
             )?
             .map(|r| r.text(0))
             .transpose()
+        })
+    }
+
+    /// The id ranges of `entity`'s partitioned first sync, by part number;
+    /// empty when none is in progress (never started, or every range done).
+    pub fn partitions(&self, connector: &str, entity: Entity) -> Result<Vec<PartitionCursor>> {
+        self.read(|c| {
+            c.query(
+                "SELECT part, cursor, done FROM partitions WHERE connector = ? AND entity = ? ORDER BY part",
+                &params![connector, entity.as_str()],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(PartitionCursor {
+                    part: r.u64(0)? as u32,
+                    cursor: r.text(1)?,
+                    done: r.bool(2)?,
+                })
+            })
+            .collect()
         })
     }
 

@@ -12,7 +12,7 @@
 //! tables.
 
 /// `(version, statements)`, in order.
-pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4), (6, V6)];
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4), (5, V5), (6, V6)];
 
 /// The newest schema version this build knows.
 pub const SCHEMA_VERSION: i64 = 6;
@@ -135,6 +135,21 @@ CREATE TABLE resync_seen (
     entity TEXT NOT NULL,
     id TEXT NOT NULL,
     PRIMARY KEY (batch, entity, id)
+) {WR};
+"#;
+
+/// Partitioned first syncs: one durable cursor per id range of an entity
+/// stream while its first sync reads the ranges in parallel. The rows of a
+/// stream exist only until its last range is done; the stream's incremental
+/// cursor (`cursors`) is written with them, before the first range is read.
+const V5: &str = r#"
+CREATE TABLE partitions (
+    connector TEXT NOT NULL,
+    entity TEXT NOT NULL,
+    part {INT} NOT NULL,
+    cursor TEXT NOT NULL,
+    done {BOOL} NOT NULL,
+    PRIMARY KEY (connector, entity, part)
 ) {WR};
 "#;
 

@@ -1142,6 +1142,74 @@ impl<'a> Tx<'a> {
         Ok(())
     }
 
+    /// Starts a partitioned first sync of `entity`: stores the stream's
+    /// incremental cursor `then` (taken before any range is read, so the
+    /// incremental reads that follow miss nothing changed meanwhile) and one
+    /// range cursor per entry of `ranges`, all not done. Replaces a previous
+    /// plan of the same stream.
+    pub fn start_partitions(
+        &mut self,
+        conn: &str,
+        e: Entity,
+        then: &str,
+        ranges: &[String],
+    ) -> Result<()> {
+        self.conn.exec(
+            "DELETE FROM partitions WHERE connector = ? AND entity = ?",
+            &params![conn, e.as_str()],
+        )?;
+        for (part, cursor) in ranges.iter().enumerate() {
+            self.conn.exec(
+                "INSERT INTO partitions (connector, entity, part, cursor, done) VALUES (?, ?, ?, ?, ?)",
+                &params![conn, e.as_str(), part as u64, cursor, false],
+            )?;
+        }
+        self.set_cursor(conn, e, then)
+    }
+
+    /// Stores where range `part` of `entity`'s partitioned first sync
+    /// continues (in the write of the page it follows). When `done` and
+    /// every other range is done too, the ranges are forgotten and `true`
+    /// comes back: the stream goes on from its incremental cursor.
+    pub fn set_partition_cursor(
+        &mut self,
+        conn: &str,
+        e: Entity,
+        part: u32,
+        cursor: &str,
+        done: bool,
+    ) -> Result<bool> {
+        let n = self.conn.exec(
+            "UPDATE partitions SET cursor = ?, done = ? WHERE connector = ? AND entity = ? AND part = ?",
+            &params![cursor, done, conn, e.as_str(), part as u64],
+        )?;
+        if n != 1 {
+            return Err(StoreError::Rejected(format!(
+                "no range {part} of a partitioned {e} sync of connector `{conn}`"
+            )));
+        }
+        if !done {
+            return Ok(false);
+        }
+        let open = self
+            .conn
+            .query_opt(
+                "SELECT COUNT(*) FROM partitions WHERE connector = ? AND entity = ? AND NOT done",
+                &params![conn, e.as_str()],
+            )?
+            .map(|r| r.u64(0))
+            .transpose()?
+            .unwrap_or(0);
+        if open > 0 {
+            return Ok(false);
+        }
+        self.conn.exec(
+            "DELETE FROM partitions WHERE connector = ? AND entity = ?",
+            &params![conn, e.as_str()],
+        )?;
+        Ok(true)
+    }
+
     /// Adds to a counter (written at commit).
     pub fn add_counter(&mut self, conn: &str, name: &str, delta: u64) -> Result<()> {
         if delta == 0 {

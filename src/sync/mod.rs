@@ -1,11 +1,33 @@
 //! The sync scheduler: one poller task per connector.
 //!
-//! A pass reads customers first, then invoices, then transactions, each from
-//! its stored cursor, page by page. Each page is applied by [`ingest`] and
-//! written together with the cursor that follows it in one atomic, flushed
-//! store write, before the next page is requested. So a crash at any instant
-//! loses nothing (the page is re-read) and duplicates nothing (ingest upserts
-//! by id, newer version wins).
+//! A pass reads customers, invoices and transactions as independent streams
+//! side by side, each from its stored cursor, page by page: records whose
+//! customer has not arrived yet are parked by [`ingest`] and released (or
+//! dropped) when it does, so the order between streams does not matter. Each
+//! page is applied by [`ingest`] and written together with the cursor that
+//! follows it in one atomic, flushed store write; while it is written, the
+//! next page of the same stream is already requested (one page of prefetch
+//! per stream). One writer task per pass stores the pages that are waiting
+//! from several streams in one transaction (group commit), each with its
+//! own cursor, so parallel streams do not queue for one fsync each. A pass's
+//! first request (the customer stream's) goes alone: the other streams
+//! start when it is answered, so a refused login, a token to reconnect or a
+//! used-up quota costs one request, not one per stream. So a crash at any instant loses nothing (the page is re-read)
+//! and duplicates nothing (ingest upserts by id, newer version wins).
+//!
+//! **Partitioned first syncs.** When an entity has no cursor yet and the
+//! connector can split it ([`Connector::partition`](crate::connectors::Connector::partition)),
+//! its first sync is read as id ranges in parallel, each with its own durable
+//! cursor (`Store::partitions`); the stream's incremental cursor is taken
+//! and stored before the first range is read, and the stream continues from
+//! it once the last range is done. A crash resumes every range where it
+//! stopped.
+//!
+//! **Budget.** The engine opens as many streams as there are, but every
+//! request goes through the connector's [`Budget`](crate::connectors::Budget):
+//! never more than `max_concurrency` in flight, never above the rate,
+//! `Retry-After` honoured by every stream, resync's share kept while polling
+//! is busy.
 //!
 //! The scheduler does not retry by itself: the connector's
 //! [`Budget`](crate::connectors::Budget) does. A pass that still fails is
@@ -21,8 +43,9 @@ use std::time::{Duration, Instant};
 use crate::app::{App, ConnectorHandle, ConnectorStatus, LastError, Reconnect, WorkerState};
 use crate::connectors::{ConnectorError, Cursor, Page};
 use crate::ingest::{self, Ingest, PageStats};
-use crate::model::Entity;
+use crate::model::{Customer, Entity, Record};
 use crate::store::{StoreError, Tx};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use crate::ingest::SyncError;
 
@@ -152,50 +175,383 @@ fn record_outcome(
     }
 }
 
-/// One full pass over all entities of a connector.
-pub async fn sync_pass(app: &App, h: &ConnectorHandle) -> Result<PageStats, SyncError> {
-    let mut total = PageStats::default();
+/// One full pass over all entities of a connector: customers, invoices and
+/// transactions as independent streams, side by side (records whose customer
+/// has not arrived yet are parked by ingest and released when it does). Every
+/// stream finishes what it can; the first error (in entity order) is the
+/// pass's result.
+pub async fn sync_pass(app: &Arc<App>, h: &Arc<ConnectorHandle>) -> Result<PageStats, SyncError> {
+    let (writes, queue) = mpsc::channel(64);
+    let _writer = AbortOnDrop::spawn(writer(Arc::clone(app), Arc::clone(h), queue));
+    let (opener, opened) = watch::channel(None);
+    let mut opener = Some(Arc::new(Opener(opener)));
+    let mut tasks = Tasks::default();
     for entity in Entity::ALL {
-        let mut cursor = Cursor(app.store.cursor(&h.id, entity)?.unwrap_or_default());
-        loop {
-            let (stats, next, more) = match entity {
-                Entity::Customers => {
-                    let page = h
-                        .connector
-                        .fetch_customers(&cursor)
-                        .await
-                        .map_err(|source| SyncError::Connector { entity, source })?;
-                    let stats = commit_page(app, h, entity, &page, ingest::customers).await?;
-                    (stats, page.next, page.has_more)
-                }
-                Entity::Invoices | Entity::Transactions => {
-                    let page = h
-                        .connector
-                        .fetch_records(entity, &cursor)
-                        .await
-                        .map_err(|source| SyncError::Connector { entity, source })?;
-                    let stats = commit_page(app, h, entity, &page, |tx, ctx, p| {
-                        ingest::records(tx, ctx, entity, p)
-                    })
-                    .await?;
-                    (stats, page.next, page.has_more)
-                }
-            };
-            if stats.newly_excluded > 0 || stats.newly_included > 0 {
-                tracing::info!(connector = %h.id, newly_excluded = stats.newly_excluded, newly_included = stats.newly_included, purged = stats.purged, "upstream changes moved customers");
-            }
-            h.update_status(|s| s.session.entry(entity).or_default().add(&stats));
-            total.add(&stats);
-            cursor = next;
-            if !more {
-                break;
-            }
-        }
-        if let Some(after) = h.connector.verification(entity, &cursor) {
-            total.add(&verify_stored(app, h, entity, after).await?);
-        }
+        let (app, h, writes) = (Arc::clone(app), Arc::clone(h), writes.clone());
+        // Customers go first; the other streams wait for its first answer.
+        let start = match entity {
+            Entity::Customers => Start::Opens(opener.take().expect("customers come once")),
+            _ => Start::After(opened.clone()),
+        };
+        tasks.spawn(async move { entity_pass(app, h, writes, entity, start).await });
+    }
+    drop(writes);
+    let mut total = PageStats::default();
+    for r in tasks.join_all().await {
+        total.add(&r?);
     }
     Ok(total)
+}
+
+/// How a stream starts in a pass. The first request of a pass goes alone
+/// (the customer stream's): when upstream refuses it (wrong credentials, a
+/// token to reconnect, a used-up quota), the other streams send nothing;
+/// once it is answered, they all run.
+enum Start {
+    Opens(Arc<Opener>),
+    After(watch::Receiver<Option<bool>>),
+}
+
+/// Says whether the first request of the pass was answered; the first word
+/// counts. Dropped without a word: not answered.
+struct Opener(watch::Sender<Option<bool>>);
+
+impl Opener {
+    fn settle(&self, answered: bool) {
+        self.0.send_if_modified(|v| {
+            if v.is_none() {
+                *v = Some(answered);
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+impl Drop for Opener {
+    fn drop(&mut self) {
+        self.settle(false);
+    }
+}
+
+/// Pages written together in one transaction at most (group commit).
+const MAX_GROUP: usize = 8;
+
+/// One page waiting to be written with the cursor that follows it.
+struct WriteJob {
+    entity: Entity,
+    part: Option<u32>,
+    page: Fetched,
+    done: oneshot::Sender<Result<PageStats, StoreError>>,
+}
+
+/// Writes the pages the streams hand in. Pages that are waiting together
+/// (up to [`MAX_GROUP`]) go into one store transaction, each with its own
+/// cursor, so parallel streams share one durable commit instead of queueing
+/// for one each. A failed group is written again page by page, so each
+/// stream gets the outcome of its own page.
+async fn writer(app: Arc<App>, h: Arc<ConnectorHandle>, mut queue: mpsc::Receiver<WriteJob>) {
+    while let Some(first) = queue.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let grouped = app
+            .store
+            .write(|tx| {
+                let rules = app.rules();
+                let ctx = Ingest {
+                    connector: &h.id,
+                    rules: &rules,
+                    native: &h.native,
+                    now: chrono::Utc::now(),
+                };
+                jobs.iter()
+                    .map(|j| apply_job(tx, &ctx, &h, j))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await;
+        match grouped {
+            Ok(stats) => {
+                for (j, s) in jobs.into_iter().zip(stats) {
+                    let _ = j.done.send(Ok(s));
+                }
+            }
+            Err(e) if jobs.len() == 1 => {
+                let j = jobs.pop().expect("one job");
+                let _ = j.done.send(Err(e));
+            }
+            Err(_) => {
+                for j in jobs {
+                    let r = app
+                        .store
+                        .write(|tx| {
+                            let rules = app.rules();
+                            let ctx = Ingest {
+                                connector: &h.id,
+                                rules: &rules,
+                                native: &h.native,
+                                now: chrono::Utc::now(),
+                            };
+                            apply_job(tx, &ctx, &h, &j)
+                        })
+                        .await;
+                    let _ = j.done.send(r);
+                }
+            }
+        }
+    }
+}
+
+/// Applies one page and stores the cursor that follows it (the stream's,
+/// or range `part`'s) inside the caller's write.
+fn apply_job(
+    tx: &mut Tx<'_>,
+    ctx: &Ingest<'_>,
+    h: &ConnectorHandle,
+    j: &WriteJob,
+) -> Result<PageStats, StoreError> {
+    let (stats, next, has_more) = match &j.page {
+        Fetched::Customers(p) => (ingest::customers(tx, ctx, p)?, &p.next, p.has_more),
+        Fetched::Records(p) => (ingest::records(tx, ctx, j.entity, p)?, &p.next, p.has_more),
+    };
+    match j.part {
+        None => tx.set_cursor(&h.id, j.entity, &next.0)?,
+        Some(part) => {
+            if tx.set_partition_cursor(&h.id, j.entity, part, &next.0, !has_more)? {
+                tracing::info!(connector = %h.id, entity = %j.entity, "every range of the first sync is read; continuing incrementally");
+            }
+        }
+    }
+    Ok(stats)
+}
+
+/// One entity's part of a pass: its partitioned first sync if one is due or
+/// in progress, then its incremental stream, then verification if the
+/// connector asks for it.
+async fn entity_pass(
+    app: Arc<App>,
+    h: Arc<ConnectorHandle>,
+    writes: mpsc::Sender<WriteJob>,
+    entity: Entity,
+    start: Start,
+) -> Result<PageStats, SyncError> {
+    let mut total = PageStats::default();
+    let opener = match start {
+        Start::Opens(o) => Some(o),
+        Start::After(mut opened) => {
+            let answered = opened
+                .wait_for(|v| v.is_some())
+                .await
+                .map(|v| *v == Some(true))
+                .unwrap_or(false);
+            if !answered {
+                // The pass's first request failed: its error is the pass's.
+                return Ok(total);
+            }
+            None
+        }
+    };
+    let mut ranges = app.store.partitions(&h.id, entity)?;
+    if ranges.is_empty() && app.store.cursor(&h.id, entity)?.is_none() {
+        // A first sync: split it when the connector can and the budget
+        // allows more than one request at a time.
+        let parts = h.budget.limits().max_concurrency as usize;
+        if parts > 1 {
+            let plan = h.connector.partition(entity, parts).await;
+            // `None` may come without a request: the first page decides.
+            match (&opener, &plan) {
+                (Some(o), Err(_)) => o.settle(false),
+                (Some(o), Ok(Some(_))) => o.settle(true),
+                _ => {}
+            }
+            let plan = plan.map_err(|source| SyncError::Connector { entity, source })?;
+            if let Some(plan) = plan.filter(|p| !p.ranges.is_empty()) {
+                let starts: Vec<String> = plan.ranges.iter().map(|c| c.0.clone()).collect();
+                app.store
+                    .write(|tx| tx.start_partitions(&h.id, entity, &plan.then.0, &starts))
+                    .await?;
+                tracing::info!(connector = %h.id, %entity, ranges = starts.len(), "first sync split into id ranges");
+                ranges = app.store.partitions(&h.id, entity)?;
+            }
+        }
+    }
+    let open: Vec<_> = ranges.into_iter().filter(|r| !r.done).collect();
+    if !open.is_empty() {
+        let mut tasks = Tasks::default();
+        for r in open {
+            let (h, writes, opener) = (Arc::clone(&h), writes.clone(), opener.clone());
+            let start = Cursor(r.cursor);
+            tasks
+                .spawn(async move { stream(h, writes, entity, Some(r.part), start, opener).await });
+        }
+        for r in tasks.join_all().await {
+            total.add(&r?.0);
+        }
+    }
+    let cursor = Cursor(app.store.cursor(&h.id, entity)?.unwrap_or_default());
+    let (stats, cursor) = stream(Arc::clone(&h), writes, entity, None, cursor, opener).await?;
+    total.add(&stats);
+    if let Some(after) = h.connector.verification(entity, &cursor) {
+        total.add(&verify_stored(&app, &h, entity, after).await?);
+    }
+    Ok(total)
+}
+
+/// Spawned tasks that are aborted when the set is dropped (a pass cut short
+/// by shutdown or by an error leaves nothing running behind it).
+struct Tasks<T: Send + 'static> {
+    handles: Vec<AbortOnDrop<T>>,
+}
+
+impl<T: Send + 'static> Default for Tasks<T> {
+    fn default() -> Self {
+        Tasks {
+            handles: Vec::new(),
+        }
+    }
+}
+
+impl<T: Send + 'static> Tasks<T> {
+    fn spawn(&mut self, f: impl std::future::Future<Output = T> + Send + 'static) {
+        self.handles.push(AbortOnDrop::spawn(f));
+    }
+
+    /// Every task's output, in spawn order.
+    async fn join_all(self) -> Vec<T> {
+        let mut out = Vec::with_capacity(self.handles.len());
+        for h in self.handles {
+            out.push(h.join().await);
+        }
+        out
+    }
+}
+
+/// A spawned task aborted when its handle is dropped; a panic inside it is
+/// resumed in the task that joins it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T: Send + 'static> AbortOnDrop<T> {
+    /// Spawns `f` under the spawning task's lease, if it works under one
+    /// (the fence is task-local: without this the writes of the group
+    /// commit writer and the streams would not be fenced).
+    fn spawn(f: impl std::future::Future<Output = T> + Send + 'static) -> Self {
+        match crate::store::Fence::current() {
+            Some(fence) => AbortOnDrop(tokio::spawn(fence.scope(f))),
+            None => AbortOnDrop(tokio::spawn(f)),
+        }
+    }
+
+    async fn join(mut self) -> T {
+        match (&mut self.0).await {
+            Ok(v) => v,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only this handle aborts the task, and it is still held.
+            Err(e) => unreachable!("sync task cancelled while joined: {e}"),
+        }
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A fetched page of either kind.
+enum Fetched {
+    Customers(Page<Customer>),
+    Records(Page<Record>),
+}
+
+impl Fetched {
+    fn next(&self) -> &Cursor {
+        match self {
+            Fetched::Customers(p) => &p.next,
+            Fetched::Records(p) => &p.next,
+        }
+    }
+    fn has_more(&self) -> bool {
+        match self {
+            Fetched::Customers(p) => p.has_more,
+            Fetched::Records(p) => p.has_more,
+        }
+    }
+}
+
+/// Requests the page of `entity` after `cursor` in a task of its own, so it
+/// is on its way while the caller writes the page before it.
+fn prefetch(
+    h: &ConnectorHandle,
+    entity: Entity,
+    cursor: Cursor,
+) -> AbortOnDrop<Result<Fetched, SyncError>> {
+    let connector = Arc::clone(&h.connector);
+    AbortOnDrop::spawn(async move {
+        let r = match entity {
+            Entity::Customers => connector
+                .fetch_customers(&cursor)
+                .await
+                .map(Fetched::Customers),
+            Entity::Invoices | Entity::Transactions => connector
+                .fetch_records(entity, &cursor)
+                .await
+                .map(Fetched::Records),
+        };
+        r.map_err(|source| SyncError::Connector { entity, source })
+    })
+}
+
+/// Reads one stream page by page from `start` until it is caught up (or, for
+/// range `part` of a partitioned first sync, read to its end). One page of
+/// prefetch: while a page is written, the next one is requested; its cursor
+/// is stored only in the write of the page it follows. Returns the stats and
+/// the stream's cursor at its end.
+async fn stream(
+    h: Arc<ConnectorHandle>,
+    writes: mpsc::Sender<WriteJob>,
+    entity: Entity,
+    part: Option<u32>,
+    start: Cursor,
+    opener: Option<Arc<Opener>>,
+) -> Result<(PageStats, Cursor), SyncError> {
+    let mut total = PageStats::default();
+    let mut pending = prefetch(&h, entity, start);
+    loop {
+        let page = pending.join().await;
+        if let Some(o) = &opener {
+            o.settle(page.is_ok());
+        }
+        let page = page?;
+        let more = page.has_more();
+        let next = page.next().clone();
+        // Dropped (and so aborted) if the write below fails.
+        let following = more.then(|| prefetch(&h, entity, next.clone()));
+        let (done, outcome) = oneshot::channel();
+        let job = WriteJob {
+            entity,
+            part,
+            page,
+            done,
+        };
+        let stats = match writes.send(job).await {
+            Ok(()) => outcome.await.unwrap_or_else(|_| Err(writer_gone())),
+            Err(_) => Err(writer_gone()),
+        }?;
+        if stats.newly_excluded > 0 || stats.newly_included > 0 {
+            tracing::info!(connector = %h.id, newly_excluded = stats.newly_excluded, newly_included = stats.newly_included, purged = stats.purged, "upstream changes moved customers");
+        }
+        h.update_status(|s| s.session.entry(entity).or_default().add(&stats));
+        total.add(&stats);
+        match following {
+            Some(f) => pending = f,
+            None => return Ok((total, next)),
+        }
+    }
 }
 
 /// Checks every stored record of `entity` against upstream in batches of
@@ -258,28 +614,8 @@ async fn verify_stored(
     Ok(stats)
 }
 
-/// Applies one page with `apply` and stores the cursor that follows it, in
-/// one atomic, flushed write. Rules are read inside the write (under the
-/// store's writer lock) so a concurrent reload never races the page.
-async fn commit_page<T>(
-    app: &App,
-    h: &ConnectorHandle,
-    entity: Entity,
-    page: &Page<T>,
-    apply: impl FnOnce(&mut Tx<'_>, &Ingest<'_>, &Page<T>) -> Result<PageStats, StoreError>,
-) -> Result<PageStats, StoreError> {
-    app.store
-        .write(|tx| {
-            let rules = app.rules();
-            let ctx = Ingest {
-                connector: &h.id,
-                rules: &rules,
-                native: &h.native,
-                now: chrono::Utc::now(),
-            };
-            let stats = apply(tx, &ctx, page)?;
-            tx.set_cursor(&h.id, entity, &page.next.0)?;
-            Ok(stats)
-        })
-        .await
+/// The pass's writer stopped before answering (the pass is being torn
+/// down).
+fn writer_gone() -> StoreError {
+    StoreError::Rejected("the sync pass's writer stopped".into())
 }

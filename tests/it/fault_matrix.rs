@@ -69,7 +69,7 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 /// What the ERP changes between scenarios, seeded: edits of transactions,
 /// new invoices, deletions (with their DeletedRecord rows) and a customer
 /// turning inactive or active again.
-fn change_data(mock: &MockNetsuite, rng: &mut StdRng) {
+pub(crate) fn change_data(mock: &MockNetsuite, rng: &mut StdRng) {
     let txns = mock.ids("transaction", Some("CustInvc"));
     for _ in 0..4 {
         let id = txns[rng.random_range(0..txns.len())];
@@ -133,7 +133,7 @@ fn mock_utc(mock: &MockNetsuite, local: &str) -> DateTime<Utc> {
 }
 
 /// Asserts the store holds exactly the mock's data (see the module docs).
-fn assert_store_equals_mock(store: &Store, mock: &MockNetsuite, what: &str) {
+pub(crate) fn assert_store_equals_mock(store: &Store, mock: &MockNetsuite, what: &str) {
     let inactive = mock.column("customer", None, "isinactive");
     let ic = mock.column("customer", None, &mock.config().intercompany_column.clone());
     let excluded: BTreeMap<String, bool> = inactive
@@ -223,7 +223,7 @@ fn pass_state(d: &Daemon) -> (u64, bool) {
 /// a pass fails (a revoked token issued again) and retrying failed resync
 /// jobs. A change made while a pass ran (between its pages) is the next
 /// pass's to read.
-fn converge(d: &Daemon, mock: &MockNetsuite) {
+pub(crate) fn converge(d: &Daemon, mock: &MockNetsuite) {
     settle(d, mock, 0);
     let n = pass_state(d).0;
     d.client.call("POST", "/api/v1/connectors/ns/sync", None);

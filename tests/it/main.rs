@@ -18,6 +18,7 @@ mod netsuite_daemon;
 mod netsuite_mock;
 mod oauth;
 mod oauth_mock;
+mod parallel;
 mod platform;
 mod quickbooks;
 mod quickbooks_daemon;

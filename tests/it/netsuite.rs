@@ -970,3 +970,138 @@ async fn the_mock_enforces_netsuite_rules() {
     .await;
     assert_eq!(st, 401);
 }
+
+#[tokio::test]
+async fn an_account_without_oneworld_is_detected_and_read_without_subsidiaries() {
+    let mock = MockNetsuite::start(MockConfig {
+        oneworld: false,
+        customers: 40,
+        invoices: 60,
+        payments: 10,
+        credit_memos: 5,
+        ..MockConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // Detected: the first customer query is refused for the missing
+    // subsidiary relationship, the same page is read without it.
+    let c = connector(&mock, dir.path(), "", Budget::new(limits(2)));
+    let p = c.fetch_customers(&Cursor::start()).await.unwrap();
+    assert_eq!(p.items.len(), 40);
+    assert!(p
+        .items
+        .iter()
+        .all(|c| c.subsidiary.is_none() && !c.intercompany));
+    assert_eq!(mock.stats().bad_requests, 1);
+    let q = mock.recent_queries().last().unwrap().clone();
+    assert!(!q.contains("customersubsidiaryrelationship"), "{q}");
+    assert!(!q.contains("representingsubsidiary"), "{q}");
+    // Once known, never asked again.
+    let mut cursor = p.next;
+    loop {
+        let p = c.fetch_customers(&cursor).await.unwrap();
+        cursor = p.next;
+        if !p.has_more {
+            break;
+        }
+    }
+    assert_eq!(mock.stats().bad_requests, 1);
+
+    // `oneworld = false`: no failed query at all.
+    mock.reset_stats();
+    let c = connector(
+        &mock,
+        dir.path(),
+        "oneworld = false",
+        Budget::new(limits(2)),
+    );
+    assert_eq!(
+        c.fetch_customers(&Cursor::start())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        40
+    );
+    assert_eq!(mock.stats().bad_requests, 0);
+
+    // `oneworld = true` on such an account: a clear error naming the option,
+    // nothing read.
+    let c = connector(&mock, dir.path(), "oneworld = true", Budget::new(limits(2)));
+    match c.fetch_customers(&Cursor::start()).await {
+        Err(ConnectorError::Config(m)) => {
+            assert!(m.contains("not a OneWorld account"), "{m}");
+            assert!(
+                m.contains("set `oneworld = false` in [connectors.netsuite]"),
+                "{m}"
+            );
+            assert!(m.contains("customersubsidiaryrelationship"), "{m}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A OneWorld account still reads subsidiaries.
+    let ow = MockNetsuite::start(MockConfig {
+        customers: 20,
+        ..MockConfig::default()
+    })
+    .await;
+    let c = connector(&ow, dir.path(), "", Budget::new(limits(2)));
+    let p = c.fetch_customers(&Cursor::start()).await.unwrap();
+    assert!(p.items.iter().all(|c| c.subsidiary.is_some()));
+    assert_eq!(ow.stats().bad_requests, 0);
+}
+
+#[tokio::test]
+async fn display_fields_pass_custom_list_values_as_their_text() {
+    let mock = MockNetsuite::start(MockConfig {
+        customers: 30,
+        ..MockConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let by_text = connector(
+        &mock,
+        dir.path(),
+        "display_fields = [\"custentity_tier\"]",
+        Budget::new(limits(2)),
+    );
+    let p = by_text.fetch_customers(&Cursor::start()).await.unwrap();
+    let q = mock.recent_queries().last().unwrap().clone();
+    assert!(
+        q.contains("BUILTIN.DF(c.custentity_tier) AS custentity_tier"),
+        "{q}"
+    );
+    let tiers: BTreeSet<&str> = p
+        .items
+        .iter()
+        .map(|c| c.custom["custentity_tier"].as_str())
+        .collect();
+    let all: BTreeSet<&str> = crate::netsuite_mock::TIERS.iter().copied().collect();
+    assert_eq!(tiers, all);
+    // A rule can name the text.
+    let rule = erpsync::rules::Condition::parse(
+        &serde_json::json!(
+            { "field": "custom.custentity_tier", "op": "is", "value": "Enterprise" }
+        ),
+        erpsync::rules::ParseOptions {
+            case_sensitive: true,
+        },
+    )
+    .unwrap();
+    let enterprise = p.items.iter().filter(|c| rule.matches(c)).count();
+    assert_eq!(enterprise, 10);
+
+    // As a plain custom field it is the internal id.
+    let by_id = connector(
+        &mock,
+        dir.path(),
+        "custom_fields = [\"custentity_tier\"]",
+        Budget::new(limits(2)),
+    );
+    let p = by_id.fetch_customers(&Cursor::start()).await.unwrap();
+    assert!(p
+        .items
+        .iter()
+        .all(|c| ["1", "2", "3"].contains(&c.custom["custentity_tier"].as_str())));
+}

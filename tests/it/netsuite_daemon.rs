@@ -161,6 +161,7 @@ async fn a_wrong_secret_is_a_clear_auth_error_without_retry_storm() {
     assert!(msg.contains("authentication failed"), "{msg}");
     assert!(msg.contains("INVALID_LOGIN"), "{msg}");
     assert!(!msg.contains("not-the-secret"));
+    // The first request of a pass goes alone: refused, nothing else is sent.
     assert_eq!(mock.stats().requests, 1, "exactly one request, no retries");
     assert_eq!(c["requests"]["retries"], 0);
 }

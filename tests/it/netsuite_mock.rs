@@ -64,6 +64,14 @@ pub struct MockConfig {
     pub credentials: Credentials,
     /// Longest `q` accepted (the real limit is not documented).
     pub max_query_len: usize,
+    /// Added to every answer, like the round trip and query time of a real
+    /// account (benchmarks).
+    pub latency: Duration,
+    /// A OneWorld account (subsidiaries). Without: no
+    /// `customersubsidiaryrelationship` record and no
+    /// `representingsubsidiary` column, as in a NetSuite account without
+    /// OneWorld.
+    pub oneworld: bool,
 }
 
 impl Default for MockConfig {
@@ -85,6 +93,8 @@ impl Default for MockConfig {
                 token_secret: "ts~secret%x".into(),
             },
             max_query_len: 100_000,
+            latency: Duration::ZERO,
+            oneworld: true,
         }
     }
 }
@@ -266,11 +276,11 @@ impl MockNetsuite {
         let mut t = Totals::default();
         let cust = &db.tables["customer"];
         let inactive = cust.col("isinactive").unwrap();
-        let ic = cust.col(&self.state.cfg.intercompany_column).unwrap();
+        let ic = cust.col(&self.state.cfg.intercompany_column);
         for row in cust.rows.values() {
             t.customers += 1;
             t.inactive += (row[inactive].as_deref() == Some("T")) as usize;
-            t.intercompany += row[ic].is_some() as usize;
+            t.intercompany += ic.is_some_and(|ic| row[ic].is_some()) as usize;
         }
         let txn = &db.tables["transaction"];
         let (ty, total, unpaid) = (
@@ -539,6 +549,8 @@ const CURRENCIES: &[(&str, &str)] = &[
 ];
 const SUBSIDIARIES: &[&str] = &["Parent Company", "Acme US", "Acme EU", "Acme UK"];
 const REGIONS: &[&str] = &["EMEA", "AMER", "APAC"];
+/// The values of the `customlist_tier` custom list.
+pub const TIERS: &[&str] = &["Enterprise", "Mid-Market", "SMB"];
 
 fn fmt_dt(t: NaiveDateTime) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
@@ -641,27 +653,39 @@ fn generate(cfg: &MockConfig) -> Db {
     }
 
     let ic: &str = &cfg.intercompany_column;
-    let mut customer = Table::new(
-        "customer",
-        &[
-            ("id", Ty::Int),
-            ("entityid", Ty::Text),
-            ("companyname", Ty::Text),
-            ("firstname", Ty::Text),
-            ("lastname", Ty::Text),
-            ("isperson", Ty::Bool),
-            ("email", Ty::Text),
-            ("currency", Ty::Ref("currency")),
-            ("balancesearch", Ty::Money),
-            ("isinactive", Ty::Bool),
-            (ic, Ty::Ref("subsidiary")),
-            ("datecreated", Ty::DateTime),
-            ("lastmodifieddate", Ty::DateTime),
-            ("custentity_region", Ty::Text),
-            ("custentity_segment", Ty::Text),
-        ],
+    // A custom list, read by id or (BUILTIN.DF) by its display text.
+    let mut tiers = Table::new(
+        "customlist_tier",
+        &[("id", Ty::Int), ("name", Ty::Text)],
         &[],
     );
+    for (i, name) in TIERS.iter().enumerate() {
+        let id = i as u64 + 1;
+        tiers.insert(id, vec![Some(id.to_string()), Some(name.to_string())]);
+    }
+    let mut customer_cols = vec![
+        ("id", Ty::Int),
+        ("entityid", Ty::Text),
+        ("companyname", Ty::Text),
+        ("firstname", Ty::Text),
+        ("lastname", Ty::Text),
+        ("isperson", Ty::Bool),
+        ("email", Ty::Text),
+        ("currency", Ty::Ref("currency")),
+        ("balancesearch", Ty::Money),
+        ("isinactive", Ty::Bool),
+    ];
+    if cfg.oneworld {
+        customer_cols.push((ic, Ty::Ref("subsidiary")));
+    }
+    customer_cols.extend([
+        ("datecreated", Ty::DateTime),
+        ("lastmodifieddate", Ty::DateTime),
+        ("custentity_region", Ty::Text),
+        ("custentity_segment", Ty::Text),
+        ("custentity_tier", Ty::Ref("customlist_tier")),
+    ]);
+    let mut customer = Table::new("customer", &customer_cols, &[]);
     let mut rel = Table::new(
         "customersubsidiaryrelationship",
         &[
@@ -709,11 +733,12 @@ fn generate(cfg: &MockConfig) -> Db {
             Some(money(&mut rng, -50_000, 2_000_000).normalize().to_string()),
         );
         set("isinactive", tf(rng.random_bool(0.08)));
-        set(
-            ic,
-            rng.random_bool(0.04)
-                .then(|| rng.random_range(2..=4u64).to_string()),
-        );
+        let representing = rng
+            .random_bool(0.04)
+            .then(|| rng.random_range(2..=4u64).to_string());
+        if cfg.oneworld {
+            set(ic, representing);
+        }
         set("datecreated", Some(fmt_dt(created)));
         set("lastmodifieddate", Some(fmt_dt(modified)));
         set(
@@ -724,6 +749,7 @@ fn generate(cfg: &MockConfig) -> Db {
             "custentity_segment",
             Some(if n % 10 == 0 { "Test" } else { "Retail" }.to_string()),
         );
+        set("custentity_tier", Some((n % TIERS.len() + 1).to_string()));
         customer.insert(id, row);
         let primary = rng.random_range(1..=SUBSIDIARIES.len() as u64);
         rel_id += 1;
@@ -834,8 +860,11 @@ fn generate(cfg: &MockConfig) -> Db {
         &[],
     );
     let mut tables = BTreeMap::new();
-    for t in [currency, subsidiary, customer, rel, transaction, deleted] {
+    for t in [currency, subsidiary, customer, tiers, transaction, deleted] {
         tables.insert(t.name, t);
+    }
+    if cfg.oneworld {
+        tables.insert(rel.name, rel);
     }
     Db {
         tables,
@@ -921,6 +950,9 @@ async fn suiteql(
     {
         let mut s = st.stats.lock().unwrap();
         s.max_in_flight = s.max_in_flight.max(now_in_flight);
+    }
+    if !st.cfg.latency.is_zero() {
+        tokio::time::sleep(st.cfg.latency).await;
     }
     let response = handle(&st, now_in_flight, method, uri, headers, body).await;
     let mut s = st.stats.lock().unwrap();
@@ -2026,6 +2058,90 @@ fn keyset_key(toks: &[Tok]) -> String {
     key
 }
 
+/// `SELECT MIN(x.c) AS a, MAX(x.c) AS b, COUNT(x.c) AS n FROM ... [WHERE
+/// ...]`: one row of numeric aggregates over the matching rows (what the
+/// connector asks to split a first sync into id ranges); `None` for a query
+/// without aggregates. Mixing aggregates and plain columns is refused, as
+/// SuiteQL does without GROUP BY.
+fn aggregate(db: &Db, stmt: &SelectStmt) -> Result<Option<ResultSet>, String> {
+    let is_agg =
+        |e: &Expr| matches!(e, Expr::Func(f, _) if matches!(f.as_str(), "MIN" | "MAX" | "COUNT"));
+    let n = stmt.items.iter().filter(|(e, _)| is_agg(e)).count();
+    if n == 0 {
+        return Ok(None);
+    }
+    if n != stmt.items.len() {
+        return Err("Search error occurred: ORA-00937: not a single-group group function.".into());
+    }
+    let mut funcs = Vec::new();
+    let mut inner = Vec::new();
+    let mut names = Vec::new();
+    for (i, (e, alias)) in stmt.items.iter().enumerate() {
+        let Expr::Func(f, args) = e else {
+            unreachable!()
+        };
+        let [arg @ Expr::Col(..)] = args.as_slice() else {
+            return Err(format!(
+                "Search error occurred: {f} takes one column (mock)."
+            ));
+        };
+        funcs.push(f.clone());
+        inner.push((arg.clone(), None));
+        names.push(alias.clone().unwrap_or_else(|| format!("expr{}", i + 1)));
+    }
+    let plain = SelectStmt {
+        items: inner,
+        from: stmt.from.clone(),
+        joins: Vec::new(),
+        conds: stmt.conds.clone(),
+        order: None,
+    };
+    if !stmt.joins.is_empty() {
+        return Err(
+            "Search error occurred: aggregates over joins are not supported (mock).".into(),
+        );
+    }
+    let q = compile(db, &plain)?;
+    let main = q.tables[0];
+    let mut acc: Vec<(Option<i64>, Option<i64>, u64)> = vec![(None, None, 0); funcs.len()];
+    for row in main.rows.values() {
+        let single = [Some(row)];
+        if !q
+            .pre
+            .iter()
+            .chain(q.post.iter())
+            .all(|c| test_cond(db, c, &single))
+        {
+            continue;
+        }
+        for (i, (e, _)) in q.items.iter().enumerate() {
+            let Some(v) = eval(db, e, &single) else {
+                continue;
+            };
+            let a = &mut acc[i];
+            a.2 += 1;
+            if let Ok(x) = v.parse::<i64>() {
+                a.0 = Some(a.0.map_or(x, |m| m.min(x)));
+                a.1 = Some(a.1.map_or(x, |m| m.max(x)));
+            }
+        }
+    }
+    let row = funcs
+        .iter()
+        .zip(&acc)
+        .map(|(f, (lo, hi, n))| match f.as_str() {
+            "MIN" => lo.map(|v| v.to_string()),
+            "MAX" => hi.map(|v| v.to_string()),
+            _ => Some(n.to_string()),
+        })
+        .collect();
+    Ok(Some(ResultSet {
+        names,
+        rows: vec![row],
+        total: 1,
+    }))
+}
+
 /// A query result: column names, the rows of the requested window (NULL as
 /// `None`) and the number of matching rows.
 struct ResultSet {
@@ -2041,6 +2157,9 @@ fn execute(db: &Db, sql: &str, limit: usize, offset: usize) -> Result<ResultSet,
         pos: 0,
     }
     .select()?;
+    if let Some(rs) = aggregate(db, &stmt)? {
+        return Ok(rs);
+    }
     let mut q = compile(db, &stmt)?;
     let main = q.tables[0];
     let id_col = main.col("id");

@@ -371,6 +371,38 @@ impl<T: Row> Table<T> {
         Some(old)
     }
 
+    /// Up to `limit` live rows with an id after `after` and at most `upto`,
+    /// by id; the flag says whether more remain in that range.
+    fn in_range(&self, after: Option<&str>, upto: &str, limit: usize) -> (Vec<T>, bool) {
+        let lower = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_owned()));
+        let mut rows = self
+            .rows
+            .range::<String, _>((lower, Bound::Included(upto.to_owned())));
+        let out: Vec<T> = rows.by_ref().take(limit).map(|(_, r)| r.clone()).collect();
+        (out, rows.next().is_some())
+    }
+
+    /// Ids splitting the live rows into at most `parts` ranges of about the
+    /// same number of rows: the last id of each range, in order.
+    fn split_ids(&self, parts: usize) -> Vec<String> {
+        let n = self.rows.len();
+        if n == 0 || parts == 0 {
+            return Vec::new();
+        }
+        let per = n.div_ceil(parts);
+        self.rows
+            .keys()
+            .enumerate()
+            .filter(|(i, _)| (i + 1) % per == 0 || i + 1 == n)
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+
+    /// The position of the newest entry of the change stream.
+    fn stream_end(&self) -> Option<StreamKey> {
+        self.stream.keys().next_back().cloned()
+    }
+
     /// Up to `limit` stream entries strictly after `after`.
     fn changes_after(&self, after: Option<&StreamKey>, limit: usize) -> Changes<T> {
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
@@ -1081,6 +1113,69 @@ impl DemoErp {
                 s.transactions.changes_after(after, limit),
                 Record::Transaction,
             ),
+            Entity::Customers => unreachable!("the connector routes customers elsewhere"),
+        }
+    }
+
+    /// A first sync of `entity` split into at most `parts` id ranges of
+    /// about `rows / parts` live rows each: the change-stream position an
+    /// incremental read continues from afterwards (taken under the same lock,
+    /// so nothing falls between), and the last id of each range; `None` for
+    /// an empty entity.
+    pub(super) fn partition(
+        &self,
+        entity: Entity,
+        parts: usize,
+    ) -> (Option<StreamKey>, Vec<String>, usize) {
+        let s = self.state();
+        match entity {
+            Entity::Customers => (
+                s.customers.stream_end(),
+                s.customers.split_ids(parts),
+                s.customers.rows.len(),
+            ),
+            Entity::Invoices => (
+                s.invoices.stream_end(),
+                s.invoices.split_ids(parts),
+                s.invoices.rows.len(),
+            ),
+            Entity::Transactions => (
+                s.transactions.stream_end(),
+                s.transactions.split_ids(parts),
+                s.transactions.rows.len(),
+            ),
+        }
+    }
+
+    /// Live customers with an id after `after` and at most `upto`, by id.
+    pub(super) fn customers_in_range(
+        &self,
+        after: Option<&str>,
+        upto: &str,
+        limit: usize,
+    ) -> (Vec<Customer>, bool) {
+        self.state().customers.in_range(after, upto, limit)
+    }
+
+    /// Live invoices or transactions with an id after `after` and at most
+    /// `upto`, by id. `entity` must not be `Customers`.
+    pub(super) fn records_in_range(
+        &self,
+        entity: Entity,
+        after: Option<&str>,
+        upto: &str,
+        limit: usize,
+    ) -> (Vec<Record>, bool) {
+        let s = self.state();
+        match entity {
+            Entity::Invoices => {
+                let (rows, more) = s.invoices.in_range(after, upto, limit);
+                (rows.into_iter().map(Record::Invoice).collect(), more)
+            }
+            Entity::Transactions => {
+                let (rows, more) = s.transactions.in_range(after, upto, limit);
+                (rows.into_iter().map(Record::Transaction).collect(), more)
+            }
             Entity::Customers => unreachable!("the connector routes customers elsewhere"),
         }
     }

@@ -34,18 +34,21 @@
 //! `needs_reconnect` can be tried without an ERP account.
 //!
 //! # Trickle
-//! A poll pass starts with a `fetch_customers` call made while no customer
-//! pass is open: the first call of this connector, or any call after a
-//! customers page with `has_more == false` (a failed call leaves the pass
-//! open, so retrying it does not trickle twice). That call first applies
-//! [`DemoErp::trickle`]`(options.trickle)`; `trickle = 0` freezes the data.
+//! A stream's pass opens with an incremental read made while that stream is
+//! caught up (its first read, or any read after a page with `has_more ==
+//! false`; a failed read leaves it open, so retrying it does not trickle
+//! twice). A poll pass starts when the first of its streams opens: when a
+//! stream opens that already opened since the last trickle, the connector
+//! first applies [`DemoErp::trickle`]`(options.trickle)`, under a lock the
+//! other streams' openings wait for, so every stream of the pass reads the
+//! changes. `trickle = 0` freezes the data. Range reads of a partitioned
+//! first sync never trickle.
 
 mod generator;
 #[cfg(test)]
 mod tests;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,7 +58,7 @@ use serde::{Deserialize, Serialize};
 use super::oauth::{OAuthClient, OAuthOptions};
 use super::{
     Budget, BuildContext, Connector, ConnectorError, ConnectorKind, Cursor, Lane, NativeExclusion,
-    Page, NATIVE_INACTIVE, NATIVE_INTERCOMPANY,
+    Page, Partitioning, NATIVE_INACTIVE, NATIVE_INTERCOMPANY,
 };
 use super::{QuotaReport, QuotaWindow};
 use crate::config::{duration, OptionsCheck};
@@ -247,9 +250,9 @@ pub struct DemoConnector {
     budget: Arc<Budget>,
     page_size: usize,
     latency: Duration,
-    /// A customers pass is under way: the last customers page had more after
-    /// it. While false, the next `fetch_customers` starts a pass (and trickles).
-    pass_open: AtomicBool,
+    /// Which streams are in a pass, and at which trickle (see the module
+    /// docs).
+    passes: Mutex<PassClock>,
     oauth: Option<OAuthClient>,
     quota: Option<Mutex<SimulatedQuota>>,
 }
@@ -275,7 +278,7 @@ impl DemoConnector {
             budget,
             page_size: page_size.clamp(1, MAX_PAGE_SIZE),
             latency,
-            pass_open: AtomicBool::new(false),
+            passes: Mutex::new(PassClock::default()),
             oauth: None,
             quota: None,
         }
@@ -351,12 +354,86 @@ impl DemoConnector {
     }
 }
 
+/// Trickle bookkeeping: per stream (in `Entity::ALL` order) whether it is in
+/// a pass and the trickle count when it last opened one.
+#[derive(Debug, Default)]
+struct PassClock {
+    trickles: u64,
+    streams: [(bool, u64); 3],
+}
+
+impl DemoConnector {
+    /// Opens `entity`'s pass if it is caught up, trickling first when this
+    /// stream already opened one since the last trickle. Opening before the
+    /// request means a failed first request does not trickle again when the
+    /// caller retries it.
+    fn open_pass(&self, entity: Entity) {
+        let i = Entity::ALL.iter().position(|e| *e == entity).unwrap_or(0);
+        let mut p = self.passes.lock().unwrap_or_else(|e| e.into_inner());
+        let (open, at) = p.streams[i];
+        if open {
+            return;
+        }
+        if at == p.trickles {
+            self.erp.trickle(self.erp.options().trickle);
+            p.trickles += 1;
+        }
+        p.streams[i] = (true, p.trickles);
+    }
+
+    /// Records whether `entity`'s pass goes on after a page.
+    fn close_pass(&self, entity: Entity, has_more: bool) {
+        let i = Entity::ALL.iter().position(|e| *e == entity).unwrap_or(0);
+        let mut p = self.passes.lock().unwrap_or_else(|e| e.into_inner());
+        p.streams[i].0 = has_more;
+    }
+}
+
 /// Position in an incremental stream.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StreamCursor {
     at: Timestamp,
     id: String,
+}
+
+/// Position in one id range of a partitioned first sync: the ids after
+/// `after` (from the range's start when absent) up to `upto`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RangeCursor {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    after: Option<String>,
+    upto: String,
+}
+
+/// The range a cursor of a partitioned first sync is in; `None` for any
+/// other cursor.
+fn range_position(cursor: &Cursor) -> Option<RangeCursor> {
+    if cursor.is_start() {
+        return None;
+    }
+    serde_json::from_str(&cursor.0).ok()
+}
+
+/// The page of a range read and the range cursor after it.
+fn range_page<T>(
+    items: Vec<T>,
+    has_more: bool,
+    range: RangeCursor,
+    id: impl Fn(&T) -> &str,
+) -> Page<T> {
+    let next = RangeCursor {
+        after: items.last().map(|r| id(r).to_owned()).or(range.after),
+        upto: range.upto,
+    };
+    Page {
+        items,
+        deleted: Vec::new(),
+        quarantined: Vec::new(),
+        next: encode(&next),
+        has_more,
+    }
 }
 
 /// Position in a customer-set read.
@@ -411,18 +488,23 @@ fn record_entity(entity: Entity) -> Result<Entity, ConnectorError> {
 #[async_trait]
 impl Connector for DemoConnector {
     async fn fetch_customers(&self, cursor: &Cursor) -> Result<Page<Customer>, ConnectorError> {
-        let after = stream_position(cursor)?;
-        // Opening the pass before the request means a failed first request
-        // does not trickle again when the caller retries it.
-        if !self.pass_open.swap(true, Ordering::SeqCst) {
-            self.erp.trickle(self.erp.options().trickle);
+        if let Some(range) = range_position(cursor) {
+            let (items, more) = self
+                .request(Lane::Poll, || {
+                    self.erp
+                        .customers_in_range(range.after.as_deref(), &range.upto, self.page_size)
+                })
+                .await?;
+            return Ok(range_page(items, more, range, |c| &c.external_id));
         }
+        let after = stream_position(cursor)?;
+        self.open_pass(Entity::Customers);
         let changes = self
             .request(Lane::Poll, || {
                 self.erp.customer_changes(after.as_ref(), self.page_size)
             })
             .await?;
-        self.pass_open.store(changes.has_more, Ordering::SeqCst);
+        self.close_pass(Entity::Customers, changes.has_more);
         Ok(stream_page(changes, cursor))
     }
 
@@ -432,13 +514,28 @@ impl Connector for DemoConnector {
         cursor: &Cursor,
     ) -> Result<Page<Record>, ConnectorError> {
         let entity = record_entity(entity)?;
+        if let Some(range) = range_position(cursor) {
+            let (items, more) = self
+                .request(Lane::Poll, || {
+                    self.erp.records_in_range(
+                        entity,
+                        range.after.as_deref(),
+                        &range.upto,
+                        self.page_size,
+                    )
+                })
+                .await?;
+            return Ok(range_page(items, more, range, |r| r.external_id()));
+        }
         let after = stream_position(cursor)?;
+        self.open_pass(entity);
         let changes = self
             .request(Lane::Poll, || {
                 self.erp
                     .record_changes(entity, after.as_ref(), self.page_size)
             })
             .await?;
+        self.close_pass(entity, changes.has_more);
         Ok(stream_page(changes, cursor))
     }
 
@@ -485,6 +582,38 @@ impl Connector for DemoConnector {
             next,
             has_more,
         })
+    }
+
+    /// Ranges of about the same number of live rows, at most one per page;
+    /// one simulated request (like a real ERP's count or min/max query).
+    async fn partition(
+        &self,
+        entity: Entity,
+        max_parts: usize,
+    ) -> Result<Option<Partitioning>, ConnectorError> {
+        let (end, splits, rows) = self
+            .request(Lane::Poll, || {
+                let (_, _, rows) = self.erp.partition(entity, 0);
+                let parts = rows.div_ceil(self.page_size.max(1)).min(max_parts);
+                self.erp.partition(entity, parts)
+            })
+            .await?;
+        if splits.len() < 2 || rows == 0 {
+            return Ok(None);
+        }
+        let then = match end {
+            Some((at, id)) => encode(&StreamCursor { at, id }),
+            None => Cursor::start(),
+        };
+        let mut after = None;
+        let mut ranges = Vec::with_capacity(splits.len());
+        for upto in splits {
+            ranges.push(encode(&RangeCursor {
+                after: after.replace(upto.clone()),
+                upto,
+            }));
+        }
+        Ok(Some(Partitioning { then, ranges }))
     }
 
     fn resync_batch_size(&self) -> usize {

@@ -635,3 +635,75 @@ fn options_validation_names_every_problem() {
     let err = toml::from_str::<DemoOptions>("pagesize = 3").unwrap_err();
     assert!(err.to_string().contains("pagesize"), "{err}");
 }
+
+#[tokio::test]
+async fn a_partitioned_first_sync_reads_every_row_once_and_then_what_changed() {
+    let c = connector(&DemoOptions {
+        page_size: 50,
+        ..small()
+    });
+    let erp = Arc::clone(c.erp());
+    let plan = c.partition(Entity::Invoices, 4).await.unwrap().unwrap();
+    assert_eq!(plan.ranges.len(), 4);
+    // Changes made after the plan: a deletion and a new invoice.
+    let all: Vec<String> = erp.invoices().into_iter().map(|i| i.external_id).collect();
+    assert!(erp.delete_invoice(&all[3]));
+    let owner = erp.customers()[0].external_id.clone();
+    let template = erp.invoices()[0].clone();
+    let added = erp.add_invoice(Invoice {
+        external_id: String::new(),
+        customer_id: owner,
+        ..template
+    });
+    let mut seen = Vec::new();
+    for r in &plan.ranges {
+        let mut cur = r.clone();
+        loop {
+            let p = c.fetch_records(Entity::Invoices, &cur).await.unwrap();
+            assert!(p.items.len() <= 50);
+            seen.extend(p.items.iter().map(|r| r.external_id().to_string()));
+            cur = p.next;
+            if !p.has_more {
+                break;
+            }
+        }
+    }
+    // Every invoice that existed at the plan and is still live, once, in id
+    // order (the ranges are in order and do not overlap); the one added
+    // after the plan is past the last range.
+    let expected: Vec<String> = erp
+        .invoices()
+        .into_iter()
+        .map(|i| i.external_id)
+        .filter(|id| *id != added.external_id)
+        .collect();
+    assert!(
+        seen == expected,
+        "{} read, {} expected",
+        seen.len(),
+        expected.len()
+    );
+    // The incremental stream from `then` brings the deletion and the new one.
+    let p = c.fetch_records(Entity::Invoices, &plan.then).await.unwrap();
+    assert_eq!(p.deleted, vec![all[3].clone()]);
+    let ids: Vec<&str> = p.items.iter().map(|r| r.external_id()).collect();
+    assert_eq!(ids, vec![added.external_id.as_str()]);
+    // An entity of one page is not split, and range reads never trickle.
+    let tiny = connector(&DemoOptions {
+        customers: 3,
+        invoices: 10,
+        transactions: 0,
+        trickle: 5,
+        ..small()
+    });
+    assert_eq!(tiny.partition(Entity::Invoices, 4).await.unwrap(), None);
+    let big = connector(&DemoOptions {
+        page_size: 10,
+        trickle: 5,
+        ..small()
+    });
+    let plan = big.partition(Entity::Customers, 3).await.unwrap().unwrap();
+    assert_eq!(plan.ranges.len(), 3);
+    big.fetch_customers(&plan.ranges[1]).await.unwrap();
+    assert_eq!(big.erp().trickle_passes(), 0);
+}

@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{duration, OptionsCheck};
 use crate::connectors::{
     parse_retry_after, Budget, BuildContext, Connector, ConnectorError, ConnectorKind, Cursor,
-    Lane, NativeExclusion, Page, NATIVE_INACTIVE, NATIVE_INTERCOMPANY,
+    Lane, NativeExclusion, Page, Partitioning, NATIVE_INACTIVE, NATIVE_INTERCOMPANY,
 };
 use crate::model::{Customer, Entity, Record, Timestamp};
 
@@ -113,6 +113,10 @@ pub struct StreamCursor {
     /// Keyset position among the deletions of this pass.
     #[serde(default)]
     pub deleted_after_id: u64,
+    /// Set on a range of a partitioned first sync: the range is the ids
+    /// after `after_id` up to this one, read once, without deletions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upto: Option<u64>,
 }
 
 impl StreamCursor {
@@ -134,6 +138,14 @@ impl StreamCursor {
 
 pub struct NetsuiteConnector {
     settings: QuerySettings,
+    /// The settings for an account without OneWorld: no subsidiary join,
+    /// and no `representingsubsidiary` (a OneWorld-only column) when that
+    /// is the intercompany column.
+    single_settings: QuerySettings,
+    /// The `oneworld` option (unset: detect).
+    oneworld: Option<bool>,
+    /// The account turned out to have no OneWorld (or `oneworld = false`).
+    single: std::sync::atomic::AtomicBool,
     signer: auth::Signer,
     client: reqwest::Client,
     /// `<base>/services/rest/query/v1/suiteql?limit=N&offset=0`.
@@ -147,6 +159,17 @@ pub struct NetsuiteConnector {
     /// limit"; before any success, or long after the last one, it means the
     /// credentials are wrong (or were revoked).
     last_success: Mutex<Option<Instant>>,
+}
+
+/// The customer column that marks intercompany customers in OneWorld
+/// accounts; it does not exist without OneWorld.
+const ONEWORLD_INTERCOMPANY_COLUMN: &str = "representingsubsidiary";
+
+/// Whether a refused customer query says the account has no subsidiary
+/// relationships (an account without OneWorld).
+fn lacks_subsidiaries(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("customersubsidiaryrelationship") && m.contains("not found")
 }
 
 /// How long after the last successful request a 401 is still read as
@@ -205,14 +228,28 @@ impl NetsuiteConnector {
             .user_agent(concat!("erpsync/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let settings = QuerySettings {
+            custom_fields: options.custom_fields.clone(),
+            display_fields: options.display_fields.clone(),
+            oneworld: true,
+            intercompany_column: Some(options.intercompany_column.clone())
+                .filter(|c| !c.is_empty()),
+            on_hold_column: options.on_hold_column.clone(),
+            tz: options::parse_timezone(&options.timezone)?,
+        };
+        let single_settings = QuerySettings {
+            oneworld: false,
+            intercompany_column: settings
+                .intercompany_column
+                .clone()
+                .filter(|c| c != ONEWORLD_INTERCOMPANY_COLUMN),
+            ..settings.clone()
+        };
         Ok(NetsuiteConnector {
-            settings: QuerySettings {
-                custom_fields: options.custom_fields.clone(),
-                intercompany_column: Some(options.intercompany_column.clone())
-                    .filter(|c| !c.is_empty()),
-                on_hold_column: options.on_hold_column.clone(),
-                tz: options::parse_timezone(&options.timezone)?,
-            },
+            settings,
+            single_settings,
+            oneworld: options.oneworld,
+            single: std::sync::atomic::AtomicBool::new(options.oneworld == Some(false)),
             signer,
             client,
             endpoint,
@@ -274,6 +311,27 @@ impl NetsuiteConnector {
             .await
     }
 
+    /// One page of the customer stream, with or without subsidiaries.
+    async fn customers_page(
+        &self,
+        cursor: &Cursor,
+        single: bool,
+    ) -> Result<Page<Customer>, ConnectorError> {
+        let s = if single {
+            &self.single_settings
+        } else {
+            &self.settings
+        };
+        self.incremental(
+            Entity::Customers,
+            cursor,
+            |scope, after| suiteql::customers_query(s, scope, after),
+            |row| suiteql::map_customer(row, s),
+            |c| (c.external_id.parse().unwrap_or(0), c.last_modified),
+        )
+        .await
+    }
+
     fn since_with_overlap(&self, t: Timestamp) -> Timestamp {
         t - self.overlap
     }
@@ -283,15 +341,40 @@ impl NetsuiteConnector {
         &self,
         entity: Entity,
         cursor: &Cursor,
-        build: impl Fn(Option<Timestamp>, u64) -> String,
+        build: impl Fn(Scope<'_>, u64) -> String,
         map: impl Fn(&Row) -> Result<T, crate::model::Quarantined>,
         key: impl Fn(&T) -> (u64, Timestamp),
     ) -> Result<Page<T>, ConnectorError> {
         let mut c = StreamCursor::decode(cursor)?;
+        if let Some(upto) = c.upto {
+            // A range of a partitioned first sync.
+            let resp = self
+                .query(Lane::Poll, &build(Scope::UpTo(upto), c.after_id))
+                .await?;
+            let mapped = suiteql::map_page(&resp.items, map, key);
+            match mapped.max_id.filter(|id| *id > c.after_id) {
+                Some(id) => c.after_id = id,
+                None if resp.has_more => {
+                    return Err(ConnectorError::Protocol(format!(
+                        "{entity} page has more rows but no id past {}",
+                        c.after_id
+                    )))
+                }
+                None => {}
+            }
+            return Ok(Page {
+                items: mapped.items,
+                deleted: Vec::new(),
+                quarantined: mapped.quarantined,
+                next: c.encode(),
+                has_more: resp.has_more,
+            });
+        }
         let pass_start = *c.pass_start.get_or_insert_with(now_seconds);
         match c.phase {
             Phase::Records => {
-                let sql = build(c.since.map(|s| self.since_with_overlap(s)), c.after_id);
+                let since = c.since.map(|s| self.since_with_overlap(s));
+                let sql = build(Scope::ModifiedSince(since), c.after_id);
                 let resp = self.query(Lane::Poll, &sql).await?;
                 let mapped = suiteql::map_page(&resp.items, map, key);
                 if resp.has_more {
@@ -356,6 +439,27 @@ impl NetsuiteConnector {
     }
 }
 
+/// Splits the ids `lo..=hi` (`rows` of them exist) into at most `max_parts`
+/// equal-width ranges `(after, upto]`, no more than one per `page_size`
+/// rows.
+fn id_ranges(lo: u64, hi: u64, rows: u64, page_size: u64, max_parts: u64) -> Vec<(u64, u64)> {
+    if hi < lo {
+        return Vec::new();
+    }
+    let parts = rows.div_ceil(page_size.max(1)).min(max_parts).max(1);
+    let span = hi - lo + 1;
+    let width = span.div_ceil(parts);
+    let first = lo.saturating_sub(1);
+    let mut out = Vec::new();
+    let mut after = first;
+    while after < hi {
+        let upto = after.saturating_add(width).min(hi);
+        out.push((after, upto));
+        after = upto;
+    }
+    out
+}
+
 /// Now, truncated to whole seconds (the precision of NetSuite datetimes).
 fn now_seconds() -> Timestamp {
     let now = chrono::Utc::now();
@@ -404,16 +508,28 @@ fn classify_failure(
 
 #[async_trait]
 impl Connector for NetsuiteConnector {
+    /// Customers of an account with OneWorld (subsidiaries) or, once it
+    /// is known to have none (detected, or `oneworld = false`), without.
     async fn fetch_customers(&self, cursor: &Cursor) -> Result<Page<Customer>, ConnectorError> {
-        let s = &self.settings;
-        self.incremental(
-            Entity::Customers,
-            cursor,
-            |since, after| suiteql::customers_query(s, since, after),
-            |row| suiteql::map_customer(row, s),
-            |c| (c.external_id.parse().unwrap_or(0), c.last_modified),
-        )
-        .await
+        use std::sync::atomic::Ordering;
+        let single = self.single.load(Ordering::SeqCst);
+        match self.customers_page(cursor, single).await {
+            Err(ConnectorError::Rejected { message, .. })
+                if !single && lacks_subsidiaries(&message) =>
+            {
+                if self.oneworld == Some(true) {
+                    return Err(ConnectorError::Config(format!(
+                        "the account has no subsidiaries ({message}), so it is not a OneWorld account: \
+                         set `oneworld = false` in [connectors.netsuite], or leave `oneworld` unset to detect it"
+                    )));
+                }
+                if !self.single.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(detail = %message, "NetSuite account without OneWorld: reading customers without subsidiaries (set `oneworld = false` to skip this check)");
+                }
+                self.customers_page(cursor, true).await
+            }
+            r => r,
+        }
     }
 
     async fn fetch_records(
@@ -430,7 +546,7 @@ impl Connector for NetsuiteConnector {
         self.incremental(
             entity,
             cursor,
-            |since, after| suiteql::records_query(s, entity, Scope::ModifiedSince(since), after),
+            |scope, after| suiteql::records_query(s, entity, scope, after),
             |row| suiteql::map_record(row, entity, s),
             record_key,
         )
@@ -499,6 +615,51 @@ impl Connector for NetsuiteConnector {
         })
     }
 
+    /// Equal-width id ranges between `MIN(id)` and `MAX(id)` (one query),
+    /// at most one per page of rows. The incremental cursor that follows is
+    /// taken before that query: every row it does not count was changed
+    /// after it.
+    async fn partition(
+        &self,
+        entity: Entity,
+        max_parts: usize,
+    ) -> Result<Option<Partitioning>, ConnectorError> {
+        let then = StreamCursor {
+            since: Some(now_seconds()),
+            ..StreamCursor::default()
+        }
+        .encode();
+        let resp = self
+            .query(Lane::Poll, &suiteql::id_bounds_query(entity))
+            .await?;
+        let Some(row) = resp.items.first() else {
+            return Ok(None);
+        };
+        let (Some(lo), Some(hi)) = (suiteql::row_id(row, "lo"), suiteql::row_id(row, "hi")) else {
+            // No rows at all.
+            return Ok(None);
+        };
+        let rows = suiteql::row_id(row, "n").unwrap_or(hi - lo + 1);
+        let ranges = id_ranges(lo, hi, rows, self.page_size as u64, max_parts as u64);
+        if ranges.len() < 2 {
+            return Ok(None);
+        }
+        Ok(Some(Partitioning {
+            then,
+            ranges: ranges
+                .into_iter()
+                .map(|(after, upto)| {
+                    StreamCursor {
+                        after_id: after,
+                        upto: Some(upto),
+                        ..StreamCursor::default()
+                    }
+                    .encode()
+                })
+                .collect(),
+        }))
+    }
+
     fn resync_batch_size(&self) -> usize {
         self.resync_batch_size
     }
@@ -524,6 +685,7 @@ mod tests {
             phase: Phase::Deleted,
             after_id: 12,
             deleted_after_id: 3,
+            upto: None,
         };
         let enc = c.encode();
         assert_eq!(
@@ -535,6 +697,33 @@ mod tests {
             StreamCursor::decode(&Cursor("nope".into())),
             Err(ConnectorError::Config(_))
         ));
+    }
+
+    #[test]
+    fn id_ranges_cover_every_id_once() {
+        // 10,000 rows over ids 1..=20,000, pages of 1,000, 4 parts.
+        let r = id_ranges(1, 20_000, 10_000, 1000, 4);
+        assert_eq!(
+            r,
+            vec![
+                (0, 5000),
+                (5000, 10_000),
+                (10_000, 15_000),
+                (15_000, 20_000)
+            ]
+        );
+        // Fewer pages than parts: one range per page of rows.
+        assert_eq!(
+            id_ranges(5, 1004, 1500, 1000, 8),
+            vec![(4, 504), (504, 1004)]
+        );
+        // An uneven span: the last range ends at hi.
+        assert_eq!(
+            id_ranges(1, 10, 3000, 1000, 3),
+            vec![(0, 4), (4, 8), (8, 10)]
+        );
+        assert_eq!(id_ranges(7, 7, 1, 1000, 4), vec![(6, 7)]);
+        assert!(id_ranges(9, 3, 0, 1000, 4).is_empty());
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use chrono::FixedOffset;
 
+use super::suiteql::AccountTz;
+
 use crate::config::{duration, OptionsCheck};
 use crate::secrets::SecretSource;
 
@@ -52,14 +54,24 @@ pub struct NetsuiteOptions {
     pub token_id_credential: Option<String>,
     #[serde(default)]
     pub token_secret_credential: Option<String>,
-    /// The account's time zone as a fixed UTC offset (`"UTC"`, `"+02:00"`,
-    /// `"-0800"`). IANA names are not supported: for a zone with daylight
-    /// saving time give its standard (smaller) offset, which can only make
-    /// incremental reads overlap more, never miss a change.
+    /// The account's time zone (Setup > Company > Preferences): an IANA
+    /// name (`"America/Los_Angeles"`, daylight saving time followed) or a
+    /// fixed UTC offset (`"UTC"`, `"+02:00"`, `"-0800"`).
     pub timezone: String,
     /// Extra customer columns passed through as `custom.<name>`.
     #[serde(default)]
     pub custom_fields: Vec<String>,
+    /// Custom list or record fields of the customer passed through as
+    /// `custom.<name>` with their display text (`BUILTIN.DF`, e.g.
+    /// `"Enterprise"`) instead of the internal id.
+    #[serde(default)]
+    pub display_fields: Vec<String>,
+    /// Whether the account is a OneWorld account (subsidiaries). Unset:
+    /// detected from the first customer query (an account without
+    /// OneWorld has no `customersubsidiaryrelationship`); `false`: never
+    /// read subsidiaries; `true`: require them (a clear error otherwise).
+    #[serde(default)]
+    pub oneworld: Option<bool>,
     /// Customer column that marks a customer representing a subsidiary
     /// (intercompany). Empty disables the column (non-OneWorld accounts).
     #[serde(default = "default_intercompany_column")]
@@ -156,18 +168,26 @@ impl NetsuiteOptions {
             check.problem("timezone", e);
         }
         let mut seen = std::collections::BTreeSet::new();
-        for name in &self.custom_fields {
+        let fields = self
+            .custom_fields
+            .iter()
+            .map(|f| ("custom_fields", f))
+            .chain(self.display_fields.iter().map(|f| ("display_fields", f)));
+        for (key, name) in fields {
             if !is_identifier(name) {
-                check.problem("custom_fields", format!(
+                check.problem(key, format!(
                     "`{name}` is not a column name (use lower-case letters, digits and _, starting with a letter)"
                 ));
             } else if RESERVED_COLUMNS.contains(&name.as_str()) {
                 check.problem(
-                    "custom_fields",
+                    key,
                     format!("`{name}` is a standard customer column the connector already reads"),
                 );
             } else if !seen.insert(name.as_str()) {
-                check.problem("custom_fields", format!("`{name}` is listed twice"));
+                check.problem(
+                    key,
+                    format!("`{name}` is listed twice (in custom_fields or display_fields)"),
+                );
             }
         }
         if !self.intercompany_column.is_empty() && !is_identifier(&self.intercompany_column) {
@@ -353,8 +373,27 @@ pub fn account_host_label(id: &str) -> String {
     id.trim().to_ascii_lowercase().replace('_', "-")
 }
 
+/// Parses an IANA zone name (`America/Los_Angeles`) or `UTC`, `Z`,
+/// `+02:00`, `-0800`, `+05` (a fixed offset).
+pub fn parse_timezone(s: &str) -> Result<AccountTz, String> {
+    let t = s.trim();
+    if t.contains('/') {
+        return t.parse::<chrono_tz::Tz>().map(AccountTz::Zone).map_err(|_| {
+            format!(
+                "`{s}` is not an IANA time zone name (like \"America/Los_Angeles\" or \"Europe/Paris\")"
+            )
+        });
+    }
+    parse_fixed_offset(t).map(AccountTz::Fixed).map_err(|_| {
+        format!(
+            "`{s}` is not supported; write an IANA zone name like \"America/Los_Angeles\", \
+             UTC or a fixed offset like \"-08:00\""
+        )
+    })
+}
+
 /// Parses `UTC`, `Z`, `+02:00`, `-0800` or `+05` into a fixed offset.
-pub fn parse_timezone(s: &str) -> Result<FixedOffset, String> {
+pub fn parse_fixed_offset(s: &str) -> Result<FixedOffset, String> {
     let t = s.trim();
     let bad = || {
         format!(
@@ -441,8 +480,9 @@ mod tests {
         o.account_id = "12 34".into();
         o.token_secret_file = Some("missing-secret".into());
         o.consumer_key_credential = Some("ck".into());
-        o.timezone = "Europe/Paris".into();
+        o.timezone = "Europe/Pariss".into();
         o.custom_fields = vec!["custentity_ok".into(), "Bad-Name".into(), "email".into()];
+        o.display_fields = vec!["custentity_ok".into(), "Tier!".into()];
         o.page_size = 5000;
         o.overlap = "5 parsecs".into();
         o.resync_batch_size = 0;
@@ -453,9 +493,11 @@ mod tests {
             "account_id: `12 34`",
             "consumer_key_file: set either",
             "missing-secret does not exist",
-            "timezone: `Europe/Paris`",
+            "timezone: `Europe/Pariss` is not an IANA time zone name",
             "`Bad-Name` is not a column name",
             "`email` is a standard customer column",
+            "display_fields: `custentity_ok` is listed twice (in custom_fields or display_fields)",
+            "display_fields: `Tier!` is not a column name",
             "page_size: 5000",
             "overlap:",
             "resync_batch_size: 0",
@@ -469,22 +511,26 @@ mod tests {
 
     #[test]
     fn timezones_parse_as_fixed_offsets() {
-        let secs = |s: &str| parse_timezone(s).map(|o| o.local_minus_utc());
+        let secs = |s: &str| parse_fixed_offset(s).map(|o| o.local_minus_utc());
         assert_eq!(secs("UTC"), Ok(0));
         assert_eq!(secs("Z"), Ok(0));
         assert_eq!(secs("+02:00"), Ok(7200));
         assert_eq!(secs("-08:00"), Ok(-28_800));
         assert_eq!(secs("-0330"), Ok(-12_600));
         assert_eq!(secs("+05"), Ok(18_000));
-        for bad in [
-            "America/Los_Angeles",
-            "+2",
-            "+25:00",
-            "08:00",
-            "+02:0",
-            "+0:200",
-        ] {
-            assert!(parse_timezone(bad).is_err(), "{bad}");
+        assert_eq!(
+            parse_timezone("America/Los_Angeles"),
+            Ok(AccountTz::Zone(chrono_tz::America::Los_Angeles))
+        );
+        assert_eq!(
+            parse_timezone("+02:00"),
+            Ok(AccountTz::Fixed(FixedOffset::east_opt(7200).unwrap()))
+        );
+        assert!(parse_timezone("Mars/Olympus_Mons")
+            .unwrap_err()
+            .contains("is not an IANA time zone name"));
+        for bad in ["Pacific", "+2", "+25:00", "08:00", "+02:0", "+0:200"] {
+            assert!(parse_fixed_offset(bad).is_err(), "{bad}");
         }
     }
 

@@ -12,7 +12,7 @@ use crate::connectors::redact;
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use chrono::{FixedOffset, NaiveDate, NaiveDateTime, TimeZone};
+use chrono::{FixedOffset, LocalResult, NaiveDate, NaiveDateTime, Offset, TimeDelta, TimeZone};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -89,10 +89,86 @@ pub fn error_text(body: &[u8]) -> (Vec<String>, String) {
 pub struct QuerySettings {
     /// Already validated as simple identifiers.
     pub custom_fields: Vec<String>,
+    /// Custom fields read as their display text (`BUILTIN.DF`); validated
+    /// like `custom_fields`.
+    pub display_fields: Vec<String>,
+    /// Whether the account has subsidiaries (OneWorld): without, the
+    /// customer query neither joins `customersubsidiaryrelationship` nor
+    /// reads a subsidiary.
+    pub oneworld: bool,
     pub intercompany_column: Option<String>,
     pub on_hold_column: Option<String>,
     /// The account's time zone: datetimes in SuiteQL are local to it.
-    pub tz: FixedOffset,
+    pub tz: AccountTz,
+}
+
+/// The account's time zone: a fixed offset, or an IANA zone whose offset
+/// changes (daylight saving time). SuiteQL reads and compares datetimes as
+/// local wall-clock times in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountTz {
+    Fixed(FixedOffset),
+    Zone(chrono_tz::Tz),
+}
+
+impl AccountTz {
+    /// The UTC offset in force at `t`.
+    fn offset_at(&self, t: Timestamp) -> FixedOffset {
+        match self {
+            AccountTz::Fixed(o) => *o,
+            AccountTz::Zone(z) => z.offset_from_utc_datetime(&t.naive_utc()).fix(),
+        }
+    }
+
+    /// The local wall-clock time of `t`.
+    pub fn local(&self, t: Timestamp) -> NaiveDateTime {
+        t.naive_utc() + TimeDelta::seconds(self.offset_at(t).local_minus_utc() as i64)
+    }
+
+    /// The latest local time no instant at or after `t` shows a smaller
+    /// wall clock than: `local(t)`, less the hour repeated when the clocks
+    /// go back within the next hours. A `>=` on it misses nothing changed
+    /// at or after `t`, also across the end of daylight saving time.
+    pub fn local_lower_bound(&self, t: Timestamp) -> NaiveDateTime {
+        let AccountTz::Zone(_) = self else {
+            return self.local(t);
+        };
+        // Offsets change at most a few hours' worth at once and then hold
+        // for months: the smallest offset over the next 26 hours (sampled
+        // every 15 minutes, the finest step any zone uses) bounds every
+        // wall clock from `t` on.
+        let min = (0..=26 * 4)
+            .map(|k| {
+                self.offset_at(t + TimeDelta::minutes(15 * k))
+                    .local_minus_utc()
+            })
+            .min()
+            .unwrap_or(0);
+        t.naive_utc() + TimeDelta::seconds(min as i64)
+    }
+
+    /// The instant of a local wall-clock time. A time shown twice (the hour
+    /// repeated when the clocks go back) is the earlier instant; a time
+    /// never shown (skipped when they go forward) is read with the offset
+    /// from before the jump. Never fails for a zone.
+    pub fn instant(&self, local: &NaiveDateTime) -> Option<Timestamp> {
+        match self {
+            AccountTz::Fixed(o) => o.from_local_datetime(local).single().map(|t| t.to_utc()),
+            AccountTz::Zone(z) => match z.from_local_datetime(local) {
+                LocalResult::Single(t) => Some(t.to_utc()),
+                LocalResult::Ambiguous(a, b) => Some(a.to_utc().min(b.to_utc())),
+                LocalResult::None => {
+                    // In a gap: the offset in force just before it.
+                    let before = z
+                        .from_local_datetime(&(*local - TimeDelta::hours(3)))
+                        .earliest()?
+                        .offset()
+                        .fix();
+                    Some((*local - TimeDelta::seconds(before.local_minus_utc() as i64)).and_utc())
+                }
+            },
+        }
+    }
 }
 
 const DATETIME_FMT: &str = "%Y-%m-%d %H:%M:%S";
@@ -125,12 +201,16 @@ pub enum Scope<'a> {
     ModifiedSince(Option<Timestamp>),
     /// Rows of these customers (numeric ids, validated by the caller's type).
     Customers(&'a [u64]),
+    /// Rows with an id at most this one (a range of a partitioned first
+    /// sync; the keyset bound is its lower end).
+    UpTo(u64),
 }
 
-fn datetime_literal(ts: Timestamp, tz: &FixedOffset) -> String {
+/// The literal for "at or after `ts`" in the account's wall-clock time.
+fn datetime_literal(ts: Timestamp, tz: &AccountTz) -> String {
     format!(
         "TO_DATE('{}', {SQL_DATETIME_FMT})",
-        ts.with_timezone(tz).format(DATETIME_FMT)
+        tz.local_lower_bound(ts).format(DATETIME_FMT)
     )
 }
 
@@ -146,7 +226,7 @@ fn where_clause(
     alias: &str,
     scope: Scope<'_>,
     after_id: u64,
-    tz: &FixedOffset,
+    tz: &AccountTz,
     mut conds: Vec<String>,
 ) -> String {
     match scope {
@@ -155,6 +235,7 @@ fn where_clause(
             datetime_literal(since, tz)
         )),
         Scope::ModifiedSince(None) => {}
+        Scope::UpTo(last) => conds.push(format!("{alias}.id <= {last}")),
         Scope::Customers(ids) => conds.push(format!(
             "{alias}.entity IN ({})",
             ids.iter()
@@ -168,7 +249,7 @@ fn where_clause(
 }
 
 /// The customer page query.
-pub fn customers_query(s: &QuerySettings, since: Option<Timestamp>, after_id: u64) -> String {
+pub fn customers_query(s: &QuerySettings, scope: Scope<'_>, after_id: u64) -> String {
     let mut cols = vec![
         "c.id".to_string(),
         "c.entityid".into(),
@@ -184,23 +265,28 @@ pub fn customers_query(s: &QuerySettings, since: Option<Timestamp>, after_id: u6
     if let Some(col) = &s.intercompany_column {
         cols.push(format!("c.{col} AS intercompany"));
     }
-    cols.push("BUILTIN.DF(r.subsidiary) AS subsidiary".into());
+    if s.oneworld {
+        cols.push("BUILTIN.DF(r.subsidiary) AS subsidiary".into());
+    }
     cols.push(format!(
         "TO_CHAR(c.lastmodifieddate, {SQL_DATETIME_FMT}) AS lastmodified"
     ));
     cols.extend(s.custom_fields.iter().map(|f| format!("c.{f}")));
+    cols.extend(
+        s.display_fields
+            .iter()
+            .map(|f| format!("BUILTIN.DF(c.{f}) AS {f}")),
+    );
+    let subsidiary_join = if s.oneworld {
+        "LEFT JOIN customersubsidiaryrelationship r ON r.entity = c.id AND r.isprimarysub = 'T' "
+    } else {
+        ""
+    };
     format!(
         "SELECT {} FROM customer c \
-         LEFT JOIN customersubsidiaryrelationship r ON r.entity = c.id AND r.isprimarysub = 'T' \
-         LEFT JOIN currency cur ON cur.id = c.currency {}",
+         {subsidiary_join}LEFT JOIN currency cur ON cur.id = c.currency {}",
         cols.join(", "),
-        where_clause(
-            "c",
-            Scope::ModifiedSince(since),
-            after_id,
-            &s.tz,
-            Vec::new()
-        )
+        where_clause("c", scope, after_id, &s.tz, Vec::new())
     )
 }
 
@@ -240,6 +326,23 @@ pub fn records_query(s: &QuerySettings, entity: Entity, scope: Scope<'_>, after_
         cols.join(", "),
         where_clause("t", scope, after_id, &s.tz, vec![type_cond])
     )
+}
+
+/// The smallest and largest id of `entity` and how many rows it has
+/// (columns `lo`, `hi`, `n`; one row), to split a first sync into id ranges.
+pub fn id_bounds_query(entity: Entity) -> String {
+    match entity {
+        Entity::Customers => {
+            "SELECT MIN(c.id) AS lo, MAX(c.id) AS hi, COUNT(c.id) AS n FROM customer c".to_string()
+        }
+        _ => {
+            let types = transaction_types(entity);
+            format!(
+                "SELECT MIN(t.id) AS lo, MAX(t.id) AS hi, COUNT(t.id) AS n FROM transaction t WHERE t.type IN ({})",
+                quoted_list(types)
+            )
+        }
+    }
 }
 
 /// Deletions of `entity`'s record types at or after `since`, paged by record id.
@@ -304,12 +407,10 @@ pub fn parse_decimal(s: &str) -> Result<Decimal, String> {
 }
 
 /// `YYYY-MM-DD HH24:MI:SS` in the account's time zone → UTC.
-pub fn parse_local_datetime(s: &str, tz: &FixedOffset) -> Result<Timestamp, String> {
+pub fn parse_local_datetime(s: &str, tz: &AccountTz) -> Result<Timestamp, String> {
     let naive = NaiveDateTime::parse_from_str(s.trim(), DATETIME_FMT)
         .map_err(|_| format!("`{s}` is not a YYYY-MM-DD HH24:MI:SS datetime"))?;
-    tz.from_local_datetime(&naive)
-        .single()
-        .map(|t| t.to_utc())
+    tz.instant(&naive)
         .ok_or_else(|| format!("`{s}` does not exist in the account time zone"))
 }
 
@@ -328,7 +429,7 @@ fn money(row: &Row, key: &str) -> Result<Option<Decimal>, String> {
         .transpose()
 }
 
-fn last_modified(row: &Row, tz: &FixedOffset) -> Result<Timestamp, String> {
+fn last_modified(row: &Row, tz: &AccountTz) -> Result<Timestamp, String> {
     parse_local_datetime(&required(row, "lastmodified")?, tz)
         .map_err(|e| format!("lastmodified: {e}"))
 }
@@ -362,6 +463,7 @@ pub fn map_customer(row: &Row, s: &QuerySettings) -> Result<Customer, Quarantine
     let custom: BTreeMap<String, String> = s
         .custom_fields
         .iter()
+        .chain(&s.display_fields)
         .filter_map(|f| text(row, f).map(|v| (f.clone(), v)))
         .collect();
     Ok(Customer {
@@ -503,9 +605,11 @@ mod tests {
     fn settings() -> QuerySettings {
         QuerySettings {
             custom_fields: vec!["custentity_region".into()],
+            display_fields: Vec::new(),
+            oneworld: true,
             intercompany_column: Some("representingsubsidiary".into()),
             on_hold_column: None,
-            tz: FixedOffset::west_opt(8 * 3600).unwrap(),
+            tz: AccountTz::Fixed(FixedOffset::west_opt(8 * 3600).unwrap()),
         }
     }
 
@@ -516,7 +620,7 @@ mod tests {
     #[test]
     fn customer_query_selects_model_columns_in_account_time() {
         let since = Utc.with_ymd_and_hms(2024, 3, 1, 12, 0, 0).unwrap();
-        let q = customers_query(&settings(), Some(since), 41);
+        let q = customers_query(&settings(), Scope::ModifiedSince(Some(since)), 41);
         assert_eq!(
             q,
             "SELECT c.id, c.entityid, c.companyname, c.firstname, c.lastname, c.isperson, c.email, \
@@ -530,7 +634,7 @@ mod tests {
         );
         let mut s = settings();
         s.intercompany_column = None;
-        let q = customers_query(&s, None, 0);
+        let q = customers_query(&s, Scope::ModifiedSince(None), 0);
         assert!(!q.contains("intercompany"));
         assert!(q.ends_with("WHERE c.id > 0 ORDER BY c.id"), "{q}");
     }
@@ -756,7 +860,7 @@ mod tests {
         );
         assert!(parse_decimal("1,234.56").is_err());
         assert!(parse_decimal("").is_err());
-        let tz = FixedOffset::east_opt(2 * 3600).unwrap();
+        let tz = AccountTz::Fixed(FixedOffset::east_opt(2 * 3600).unwrap());
         assert_eq!(
             parse_local_datetime("2024-06-30 01:15:00", &tz).unwrap(),
             Utc.with_ymd_and_hms(2024, 6, 29, 23, 15, 0).unwrap()
@@ -773,5 +877,90 @@ mod tests {
         let (codes, text) = error_text(b"<html>Bad gateway</html>");
         assert!(codes.is_empty());
         assert_eq!(text, "<html>Bad gateway</html>");
+    }
+
+    fn la() -> AccountTz {
+        AccountTz::Zone(chrono_tz::America::Los_Angeles)
+    }
+
+    fn naive(s: &str) -> NaiveDateTime {
+        NaiveDateTime::parse_from_str(s, DATETIME_FMT).unwrap()
+    }
+
+    #[test]
+    fn zone_times_follow_daylight_saving_across_both_switches() {
+        let tz = la();
+        // Standard time (UTC-8) and daylight time (UTC-7).
+        let winter = Utc.with_ymd_and_hms(2024, 1, 15, 20, 0, 0).unwrap();
+        assert_eq!(tz.local(winter), naive("2024-01-15 12:00:00"));
+        let summer = Utc.with_ymd_and_hms(2024, 7, 15, 19, 0, 0).unwrap();
+        assert_eq!(tz.local(summer), naive("2024-07-15 12:00:00"));
+        assert_eq!(
+            parse_local_datetime("2024-07-15 12:00:00", &tz).unwrap(),
+            summer
+        );
+        // Spring forward (10 March 2024, 02:00 → 03:00): 02:30 never
+        // happens; read with the offset from before the jump.
+        assert_eq!(
+            parse_local_datetime("2024-03-10 02:30:00", &tz).unwrap(),
+            Utc.with_ymd_and_hms(2024, 3, 10, 10, 30, 0).unwrap()
+        );
+        assert_eq!(
+            parse_local_datetime("2024-03-10 03:00:00", &tz).unwrap(),
+            Utc.with_ymd_and_hms(2024, 3, 10, 10, 0, 0).unwrap()
+        );
+        // Fall back (3 November 2024, 02:00 → 01:00): 01:30 happens twice;
+        // the earlier instant.
+        assert_eq!(
+            parse_local_datetime("2024-11-03 01:30:00", &tz).unwrap(),
+            Utc.with_ymd_and_hms(2024, 11, 3, 8, 30, 0).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_cursor_literal_misses_no_instant_after_it_across_both_switches() {
+        let tz = la();
+        // Every minute from a day before each switch to a day after: no
+        // instant at or after the cursor shows a wall clock below its
+        // literal, so `lastmodifieddate >= literal` keeps every change.
+        for (from, to) in [
+            (
+                Utc.with_ymd_and_hms(2024, 3, 9, 0, 0, 0).unwrap(),
+                Utc.with_ymd_and_hms(2024, 3, 11, 12, 0, 0).unwrap(),
+            ),
+            (
+                Utc.with_ymd_and_hms(2024, 11, 2, 0, 0, 0).unwrap(),
+                Utc.with_ymd_and_hms(2024, 11, 4, 12, 0, 0).unwrap(),
+            ),
+        ] {
+            let mut since = from;
+            while since < to {
+                let bound = tz.local_lower_bound(since);
+                assert!(bound <= tz.local(since), "{since}");
+                for m in 0..6 * 60 {
+                    let later = since + TimeDelta::minutes(m);
+                    assert!(
+                        tz.local(later) >= bound,
+                        "{later} is before the literal of {since}"
+                    );
+                }
+                // Never more than the repeated hour before the wall clock.
+                assert!(tz.local(since) - bound <= TimeDelta::hours(1), "{since}");
+                since += TimeDelta::minutes(7);
+            }
+        }
+        // Just before the clocks go back the literal reaches back an hour;
+        // far from a switch it is the wall clock itself.
+        let before_fall = Utc.with_ymd_and_hms(2024, 11, 3, 8, 45, 0).unwrap();
+        assert_eq!(tz.local(before_fall), naive("2024-11-03 01:45:00"));
+        assert_eq!(
+            tz.local_lower_bound(before_fall),
+            naive("2024-11-03 00:45:00")
+        );
+        let calm = Utc.with_ymd_and_hms(2024, 6, 1, 12, 0, 0).unwrap();
+        assert_eq!(tz.local_lower_bound(calm), tz.local(calm));
+        let s = QuerySettings { tz, ..settings() };
+        assert!(deleted_query(&s, Entity::Invoices, before_fall, 0)
+            .contains("TO_DATE('2024-11-03 00:45:00'"),);
     }
 }

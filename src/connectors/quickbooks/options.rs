@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::FixedOffset;
 
 use crate::config::{duration, OptionsCheck};
-use crate::connectors::netsuite::options::parse_timezone;
+use crate::connectors::netsuite::options::parse_fixed_offset as parse_timezone;
 use crate::connectors::oauth::OAuthOptions;
 
 /// Largest MAXRESULTS the query endpoint accepts.
