@@ -12,7 +12,8 @@
 //! tables.
 
 /// `(version, statements)`, in order.
-pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4), (5, V5), (6, V6)];
+pub(crate) const MIGRATIONS: &[(i64, &str)] =
+    &[(1, V1), (2, V2), (3, V3), (4, V4), (5, V5), (6, V6)];
 
 /// The newest schema version this build knows.
 pub const SCHEMA_VERSION: i64 = 6;

@@ -427,3 +427,69 @@ fn a_partitioned_demo_first_sync_killed_at_random_points_converges() {
     }
     assert_equals_erp(&store, &opts);
 }
+
+/// The engine writes from tasks of its own (the group-commit writer, the
+/// streams): they run under the pass's lease, so a pass whose lease is gone
+/// writes nothing at all, and one under a live lease writes and is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_under_a_lost_lease_writes_nothing_from_any_of_its_tasks() {
+    use erpsync::store::{Fence, Member};
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small_demo();
+    let path = dir.path().join("erpsync.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[daemon]\nstate_dir = \"state\"\n[[connectors]]\nid = \"demo\"\nkind = \"demo\"\n{}",
+            crate::support::demo_toml(&opts)
+        ),
+    )
+    .unwrap();
+    let app = app_for(&path);
+    let h = Arc::clone(&app.connectors[0]);
+    let me = Member {
+        id: "a".into(),
+        host: "host".into(),
+        pid: 1,
+        started_at: chrono::Utc::now(),
+    };
+    let res = vec!["connector:demo".to_string()];
+    let claim = |app: Arc<App>, me: Member, res: Vec<String>| async move {
+        let r = app
+            .store
+            .lease_round(&me, "h", true, &res, Duration::from_secs(30))
+            .await
+            .unwrap();
+        Fence {
+            resource: res[0].clone(),
+            owner: me.id.clone(),
+            token: r.held[&res[0]],
+        }
+    };
+    let stale = claim(Arc::clone(&app), me.clone(), res.clone()).await;
+    // The lease goes (a peer would take it over): the old token is dead.
+    app.store.leave("a").await.unwrap();
+    let err = stale
+        .scope(erpsync::sync::sync_pass(&app, &h))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("lease lost"), "{err}");
+    assert_eq!(app.store.classification_counts(None).unwrap().total, 0);
+    for entity in Entity::ALL {
+        assert_eq!(
+            app.store.cursor("demo", entity).unwrap(),
+            None,
+            "{entity:?}"
+        );
+    }
+    // Claimed again (a new token), the same pass goes through.
+    let live = claim(Arc::clone(&app), me, res).await;
+    assert!(live.token > 1, "{live:?}");
+    live.scope(erpsync::sync::sync_pass(&app, &h))
+        .await
+        .unwrap();
+    assert_eq!(
+        app.store.classification_counts(None).unwrap().total,
+        opts.customers as u64
+    );
+}
