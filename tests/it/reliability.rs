@@ -708,7 +708,7 @@ async fn an_on_demand_resync_reconciles_with_netsuite() {
     );
     let d = tokio::task::spawn_blocking(move || {
         let d = Daemon::spawn(&cfg, format!("http://127.0.0.1:{port}"));
-        d.wait_passes(1);
+        d.wait_synced();
         d
     })
     .await

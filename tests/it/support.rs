@@ -352,6 +352,25 @@ impl Daemon {
         }
     }
 
+    /// Waits until the first connector has finished a pass that succeeded
+    /// (a pass that failed, say on a loaded machine, counts in `passes`
+    /// but stored nothing).
+    pub fn wait_synced(&self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let s = self.client.get("/status");
+            if !s["connectors"][0]["last_success"].is_null() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no successful pass within 120 s: {s:#}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM, then waits for the exit; returns the status and how long it took.
     pub fn terminate(mut self) -> (ExitStatus, Duration) {
         let t = Instant::now();
