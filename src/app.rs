@@ -21,10 +21,10 @@ use crate::exclusion::Policy;
 use crate::feed::webhooks::Endpoint;
 use crate::http::auth::Tokens;
 use crate::http::session::Sessions;
-use crate::ingest::PageStats;
+use crate::ingest::{Ingest, PageStats};
 use crate::model::{Entity, Timestamp};
 use crate::rules::RuleSet;
-use crate::store::Store;
+use crate::store::{Store, StoreError, Tx};
 
 pub struct App {
     config: RwLock<Arc<Config>>,
@@ -122,6 +122,27 @@ impl App {
     /// reload never races a page.
     pub fn rules(&self) -> Arc<RuleSet> {
         Arc::clone(&self.rules.read().expect("rules lock poisoned"))
+    }
+
+    /// One store write that ingests for connector `h`, with the rules in
+    /// force when the write runs (sync pages and resync pages alike).
+    pub async fn write_ingesting<T>(
+        &self,
+        h: &ConnectorHandle,
+        f: impl FnOnce(&mut Tx<'_>, &Ingest<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.store
+            .write(|tx| {
+                let rules = self.rules();
+                let ctx = Ingest {
+                    connector: &h.id,
+                    rules: &rules,
+                    native: &h.native,
+                    now: chrono::Utc::now(),
+                };
+                f(tx, &ctx)
+            })
+            .await
     }
 
     pub fn set_rules(&self, r: RuleSet) {

@@ -40,7 +40,7 @@ use crate::model::{Entity, Record};
 use crate::store::StoreError;
 // A batch fails the way a poll pass does: an upstream error for one
 // entity stream, or a store error.
-use crate::ingest::{self, Ingest, SyncError as BatchError};
+use crate::ingest::{self, SyncError as BatchError};
 
 use super::queue::{self, Batch, PageCommit};
 
@@ -252,16 +252,8 @@ async fn commit(
     page: &Page<Record>,
 ) -> Result<(), StoreError> {
     let committed = app
-        .store
-        .write(|tx| {
-            let rules = app.rules();
-            let ctx = Ingest {
-                connector: &h.id,
-                rules: &rules,
-                native: &h.native,
-                now: chrono::Utc::now(),
-            };
-            ingest::records(tx, &ctx, entity, page)?;
+        .write_ingesting(h, |tx, ctx| {
+            ingest::records(tx, ctx, entity, page)?;
             // What the ERP has for these customers, quarantined rows
             // included (they exist upstream, they are only unreadable).
             let seen: Vec<&str> = page

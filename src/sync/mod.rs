@@ -261,17 +261,9 @@ async fn writer(app: Arc<App>, h: Arc<ConnectorHandle>, mut queue: mpsc::Receive
             }
         }
         let grouped = app
-            .store
-            .write(|tx| {
-                let rules = app.rules();
-                let ctx = Ingest {
-                    connector: &h.id,
-                    rules: &rules,
-                    native: &h.native,
-                    now: chrono::Utc::now(),
-                };
+            .write_ingesting(&h, |tx, ctx| {
                 jobs.iter()
-                    .map(|j| apply_job(tx, &ctx, &h, j))
+                    .map(|j| apply_job(tx, ctx, &h, j))
                     .collect::<Result<Vec<_>, _>>()
             })
             .await;
@@ -288,17 +280,7 @@ async fn writer(app: Arc<App>, h: Arc<ConnectorHandle>, mut queue: mpsc::Receive
             Err(_) => {
                 for j in jobs {
                     let r = app
-                        .store
-                        .write(|tx| {
-                            let rules = app.rules();
-                            let ctx = Ingest {
-                                connector: &h.id,
-                                rules: &rules,
-                                native: &h.native,
-                                now: chrono::Utc::now(),
-                            };
-                            apply_job(tx, &ctx, &h, &j)
-                        })
+                        .write_ingesting(&h, |tx, ctx| apply_job(tx, ctx, &h, &j))
                         .await;
                     let _ = j.done.send(r);
                 }
