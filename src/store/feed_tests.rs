@@ -601,53 +601,10 @@ async fn list_filters_and_key_paging(store: &Store) {
     );
 }
 
-struct Fixture {
-    store: Store,
-    _dir: Option<tempfile::TempDir>,
-    _pg: Option<crate::store::testing::TestPg>,
-}
-
-impl Fixture {
-    fn sqlite() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        Fixture {
-            store: Store::open(dir.path()).unwrap(),
-            _dir: Some(dir),
-            _pg: None,
-        }
-    }
-
-    fn postgres(test: &str) -> Option<Fixture> {
-        let pg = crate::store::testing::TestPg::create(test)?;
-        let store = Store::open_location(&pg.location(), DEFAULT_CACHE_MB).unwrap();
-        Some(Fixture {
-            store,
-            _dir: None,
-            _pg: Some(pg),
-        })
-    }
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let f = super::Fixture::sqlite();
-                super::$name(&f.store).await;
-            }
-            #[tokio::test]
-            async fn postgres() {
-                let Some(f) = super::Fixture::postgres(concat!("store::feed::", stringify!($name), "::postgres")) else {
-                    return;
-                };
-                super::$name(&f.store).await;
-            }
-        }
-    )*};
-}
+use crate::store::testing::{on_both_backends, Fixture};
 
 on_both_backends!(
+    "store::feed::";
     a_consumer_replaying_the_feed_holds_exactly_what_is_served,
     sequence_numbers_are_consecutive_and_a_failed_write_emits_nothing,
     excluding_a_customer_purges_by_name_and_hides_its_old_events,

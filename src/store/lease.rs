@@ -623,32 +623,8 @@ impl super::Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Store, DEFAULT_CACHE_MB};
-
-    /// The store's connections close before its database is dropped.
-    struct Fixture {
-        store: Store,
-        _dir: Option<tempfile::TempDir>,
-        _pg: Option<crate::store::testing::TestPg>,
-    }
-
-    fn sqlite() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        Fixture {
-            store: Store::open(dir.path()).unwrap(),
-            _dir: Some(dir),
-            _pg: None,
-        }
-    }
-
-    fn postgres(test: &str) -> Option<Fixture> {
-        let pg = crate::store::testing::TestPg::create(test)?;
-        Some(Fixture {
-            store: Store::open_location(&pg.location(), DEFAULT_CACHE_MB).unwrap(),
-            _dir: None,
-            _pg: Some(pg),
-        })
-    }
+    use crate::store::testing::on_both_backends;
+    use crate::store::Store;
 
     fn member(id: &str) -> Member {
         Member {
@@ -821,26 +797,8 @@ mod tests {
         assert!(s.foreign_peers("c", "new", TIMEOUT).unwrap().is_empty());
     }
 
-    macro_rules! on_both_backends {
-        ($($name:ident),* $(,)?) => {$(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    let f = super::sqlite();
-                    super::$name(&f.store).await;
-                }
-                #[tokio::test]
-                async fn postgres() {
-                    let Some(f) = super::postgres(concat!("store::lease::", stringify!($name))) else {
-                        return;
-                    };
-                    super::$name(&f.store).await;
-                }
-            }
-        )*};
-    }
-
     on_both_backends!(
+        "store::lease::";
         spread_evenly_and_hand_over,
         expired_leases_are_taken_over_and_fenced,
         a_reload_revokes_leases_of_other_rules,

@@ -114,3 +114,64 @@ impl Drop for TestPg {
         }
     }
 }
+
+/// A store for one test of the store suites, on SQLite (a temporary
+/// directory) or on a throw-away PostgreSQL database. Fields drop in order:
+/// the store's connections close before its database is dropped.
+#[cfg(test)]
+pub(crate) struct Fixture {
+    pub store: super::Store,
+    _dir: Option<tempfile::TempDir>,
+    pub pg: Option<TestPg>,
+}
+
+#[cfg(test)]
+impl Fixture {
+    pub fn sqlite() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        Fixture {
+            store: super::Store::open(dir.path()).unwrap(),
+            _dir: Some(dir),
+            pg: None,
+        }
+    }
+
+    /// `None` (after printing why) when no PostgreSQL answers.
+    pub fn postgres(test: &str) -> Option<Fixture> {
+        let pg = TestPg::create(test)?;
+        let store = super::Store::open_location(&pg.location(), super::DEFAULT_CACHE_MB).unwrap();
+        Some(Fixture {
+            store,
+            _dir: None,
+            pg: Some(pg),
+        })
+    }
+}
+
+/// `on_both_backends!("store::feed::"; a, b)`: each listed `async fn(&Store)`
+/// runs on SQLite (on a multi-threaded runtime, so store work goes through
+/// `block_in_place`) and on PostgreSQL (on a single-threaded runtime, the
+/// other path); the prefix names the test when PostgreSQL is skipped.
+#[cfg(test)]
+macro_rules! on_both_backends {
+    ($prefix:literal; $($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let f = $crate::store::testing::Fixture::sqlite();
+                super::$name(&f.store).await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                let Some(f) = $crate::store::testing::Fixture::postgres(
+                    concat!($prefix, stringify!($name), "::postgres"),
+                ) else {
+                    return;
+                };
+                super::$name(&f.store).await;
+            }
+        }
+    )*};
+}
+#[cfg(test)]
+pub(crate) use on_both_backends;

@@ -992,58 +992,10 @@ async fn set_reads_match_per_customer_reads(store: &Store) {
 
 // ----- running the suite on both backends --------------------------------
 
-/// Fields drop in order: the store's connections close before its
-/// database is dropped.
-struct Fixture {
-    store: Store,
-    _dir: Option<tempfile::TempDir>,
-    pg: Option<crate::store::testing::TestPg>,
-}
-
-impl Fixture {
-    fn sqlite() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        Fixture {
-            store: Store::open(dir.path()).unwrap(),
-            _dir: Some(dir),
-            pg: None,
-        }
-    }
-
-    fn postgres(test: &str) -> Option<Fixture> {
-        let pg = crate::store::testing::TestPg::create(test)?;
-        let store = Store::open_location(&pg.location(), DEFAULT_CACHE_MB).unwrap();
-        Some(Fixture {
-            store,
-            _dir: None,
-            pg: Some(pg),
-        })
-    }
-}
-
-/// Each listed test runs on SQLite (on a multi-threaded runtime, so store
-/// work goes through `block_in_place`) and on PostgreSQL (on a
-/// single-threaded runtime, the other path).
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let f = super::Fixture::sqlite();
-                super::$name(&f.store).await;
-            }
-            #[tokio::test]
-            async fn postgres() {
-                let Some(f) = super::Fixture::postgres(concat!("store::", stringify!($name), "::postgres")) else {
-                    return;
-                };
-                super::$name(&f.store).await;
-            }
-        }
-    )*};
-}
+use crate::store::testing::{on_both_backends, Fixture};
 
 on_both_backends!(
+    "store::";
     newer_version_wins_and_moves_between_customers,
     tombstones_refuse_older_copies,
     purge_removes_everything_of_one_customer_only,
