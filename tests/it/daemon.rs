@@ -14,6 +14,7 @@ use erpsync::rules::RuleSet;
 use erpsync::store::Store;
 use rust_decimal::Decimal;
 
+use crate::support::on_both_backends;
 use crate::support::{small_demo, Backend, Setup};
 
 /// (id, customer, amount) of every record, the parts that do not depend on
@@ -235,23 +236,6 @@ fn sigkill_mid_first_sync_then_restart_converges_exactly(backend: Backend) {
     d.wait_passes(1);
     assert!(d.terminate().0.success());
     assert_equals_erp(&setup.open_store(), &opts);
-}
-
-/// The daemon-level scenarios, on SQLite and on PostgreSQL.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use crate::support::Backend;
-            #[test]
-            fn sqlite() {
-                super::$name(Backend::Sqlite);
-            }
-            #[test]
-            fn postgres() {
-                super::$name(Backend::Postgres);
-            }
-        }
-    )*};
 }
 
 on_both_backends!(

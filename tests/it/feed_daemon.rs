@@ -17,6 +17,7 @@ use serde_json::json;
 use crate::consumer::{
     assert_same, wait_webhook, webhook_toml, Mirror, Mode, Receiver, Snapshot, SECRET,
 };
+use crate::support::on_both_backends;
 use crate::support::{small_demo, Backend, Daemon, Setup};
 
 const RULE: &str = "\n[exclusions]\nmax_new_exclusion_ratio = 1.0\n\n[[rules]]\nid = \"mid-market\"\ndescription = \"Mid-market accounts are handled elsewhere\"\nwhen = { field = \"custom.segment\", op = \"is\", value = \"mid\" }\n";
@@ -308,22 +309,6 @@ fn a_webhook_receiver_ends_with_the_store_after_failures_and_a_restart(backend: 
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("connector,customer_id,name,"));
     assert!(d.terminate().0.success());
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use crate::support::Backend;
-            #[test]
-            fn sqlite() {
-                super::$name(Backend::Sqlite);
-            }
-            #[test]
-            fn postgres() {
-                super::$name(Backend::Postgres);
-            }
-        }
-    )*};
 }
 
 on_both_backends!(

@@ -13,6 +13,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::daemon::assert_equals_erp;
+use crate::support::on_both_backends;
 use crate::support::{small_demo, Backend, Daemon, Setup};
 
 /// Kills per scenario.
@@ -162,22 +163,6 @@ fn purge_and_resync(backend: Backend) {
     println!(
         "kill9 purge/resync ({backend:?}): {purge_kills} kills during mass purges, {resync_kills} during resyncs"
     );
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use crate::support::Backend;
-            #[test]
-            fn sqlite() {
-                super::$name(Backend::Sqlite);
-            }
-            #[test]
-            fn postgres() {
-                super::$name(Backend::Postgres);
-            }
-        }
-    )*};
 }
 
 on_both_backends!(first_sync, purge_and_resync);

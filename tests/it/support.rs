@@ -352,25 +352,6 @@ impl Daemon {
         }
     }
 
-    /// Waits until the first connector has finished a pass that succeeded
-    /// (a pass that failed, say on a loaded machine, counts in `passes`
-    /// but stored nothing).
-    pub fn wait_synced(&self) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let s = self.client.get("/status");
-            if !s["connectors"][0]["last_success"].is_null() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no successful pass within 120 s: {s:#}\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// SIGTERM, then waits for the exit; returns the status and how long it took.
     pub fn terminate(mut self) -> (ExitStatus, Duration) {
         let t = Instant::now();
@@ -781,3 +762,22 @@ pub fn admin_endpoints(k: &str, id: &str) -> Vec<(&'static str, String, Option<V
         ),
     ]
 }
+
+/// Each listed `fn(Backend)` becomes two tests, `<name>::sqlite` and
+/// `<name>::postgres` (the daemon-level scenarios on both store backends).
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use crate::support::Backend;
+            #[test]
+            fn sqlite() {
+                super::$name(Backend::Sqlite);
+            }
+            #[test]
+            fn postgres() {
+                super::$name(Backend::Postgres);
+            }
+        }
+    )*};
+}
+pub(crate) use on_both_backends;
