@@ -122,15 +122,28 @@ fn lock_file(db: &Path) -> Result<File> {
             path: lock_path.display().to_string(),
             message: e.to_string(),
         })?;
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        return Err(StoreError::Locked {
-            path: db.display().to_string(),
-        });
+    // A lock that is about to go is waited for a moment: the holder may be
+    // a process that is exiting, or (in a process that opened and closed
+    // the store) a child between fork and exec that still shares the
+    // descriptor. A running daemon holds it for good and is refused.
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    loop {
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(f);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(StoreError::Locked {
+                path: db.display().to_string(),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    Ok(f)
 }
+
+/// How long opening the store waits for a lock held by someone else.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn connect(path: &Path, cache_kib: i64) -> Result<Connection> {
     let conn = Connection::open(path).map_err(|e| StoreError::Open {
